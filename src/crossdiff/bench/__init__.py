@@ -1,0 +1,1 @@
+"""Benchmarks run by ``crossdiff bench NAME``; each prints its parameters and the machine."""

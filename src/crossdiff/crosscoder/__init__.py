@@ -1,0 +1,20 @@
+"""The crosscoder family (standard, DFC, DSF), its training loop and metrics."""
+
+from crossdiff.crosscoder.config import CrosscoderConfig
+from crossdiff.crosscoder.model import Crosscoder, CrosscoderOutput, SparseCodes
+from crossdiff.crosscoder.partition import FeaturePartition
+from crossdiff.crosscoder.sources import ArraySource, PairSource
+from crossdiff.crosscoder.train import TrainConfig, latest_checkpoint, train_crosscoder
+
+__all__ = [
+    "ArraySource",
+    "Crosscoder",
+    "CrosscoderConfig",
+    "CrosscoderOutput",
+    "FeaturePartition",
+    "PairSource",
+    "SparseCodes",
+    "TrainConfig",
+    "latest_checkpoint",
+    "train_crosscoder",
+]

@@ -1,0 +1,79 @@
+"""Quality metrics of a trained crosscoder, computed by streaming a source.
+
+- FVE (fraction of variance explained) per model: 1 - sum ||x - x̂||^2 / sum ||x - mean(x)||^2
+  over all evaluated rows (METHOD.md §4 uses this definition).
+- L0: mean active features per sample (inference mode: the learned BatchTopK threshold).
+- Dead fraction per partition: features that never fired on the evaluated rows.
+- Per-model decoder norms and the relative norm per feature.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from crossdiff.crosscoder.model import Crosscoder
+from crossdiff.crosscoder.sources import PairSource
+
+
+@torch.no_grad()
+def evaluate(
+    cc: Crosscoder,
+    source: PairSource,
+    *,
+    n_batches: int = 8,
+    batch_size: int = 2048,
+    seed: int = 12345,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Evaluate on ``n_batches`` batches of ``source`` (raw activations; normalized here)."""
+    was_training = cc.training
+    cc.eval()
+    dev = torch.device(device) if device is not None else cc.b_enc.device
+    sse = {"a": 0.0, "b": 0.0}
+    total = {"a": torch.zeros((), dtype=torch.float64), "b": torch.zeros((), dtype=torch.float64)}
+    sums: dict[str, torch.Tensor] = {}
+    n_rows = 0
+    active = 0
+    fired = torch.zeros(cc.config.n_features, dtype=torch.bool, device=dev)
+    stream = source.batches(batch_size, seed=seed)
+    for _, (xa, xb) in zip(range(n_batches), stream):
+        xs = {
+            "a": cc.normalize(xa.to(dev, torch.float32), "a"),
+            "b": cc.normalize(xb.to(dev, torch.float32), "b"),
+        }
+        out = cc(xs["a"], xs["b"])
+        recon = {"a": out.recon_a, "b": out.recon_b}
+        for m in ("a", "b"):
+            sse[m] += float((xs[m] - recon[m]).double().pow(2).sum())
+            s = xs[m].double().sum(0)
+            sums[m] = sums.get(m, 0) + s
+            total[m] = total[m] + xs[m].double().pow(2).sum().cpu()
+        active += int((out.features > 0).sum())
+        fired |= (out.features > 0).any(0)
+        n_rows += xa.shape[0]
+    result: dict[str, float] = {"rows": float(n_rows)}
+    for m in ("a", "b"):
+        # total variance = sum ||x||^2 - n ||mean||^2
+        var = float(total[m]) - float(sums[m].pow(2).sum()) / max(n_rows, 1)
+        result[f"fve_{m}"] = 1.0 - sse[m] / max(var, 1e-12)
+        result[f"mse_{m}"] = sse[m] / max(n_rows, 1)
+    result["l0"] = active / max(n_rows, 1)
+    p = cc.partition
+    dead = (~fired).cpu()
+    for name, rng in (("a", p.a_exclusive), ("b", p.b_exclusive), ("shared", p.shared)):
+        n = len(rng)
+        result[f"dead_frac_{name}"] = float(dead[rng.start : rng.stop].float().mean()) if n else 0.0
+    result["dead_frac_all"] = float(dead.float().mean())
+    if was_training:
+        cc.train()
+    return result
+
+
+def relative_norm(cc: Crosscoder) -> torch.Tensor:
+    """(F,) relative decoder norm |d_A| / (|d_A| + |d_B|) per feature (METHOD.md §3)."""
+    return cc.relative_norm().detach()
+
+
+def decoder_norms(cc: Crosscoder) -> torch.Tensor:
+    """(F, 2) per-model decoder norms."""
+    return cc.decoder_norms().detach()

@@ -1,0 +1,464 @@
+"""The crosscoder: one dictionary over two models' residual streams, with exclusive blocks.
+
+Parameters are held per model and per block, never as dense matrices with masked zeros:
+model A's encoder has columns only for the A-exclusive and shared features, and its decoder
+rows only for those; likewise for B. An A-exclusive feature therefore *cannot* read x_B or
+write x̂_B: there is no weight through which it could (METHOD.md §3, DFC).
+
+Layout (see :mod:`crossdiff.crosscoder.partition`): feature indices are
+``[A-exclusive | B-exclusive | shared (… | designated shared)]``.
+
+All methods work on *normalized* activations (raw x multiplied by ``config.scale_m``);
+:meth:`Crosscoder.normalize` applies the scale, and :meth:`decoder_weight` can return the
+decoder in the model's own (raw) scale for steering.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from crossdiff.crosscoder.config import CrosscoderConfig
+from crossdiff.crosscoder.partition import FeaturePartition, check_model
+from crossdiff.crosscoder.sparse import (
+    GatheredPreacts,
+    select_batch_topk,
+    select_threshold,
+    select_topk,
+    sparse_decode,
+)
+from crossdiff.errors import CrossdiffError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class SparseCodes:
+    """Active features of a batch as coordinates: ``vals[n]`` is feature ``feats[n]`` of
+    sample ``rows[n]`` (sorted by row). ``group`` is 0 (main) or 1 (designated shared)."""
+
+    rows: torch.Tensor
+    feats: torch.Tensor
+    vals: torch.Tensor
+    batch: int
+    n_features: int
+    min_score: torch.Tensor  # per group: smallest selected score (for the inference threshold)
+
+    def dense(self) -> torch.Tensor:
+        out = self.vals.new_zeros(self.batch, self.n_features)
+        return out.index_put((self.rows, self.feats), self.vals)
+
+
+@dataclass
+class CrosscoderOutput:
+    features: torch.Tensor  # (B, F) dense feature activations
+    recon_a: torch.Tensor  # (B, d_a) normalized reconstruction of model A
+    recon_b: torch.Tensor  # (B, d_b)
+
+
+@dataclass
+class LossOutput:
+    """One training step's loss and what the trainer needs to keep its running statistics."""
+
+    total: torch.Tensor
+    recon: torch.Tensor  # sum over models of mean squared error (summed over dims)
+    recon_a: torch.Tensor
+    recon_b: torch.Tensor
+    aux: torch.Tensor  # AuxK term (already weighted)
+    l1: torch.Tensor  # ReLU-mode sparsity penalty (already weighted)
+    fired: torch.Tensor  # (F,) bool: features active at least once in this batch
+    l0: float  # mean active features per sample
+    min_score: torch.Tensor | None  # per threshold group, for the BatchTopK threshold EMA
+    var_a: torch.Tensor  # summed variance of the batch (for FVE)
+    var_b: torch.Tensor
+
+
+def _normalized_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE of pred vs target, relative to predicting target's mean (OpenAI's AuxK form)."""
+    denom = (target - target.mean(0, keepdim=True)).pow(2).sum(-1).mean().clamp_min(1e-12)
+    return (pred - target).pow(2).sum(-1).mean() / denom
+
+
+class Crosscoder(nn.Module):
+    """A standard crosscoder, Dedicated Feature Crosscoder or DSF crosscoder (by config)."""
+
+    def __init__(self, config: CrosscoderConfig, *, seed: int = 0) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.partition = FeaturePartition(
+            config.n_features, config.n_exclusive_a, config.n_exclusive_b, config.n_designated
+        )
+        p = self.partition
+        n_dsf = p.n_designated
+        self.n_enc_a = p.n_a + p.n_shared
+        self.n_enc_b = p.n_b + p.n_shared
+        self.W_enc_a = nn.Parameter(torch.empty(config.d_a, self.n_enc_a))
+        self.W_enc_b = nn.Parameter(torch.empty(config.d_b, self.n_enc_b))
+        self.b_enc = nn.Parameter(torch.zeros(config.n_features))
+        self.W_dec_a = nn.Parameter(torch.empty(self.n_enc_a - n_dsf, config.d_a))
+        self.W_dec_b = nn.Parameter(torch.empty(self.n_enc_b - n_dsf, config.d_b))
+        self.W_dec_dsf = nn.Parameter(torch.empty(n_dsf, config.d_a))
+        self.b_dec_a = nn.Parameter(torch.zeros(config.d_a))
+        self.b_dec_b = nn.Parameter(torch.zeros(config.d_b))
+        # BatchTopK inference threshold per group (main, designated); NaN = not calibrated.
+        self.register_buffer("threshold", torch.full((2,), float("nan")))
+        self.register_buffer("local_a", p.local_index("a"), persistent=False)
+        self.register_buffer("local_b", p.local_index("b"), persistent=False)
+        self.reset_parameters(seed)
+
+    # ---- initialisation ------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self, seed: int = 0) -> None:
+        """Paper init: decoder rows random with norm ``init_decoder_norm`` for every model
+        (exclusive and shared alike), encoder = decoder transposed, biases zero."""
+        gen = torch.Generator().manual_seed(seed)
+        norm = self.config.init_decoder_norm
+
+        def rows(n: int, d: int) -> torch.Tensor:
+            w = torch.randn(n, d, generator=gen)
+            return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12) * norm
+
+        self.W_dec_a.copy_(rows(*self.W_dec_a.shape))
+        self.W_dec_b.copy_(rows(*self.W_dec_b.shape))
+        self.W_dec_dsf.copy_(rows(*self.W_dec_dsf.shape))
+        self.W_enc_a.copy_(self._full_dec("a").t())
+        self.W_enc_b.copy_(self._full_dec("b").t())
+        self.b_enc.zero_()
+        self.b_dec_a.zero_()
+        self.b_dec_b.zero_()
+        self.threshold.fill_(float("nan"))
+
+    # ---- weights views -------------------------------------------------------------------
+    def _full_dec(self, m: str) -> torch.Tensor:
+        """Model m's decoder rows for its own block [exclusive, shared(, designated)]."""
+        own = self.W_dec_a if m == "a" else self.W_dec_b
+        if self.partition.n_designated == 0:
+            return own
+        return torch.cat([own, self.W_dec_dsf], dim=0)
+
+    def _enc(self, m: str) -> torch.Tensor:
+        return self.W_enc_a if m == "a" else self.W_enc_b
+
+    def _local(self, m: str) -> torch.Tensor:
+        return self.local_a if m == "a" else self.local_b
+
+    def _bias(self, m: str) -> torch.Tensor:
+        return self.b_dec_a if m == "a" else self.b_dec_b
+
+    def decoder_weight(self, m: str, *, raw_scale: bool = False) -> torch.Tensor:
+        """(F, d_m) decoder rows into model m; zero rows for features that do not write to m.
+
+        With ``raw_scale=True`` the rows are in the model's own activation scale (divided by
+        the normalization scale), which is what steering adds to the residual stream.
+        """
+        m = check_model(m)
+        local = self._local(m)
+        full = self._full_dec(m)
+        out = full.new_zeros(self.config.n_features, full.shape[1])
+        mask = local >= 0
+        out[mask] = full[local[mask]]
+        if raw_scale:
+            out = out / self.scale(m)
+        return out
+
+    def encoder_weight(self, m: str) -> torch.Tensor:
+        """(d_m, F) encoder columns reading model m; zero columns for features that do not."""
+        m = check_model(m)
+        local = self._local(m)
+        enc = self._enc(m)
+        out = enc.new_zeros(enc.shape[0], self.config.n_features)
+        mask = local >= 0
+        out[:, mask] = enc[:, local[mask]]
+        return out
+
+    def decoder_norms(self) -> torch.Tensor:
+        """(F, 2): per-feature decoder norm into model A and into model B (0 where absent)."""
+        cols = []
+        for m in ("a", "b"):
+            local = self._local(m)
+            norms = self._full_dec(m).norm(dim=1)
+            cols.append(torch.where(local >= 0, norms[local.clamp_min(0)], norms.new_zeros(())))
+        return torch.stack(cols, dim=1)
+
+    def relative_norm(self) -> torch.Tensor:
+        """(F,): |d_A| / (|d_A| + |d_B|): 1 = writes only A, 0 = only B (METHOD.md §3)."""
+        n = self.decoder_norms()
+        return n[:, 0] / (n[:, 0] + n[:, 1]).clamp_min(1e-12)
+
+    def selection_weight(self) -> torch.Tensor:
+        """(F,) factor that turns activations into the scores BatchTopK/TopK rank by."""
+        mode = self.config.selection_norm
+        if mode == "none":
+            return torch.ones(self.config.n_features, device=self.b_enc.device)
+        n = self.decoder_norms()
+        return n.norm(dim=1) if mode == "l2" else n.sum(dim=1)
+
+    def scale(self, m: str) -> float:
+        return self.config.scale_a if check_model(m) == "a" else self.config.scale_b
+
+    def normalize(self, x: torch.Tensor, m: str) -> torch.Tensor:
+        """Raw activations of model m -> the normalized space the crosscoder works in."""
+        return x * self.scale(m)
+
+    # ---- encoding ------------------------------------------------------------------------
+    def _check_inputs(self, x_a: torch.Tensor, x_b: torch.Tensor) -> None:
+        cfg = self.config
+        if x_a.ndim != 2 or x_b.ndim != 2:
+            raise CrossdiffError(
+                f"expected 2-D batches (batch, width), got shapes {tuple(x_a.shape)} and "
+                f"{tuple(x_b.shape)}"
+            )
+        if x_a.shape[1] != cfg.d_a or x_b.shape[1] != cfg.d_b:
+            raise CrossdiffError(
+                f"width mismatch: the crosscoder expects d_a={cfg.d_a}, d_b={cfg.d_b} but the "
+                f"batch has {x_a.shape[1]} and {x_b.shape[1]}; check which model/layer the data "
+                f"came from (or swap A and B)"
+            )
+        if x_a.shape[0] != x_b.shape[0]:
+            raise CrossdiffError(
+                f"paired batches differ in length: {x_a.shape[0]} rows of A vs {x_b.shape[0]} of B"
+            )
+
+    def preacts(
+        self, x_a: torch.Tensor, x_b: torch.Tensor, compute_dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """(B, F) pre-activations: exclusive features see only their model, shared both."""
+        p = self.partition
+        cd = compute_dtype or self.W_enc_a.dtype
+        ya = (x_a.to(cd) @ self.W_enc_a.to(cd)).float()
+        yb = (x_b.to(cd) @ self.W_enc_b.to(cd)).float()
+        shared = ya[:, p.n_a :] + yb[:, p.n_b :]
+        return torch.cat([ya[:, : p.n_a], yb[:, : p.n_b], shared], dim=1) + self.b_enc.float()
+
+    def _groups(self, k: int) -> list[tuple[slice, int]]:
+        """Feature slices that select independently, with their per-sample k."""
+        p, cfg = self.partition, self.config
+        if p.n_designated == 0:
+            return [(slice(0, cfg.n_features), k)]
+        k_dsf = max(1, round(cfg.dsf_k_factor * k * p.n_designated / cfg.n_features))
+        k_main = max(1, k - k_dsf)
+        split = cfg.n_features - p.n_designated
+        return [(slice(0, split), k_main), (slice(split, cfg.n_features), k_dsf)]
+
+    def select(
+        self, pre: torch.Tensor, *, k: int | None = None, use_threshold: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Choose the active (rows, feats) from pre-activations; also the per-group minimum
+        selected score. ``use_threshold`` applies the calibrated BatchTopK threshold."""
+        cfg = self.config
+        k = k or cfg.k
+        with torch.no_grad():
+            scores = pre.clamp_min(0) * self.selection_weight().float()
+            all_rows, all_feats, mins = [], [], []
+            for gi, (sl, kg) in enumerate(self._groups(k)):
+                s = scores[:, sl]
+                thr = float(self.threshold[gi])
+                if cfg.activation == "topk":
+                    rows, feats = select_topk(s, kg)
+                elif use_threshold and not math.isnan(thr):
+                    rows, feats = select_threshold(s, thr)
+                else:
+                    rows, feats = select_batch_topk(s, kg * s.shape[0])
+                sel_scores = s[rows, feats]
+                mins.append(sel_scores.min() if sel_scores.numel() else s.new_tensor(float("nan")))
+                all_rows.append(rows)
+                all_feats.append(feats + sl.start)
+            rows = torch.cat(all_rows)
+            feats = torch.cat(all_feats)
+            if len(all_rows) > 1:
+                order = torch.argsort(rows * cfg.n_features + feats)
+                rows, feats = rows[order], feats[order]
+            return rows, feats, torch.stack(mins)
+
+    def _gather(self, pre, x_a, x_b, rows, feats) -> torch.Tensor:
+        return GatheredPreacts.apply(
+            pre[rows, feats].detach(),
+            x_a,
+            x_b,
+            self.W_enc_a,
+            self.W_enc_b,
+            self.b_enc,
+            rows,
+            self.local_a[feats],
+            self.local_b[feats],
+            feats,
+        )
+
+    def encode_sparse(
+        self,
+        x_a: torch.Tensor,
+        x_b: torch.Tensor,
+        *,
+        k: int | None = None,
+        use_threshold: bool | None = None,
+        compute_dtype: torch.dtype | None = None,
+    ) -> SparseCodes:
+        """Sparse feature activations of normalized inputs (TopK / BatchTopK modes).
+
+        ``use_threshold`` defaults to ``not self.training``: in eval mode BatchTopK uses the
+        threshold learned during training (per-sample, batch-independent), falling back to
+        the batch's own top-k while the threshold is uncalibrated.
+        """
+        if self.config.activation == "relu":
+            raise CrossdiffError("encode_sparse is for topk/batchtopk; use encode() for relu")
+        self._check_inputs(x_a, x_b)
+        if use_threshold is None:
+            use_threshold = not self.training
+        with torch.no_grad():
+            pre = self.preacts(x_a, x_b, compute_dtype)
+        rows, feats, mins = self.select(pre, k=k, use_threshold=use_threshold)
+        vals = self._gather(pre, x_a, x_b, rows, feats)
+        return SparseCodes(rows, feats, vals, x_a.shape[0], self.config.n_features, mins)
+
+    def encode(self, x_a: torch.Tensor, x_b: torch.Tensor, *, k: int | None = None) -> torch.Tensor:
+        """(B, F) dense feature activations of normalized inputs."""
+        if self.config.activation == "relu":
+            self._check_inputs(x_a, x_b)
+            return self.preacts(x_a, x_b).clamp_min(0)
+        return self.encode_sparse(x_a, x_b, k=k).dense()
+
+    # ---- decoding ------------------------------------------------------------------------
+    def decode(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense features (B, F) -> normalized reconstructions of both models."""
+        out = []
+        for m in ("a", "b"):
+            local = self._local(m)
+            mask = local >= 0
+            out.append(f[:, mask] @ self._full_dec(m)[local[mask]] + self._bias(m))
+        return out[0], out[1]
+
+    def decode_sparse(self, codes: SparseCodes, *, bias: bool = True):
+        """Sparse codes -> normalized reconstructions of both models (fast path)."""
+        out = []
+        for m in ("a", "b"):
+            r = sparse_decode(
+                codes.rows, self._local(m)[codes.feats], codes.vals, self._full_dec(m), codes.batch
+            )
+            out.append(r + self._bias(m) if bias else r)
+        return out[0], out[1]
+
+    def forward(self, x_a: torch.Tensor, x_b: torch.Tensor) -> CrosscoderOutput:
+        if self.config.activation == "relu":
+            f = self.encode(x_a, x_b)
+            ra, rb = self.decode(f)
+            return CrosscoderOutput(f, ra, rb)
+        codes = self.encode_sparse(x_a, x_b)
+        ra, rb = self.decode_sparse(codes)
+        return CrosscoderOutput(codes.dense(), ra, rb)
+
+    # ---- training loss -------------------------------------------------------------------
+    def loss(
+        self,
+        x_a: torch.Tensor,
+        x_b: torch.Tensor,
+        *,
+        k: int | None = None,
+        dead_mask: torch.Tensor | None = None,
+        aux_k: int = 0,
+        aux_alpha: float = 0.0,
+        l1_coeff: float = 0.0,
+        compute_dtype: torch.dtype | None = None,
+    ) -> LossOutput:
+        """Training loss on a normalized batch: both models' reconstruction errors (squared
+        L2 per sample, averaged), plus AuxK on dead features (top-k modes) or the
+        decoder-norm-weighted L1 penalty (relu mode). Selection is by batch top-k (not the
+        threshold), as in training."""
+        self._check_inputs(x_a, x_b)
+        cfg = self.config
+        var_a = (x_a - x_a.mean(0)).pow(2).sum()
+        var_b = (x_b - x_b.mean(0)).pow(2).sum()
+        zero = x_a.new_zeros(())
+        if cfg.activation == "relu":
+            pre = self.preacts(x_a, x_b, compute_dtype)
+            f = pre.clamp_min(0)
+            ra, rb = self.decode(f)
+            la = (ra - x_a).pow(2).sum(-1).mean()
+            lb = (rb - x_b).pow(2).sum(-1).mean()
+            l1 = l1_coeff * (f * self.decoder_norms().sum(1)).sum(-1).mean()
+            fired = (f > 0).any(0)
+            l0 = float((f > 0).sum(-1).float().mean())
+            return LossOutput(
+                la + lb + l1, la + lb, la, lb, zero, l1, fired, l0, None, var_a, var_b
+            )
+        with torch.no_grad():
+            pre = self.preacts(x_a, x_b, compute_dtype)
+        rows, feats, mins = self.select(pre, k=k, use_threshold=False)
+        vals = self._gather(pre, x_a, x_b, rows, feats)
+        codes = SparseCodes(rows, feats, vals, x_a.shape[0], cfg.n_features, mins)
+        ra, rb = self.decode_sparse(codes)
+        la = (ra - x_a).pow(2).sum(-1).mean()
+        lb = (rb - x_b).pow(2).sum(-1).mean()
+        fired = torch.zeros(cfg.n_features, dtype=torch.bool, device=x_a.device)
+        fired[feats] = True
+        aux = zero
+        if aux_alpha > 0 and aux_k > 0 and dead_mask is not None and bool(dead_mask.any()):
+            dead = torch.nonzero(dead_mask, as_tuple=True)[0]
+            with torch.no_grad():
+                dead_pre = pre[:, dead].clamp_min(0)
+                arows, apos = select_topk(dead_pre, min(aux_k, dead.numel()))
+            afeats = dead[apos]
+            avals = self._gather(pre, x_a, x_b, arows, afeats)
+            acodes = SparseCodes(arows, afeats, avals, x_a.shape[0], cfg.n_features, mins)
+            ea, eb = self.decode_sparse(acodes, bias=False)
+            aux = aux_alpha * (
+                _normalized_mse(ea, (x_a - ra).detach()) + _normalized_mse(eb, (x_b - rb).detach())
+            )
+        l0 = rows.numel() / max(1, x_a.shape[0])
+        return LossOutput(la + lb + aux, la + lb, la, lb, aux, zero, fired, l0, mins, var_a, var_b)
+
+    # ---- persistence ---------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (no pickle) to folder ``path``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp = path / (WEIGHTS_FILE + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": "crossdiff-crosscoder"})
+        tmp.replace(path / WEIGHTS_FILE)
+        cfg_tmp = path / (CONFIG_FILE + ".tmp")
+        cfg_tmp.write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
+        cfg_tmp.replace(path / CONFIG_FILE)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> Crosscoder:
+        """Load a crosscoder saved by :meth:`save_pretrained` (safetensors only; no pickle)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / WEIGHTS_FILE).is_file():
+            raise CrossdiffError(
+                f"no crosscoder at {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE} there"
+            )
+        config = CrosscoderConfig.load(path / CONFIG_FILE)
+        model = cls(config)
+        state = load_file(str(path / WEIGHTS_FILE))
+        model.load_checked_state(state, source=str(path))
+        return model.to(device).eval()
+
+    def load_checked_state(self, state: dict[str, torch.Tensor], *, source: str) -> None:
+        """load_state_dict with an error that names the mismatching tensor and shapes."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise CrossdiffError(
+                f"{source} does not match this crosscoder: missing {missing}, unexpected "
+                f"{unexpected}; it was saved by a different config"
+            )
+        for name, tensor in own.items():
+            if tuple(state[name].shape) != tuple(tensor.shape):
+                raise CrossdiffError(
+                    f"{source}: tensor {name} has shape {tuple(state[name].shape)} but the config "
+                    f"gives {tuple(tensor.shape)}; the file and config.json disagree"
+                )
+        self.load_state_dict(state)

@@ -1,0 +1,507 @@
+"""Training loop: Adam with warm-up and decay, k annealing, AuxK, checkpoints, exact resume.
+
+Choices the paper leaves open, made here and documented (METHOD.md §3):
+
+- *High-norm filter*: a pair is dropped from the step when either model's vector has norm
+  above ``high_norm_factor`` x that model's batch median (Qwen's first tokens reach 10x).
+  Dropped before encoding, so outliers neither enter the loss nor use BatchTopK's budget.
+- *Inference threshold*: set from the first batch directly (never a placeholder such as -1),
+  then an exponential moving average with bias correction; reset when k annealing ends, so
+  short runs do not carry thresholds from the annealing phase.
+- *Dead window*: default ``min(10M, max(10 x batch, 5% of all training samples))`` so AuxK also
+  acts in short runs (the published code hard-coded 10M tokens).
+- *Decay*: linear to zero over the last ``decay_fraction`` of steps.
+
+Exact resume: the source is deterministic given (batch size, seed) and can skip batches, the
+schedule is a function of the step, and a checkpoint holds the weights, the optimizer state,
+the dead-feature counters and the threshold state, so a resumed run ends bit-identical to an
+uninterrupted one (on CPU; CUDA index_add is not deterministic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crossdiff.crosscoder.config import CrosscoderConfig
+from crossdiff.crosscoder.model import Crosscoder
+from crossdiff.crosscoder.sources import PairSource
+from crossdiff.errors import CrossdiffError
+
+CHECKPOINT_PREFIX = "step-"
+TRAIN_STATE_FILE = "train_state.safetensors"
+TRAIN_META_FILE = "train_state.json"
+LOG_FILE = "train_log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """How to train (the paper's values as defaults, METHOD.md §3)."""
+
+    steps: int = 100_000
+    """Optimizer steps."""
+    batch_size: int = 2048
+    """Aligned pairs per step (before the high-norm filter)."""
+    lr: float = 1e-4
+    """Adam learning rate after warm-up."""
+    warmup_steps: int = 1000
+    """Linear warm-up from 0 to lr."""
+    decay_fraction: float = 0.2
+    """Linear decay to 0 over this last fraction of the steps (0 = constant lr)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    k_anneal_from: int | None = 1000
+    """Start k here and lower it linearly to the crosscoder's k (None: no annealing)."""
+    k_anneal_steps: int = 5000
+    """Steps over which k is annealed."""
+    aux_alpha: float = 0.03
+    """Weight of the AuxK loss (0 disables it)."""
+    aux_k: int | None = None
+    """Dead features used by AuxK per sample; None = min(512, max(d_a, d_b) // 2)."""
+    dead_window_tokens: int | None = None
+    """A feature is dead after this many training samples without firing; None = auto
+    (see module docstring)."""
+    l1_coeff: float = 1.0
+    """ReLU mode only: weight of the decoder-norm-weighted L1 penalty."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    high_norm_factor: float = 2.0
+    """Drop pairs whose norm exceeds this x the batch median (0 disables)."""
+    normalize: bool = True
+    """Set the crosscoder's scales from the source (or estimate them) before training."""
+    scale_estimate_batches: int = 8
+    """Batches used to estimate median norms when the source does not provide scales."""
+    seed: int = 0
+    """Seeds the weights' initialisation and the data order."""
+    device: str = "auto"
+    """'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ..."""
+    compute_dtype: str = "auto"
+    """Dtype of the encoder matmul: 'float32', 'bfloat16', or 'auto' (bf16 on CUDA, else fp32).
+    Weights and optimizer state stay float32."""
+    checkpoint_every: int = 1000
+    """Write a resumable checkpoint every N steps (when a checkpoint folder is given)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    log_every: int = 50
+    """Append metrics to train_log.jsonl and refresh the progress bar every N steps."""
+
+    def validate(self) -> None:
+        positive = ("steps", "batch_size", "k_anneal_steps", "checkpoint_every", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise CrossdiffError(f"train {name}={value!r} must be a positive integer")
+        if not self.lr > 0:
+            raise CrossdiffError(f"train lr={self.lr!r} must be positive")
+        if not 0 <= self.decay_fraction <= 1:
+            raise CrossdiffError(f"train decay_fraction={self.decay_fraction!r} must be in [0, 1]")
+        if self.warmup_steps < 0:
+            raise CrossdiffError(f"train warmup_steps={self.warmup_steps!r} must be >= 0")
+        if self.compute_dtype not in ("auto", "float32", "bfloat16"):
+            raise CrossdiffError(
+                f"compute_dtype={self.compute_dtype!r}: use 'auto', 'float32' or 'bfloat16'"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        if "adam_betas" in data:
+            data["adam_betas"] = tuple(data["adam_betas"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CrossdiffError(f"unknown train config fields {unknown}")
+        return cls(**data)
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CrossdiffError(
+            f"device {name!r} is not a torch device; use 'cpu' or 'cuda'"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CrossdiffError(f"device {name!r} asked for but CUDA is not available; use 'cpu'")
+    return dev
+
+
+def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def geometric_median(x: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimizing the summed distance to the rows of x."""
+    y = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - y).norm(dim=1).clamp_min(eps)
+        y_new = (w[:, None] * x).sum(0) / w.sum()
+        if (y_new - y).norm() < eps * max(1.0, float(y.norm())):
+            return y_new
+        y = y_new
+    return y
+
+
+def annealed_k(step: int, k: int, tc: TrainConfig) -> int:
+    """k at this step: linear from k_anneal_from down to k over k_anneal_steps."""
+    if tc.k_anneal_from is None or tc.k_anneal_from <= k or step >= tc.k_anneal_steps:
+        return k
+    frac = step / tc.k_anneal_steps
+    return round(tc.k_anneal_from + (k - tc.k_anneal_from) * frac)
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    if tc.warmup_steps and step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    decay_start = tc.steps * (1 - tc.decay_fraction)
+    if tc.decay_fraction > 0 and step >= decay_start:
+        return tc.lr * max(0.0, (tc.steps - step) / (tc.steps - decay_start))
+    return tc.lr
+
+
+def default_aux_k(cfg: CrosscoderConfig) -> int:
+    return min(512, max(cfg.d_a, cfg.d_b) // 2)
+
+
+def default_dead_window(tc: TrainConfig) -> int:
+    return min(10_000_000, max(10 * tc.batch_size, tc.steps * tc.batch_size // 20))
+
+
+def check_finite(x: torch.Tensor, model: str, step: int) -> None:
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise CrossdiffError(
+            f"batch at step {step} has {bad} NaN/inf values in model {model.upper()}'s "
+            f"activations; check the data (for a store: crossdiff store verify PATH)"
+        )
+
+
+def estimate_scales(source: PairSource, tc: TrainConfig) -> tuple[float, float]:
+    """Scales bringing each model's median norm to sqrt((d_a + d_b) / 2), from a sample."""
+    it = source.batches(tc.batch_size, seed=tc.seed + 10_007)
+    norms_a, norms_b = [], []
+    for _, (xa, xb) in zip(range(tc.scale_estimate_batches), it):
+        norms_a.append(xa.float().norm(dim=1))
+        norms_b.append(xb.float().norm(dim=1))
+    target = math.sqrt((source.d_a + source.d_b) / 2)
+    med_a = float(torch.cat(norms_a).median())
+    med_b = float(torch.cat(norms_b).median())
+    if not (med_a > 0 and med_b > 0):
+        raise CrossdiffError(
+            f"median activation norms are {med_a} (A) and {med_b} (B); the data looks empty/zero"
+        )
+    return target / med_a, target / med_b
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+def _checkpoint_paths(folder: Path) -> list[tuple[int, Path]]:
+    out = []
+    for p in folder.glob(f"{CHECKPOINT_PREFIX}*"):
+        if p.is_dir() and (p / TRAIN_META_FILE).is_file():
+            try:
+                out.append((int(p.name[len(CHECKPOINT_PREFIX) :]), p))
+            except ValueError:
+                continue
+    return sorted(out)
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest complete checkpoint in ``folder`` (None if there is none)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    paths = _checkpoint_paths(folder)
+    return paths[-1][1] if paths else None
+
+
+@dataclass
+class _State:
+    """Running training state beyond weights and optimizer."""
+
+    step: int = 0
+    since_fired: torch.Tensor | None = None  # (F,) samples since each feature last fired
+    thr_updates: torch.Tensor | None = None  # (2,) EMA update counts per threshold group
+    samples: int = 0
+
+
+def _save_checkpoint(
+    folder: Path,
+    model: Crosscoder,
+    opt: torch.optim.Optimizer,
+    state: _State,
+    tc: TrainConfig,
+) -> Path:
+    from safetensors.torch import save_file
+
+    final = folder / f"{CHECKPOINT_PREFIX}{state.step:08d}"
+    tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{state.step:08d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tensors: dict[str, torch.Tensor] = {
+        "since_fired": state.since_fired.cpu(),
+        "thr_updates": state.thr_updates.cpu(),
+    }
+    names = dict(model.named_parameters())
+    param_name = {id(p): n for n, p in names.items()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            for key, val in st.items():
+                tensors[f"opt.{param_name[id(p)]}.{key}"] = torch.as_tensor(val).cpu().contiguous()
+    save_file(tensors, str(tmp / TRAIN_STATE_FILE))
+    meta = {"step": state.step, "samples": state.samples, "train_config": tc.to_dict()}
+    (tmp / TRAIN_META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for _, old in _checkpoint_paths(folder)[: -tc.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(
+    path: Path,
+    model: Crosscoder,
+    opt: torch.optim.Optimizer,
+    tc: TrainConfig,
+    device: torch.device,
+) -> _State:
+    from safetensors.torch import load_file
+
+    from crossdiff.crosscoder.model import WEIGHTS_FILE
+
+    saved_cfg = CrosscoderConfig.load(path / "config.json")
+    if saved_cfg.to_dict() != model.config.to_dict():
+        diff = {
+            k: (v, model.config.to_dict().get(k))
+            for k, v in saved_cfg.to_dict().items()
+            if model.config.to_dict().get(k) != v
+        }
+        raise CrossdiffError(
+            f"checkpoint {path} was written for a different crosscoder config "
+            f"(checkpoint vs now: {diff}); use another checkpoint folder or the same config"
+        )
+    meta = json.loads((path / TRAIN_META_FILE).read_text())
+    saved_tc = dict(meta["train_config"])
+    now_tc = tc.to_dict()
+    # steps/checkpointing/logging may change between runs; everything else must match
+    free = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "device"}
+    diff = {
+        k: (saved_tc.get(k), v) for k, v in now_tc.items() if k not in free and saved_tc.get(k) != v
+    }
+    if diff:
+        raise CrossdiffError(
+            f"checkpoint {path} was written with different training settings "
+            f"(checkpoint vs now: {diff}); resume with the same settings or a new folder"
+        )
+    model.load_checked_state(load_file(str(path / WEIGHTS_FILE)), source=str(path))
+    model.to(device)
+    tensors = load_file(str(path / TRAIN_STATE_FILE))
+    names = dict(model.named_parameters())
+    for name, p in names.items():
+        st = {}
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            t = tensors.get(f"opt.{name}.{key}")
+            if t is not None:
+                st[key] = t.to(device) if key != "step" else t
+        if st:
+            opt.state[p] = st
+    return _State(
+        step=int(meta["step"]),
+        since_fired=tensors["since_fired"].to(device),
+        thr_updates=tensors["thr_updates"].to(device),
+        samples=int(meta.get("samples", 0)),
+    )
+
+
+# ---- the loop --------------------------------------------------------------------------------
+def train_crosscoder(
+    source: PairSource,
+    config: CrosscoderConfig,
+    train: TrainConfig | None = None,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> Crosscoder:
+    """Train a crosscoder on a paired source and return it (on the training device).
+
+    With ``checkpoint_dir``, writes resumable checkpoints there every
+    ``train.checkpoint_every`` steps and at the end; with ``resume`` (default), continues
+    from the newest checkpoint found there. ``callback(step, metrics)`` is called at every
+    log step (e.g. to stop early or record curves).
+    """
+    tc = train or TrainConfig()
+    tc.validate()
+    config.validate()
+    if (source.d_a, source.d_b) != (config.d_a, config.d_b):
+        raise CrossdiffError(
+            f"width mismatch: the data has d_a={source.d_a}, d_b={source.d_b} but the crosscoder "
+            f"config says d_a={config.d_a}, d_b={config.d_b}; fix the config (or swap A and B)"
+        )
+    device = resolve_device(tc.device)
+    cdtype = resolve_compute_dtype(tc.compute_dtype, device)
+    if tc.normalize:
+        scales = source.norm_scales() or estimate_scales(source, tc)
+        config = dataclasses.replace(config, scale_a=float(scales[0]), scale_b=float(scales[1]))
+    model = Crosscoder(config, seed=tc.seed).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tc.adam_betas)
+    aux_k = tc.aux_k if tc.aux_k is not None else default_aux_k(config)
+    dead_window = tc.dead_window_tokens or default_dead_window(tc)
+    final_k = config.k
+
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    state = _State()
+    if ckpt_dir is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        latest = latest_checkpoint(ckpt_dir) if resume else None
+        if latest is not None:
+            state = _load_checkpoint(latest, model, opt, tc, device)
+    if state.since_fired is None:
+        state.since_fired = torch.zeros(config.n_features, dtype=torch.long, device=device)
+        state.thr_updates = torch.zeros(2, dtype=torch.long, device=device)
+    if state.step >= tc.steps:
+        return model
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=tc.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True
+        )
+    stream = source.batches(tc.batch_size, seed=tc.seed, skip=state.step)
+    t0, s0 = time.perf_counter(), state.step
+    log_path = ckpt_dir / LOG_FILE if ckpt_dir is not None else None
+    model.train()
+    try:
+        for step in range(state.step, tc.steps):
+            x_a, x_b = next(stream)
+            x_a = model.normalize(x_a.to(device, torch.float32), "a")
+            x_b = model.normalize(x_b.to(device, torch.float32), "b")
+            check_finite(x_a, "a", step)
+            check_finite(x_b, "b", step)
+            if tc.high_norm_factor > 0:
+                na, nb = x_a.norm(dim=1), x_b.norm(dim=1)
+                keep = (na <= tc.high_norm_factor * na.median()) & (
+                    nb <= tc.high_norm_factor * nb.median()
+                )
+                x_a, x_b = x_a[keep], x_b[keep]
+            if step == 0:  # fresh run: decoder bias at the geometric median (paper init)
+                with torch.no_grad():
+                    model.b_dec_a.copy_(geometric_median(x_a))
+                    model.b_dec_b.copy_(geometric_median(x_b))
+            k_now = annealed_k(step, final_k, tc)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, tc)
+            dead_mask = state.since_fired >= dead_window
+            out = model.loss(
+                x_a,
+                x_b,
+                k=k_now,
+                dead_mask=dead_mask,
+                aux_k=aux_k,
+                aux_alpha=tc.aux_alpha,
+                l1_coeff=tc.l1_coeff,
+                compute_dtype=cdtype,
+            )
+            opt.zero_grad(set_to_none=True)
+            out.total.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                _update_threshold(model, state, out.min_score, step, tc, final_k)
+                state.since_fired += x_a.shape[0]
+                state.since_fired[out.fired] = 0
+            state.samples += x_a.shape[0]
+            state.step = step + 1
+            if state.step % tc.log_every == 0 or state.step == tc.steps:
+                metrics = {
+                    "step": state.step,
+                    "loss": float(out.total.detach()),
+                    "fve_a": 1
+                    - float(out.recon_a.detach()) * x_a.shape[0] / max(float(out.var_a), 1e-12),
+                    "fve_b": 1
+                    - float(out.recon_b.detach()) * x_b.shape[0] / max(float(out.var_b), 1e-12),
+                    "l0": out.l0,
+                    "k": k_now,
+                    "aux": float(out.aux.detach()),
+                    "dead": float(dead_mask.float().mean()),
+                    "lr": lr_at(step, tc),
+                    "samples_per_s": (state.step - s0)
+                    * tc.batch_size
+                    / max(time.perf_counter() - t0, 1e-9),
+                }
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{metrics['loss']:.3g}",
+                        fve_a=f"{metrics['fve_a']:.3f}",
+                        fve_b=f"{metrics['fve_b']:.3f}",
+                        l0=f"{metrics['l0']:.1f}",
+                        dead=f"{metrics['dead']:.1%}",
+                        refresh=False,
+                    )
+                if log_path is not None:
+                    with log_path.open("a") as fh:
+                        fh.write(json.dumps(metrics) + "\n")
+                if callback is not None:
+                    callback(state.step, metrics)
+            if ckpt_dir is not None and (
+                state.step % tc.checkpoint_every == 0 or state.step == tc.steps
+            ):
+                _save_checkpoint(ckpt_dir, model, opt, state, tc)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    model.eval()
+    return model
+
+
+def _update_threshold(
+    model: Crosscoder,
+    state: _State,
+    min_score: torch.Tensor | None,
+    step: int,
+    tc: TrainConfig,
+    final_k: int,
+) -> None:
+    """EMA of the smallest selected score per group, bias-corrected, reset after annealing."""
+    if min_score is None or model.config.activation != "batchtopk":
+        return
+    if tc.k_anneal_from is not None and step == tc.k_anneal_steps:
+        state.thr_updates.zero_()  # annealing just ended: forget the large-k thresholds
+    for g in range(min_score.numel()):
+        value = float(min_score[g])
+        if math.isnan(value):
+            continue
+        n = int(state.thr_updates[g])
+        beta = min(model.config.threshold_beta, (1 + n) / (10 + n))
+        if n == 0:
+            model.threshold[g] = value
+        else:
+            model.threshold[g] = beta * model.threshold[g] + (1 - beta) * value
+        state.thr_updates[g] += 1

@@ -1,0 +1,312 @@
+"""Properties of the crosscoder family: exclusivity by construction, sparse = dense maths,
+BatchTopK budget, persistence, exact resume, presets, and bad-input errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from crossdiff.crosscoder import (
+    ArraySource,
+    Crosscoder,
+    CrosscoderConfig,
+    TrainConfig,
+    latest_checkpoint,
+    train_crosscoder,
+)
+from crossdiff.crosscoder.sparse import select_batch_topk, select_topk
+from crossdiff.errors import CrossdiffError
+
+D_A, D_B, F = 24, 16, 64
+
+
+def same(t1: torch.Tensor, t2: torch.Tensor) -> bool:
+    """Bit-exact equality that treats NaN == NaN (the uncalibrated threshold is NaN)."""
+    return (
+        t1.shape == t2.shape
+        and t1.dtype == t2.dtype
+        and bool(
+            torch.equal(t1.isnan(), t2.isnan()) and torch.equal(t1.nan_to_num(0), t2.nan_to_num(0))
+        )
+    )
+
+
+def paired_data(n: int = 4096, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse-ish synthetic pairs: shared directions in both models, exclusive ones in one."""
+    g = torch.Generator().manual_seed(seed)
+    shared_a, shared_b = torch.randn(20, D_A, generator=g), torch.randn(20, D_B, generator=g)
+    excl_a, excl_b = torch.randn(6, D_A, generator=g), torch.randn(6, D_B, generator=g)
+    c = (torch.rand(n, 20, generator=g) < 0.1) * torch.rand(n, 20, generator=g)
+    ea = (torch.rand(n, 6, generator=g) < 0.1) * torch.rand(n, 6, generator=g)
+    eb = (torch.rand(n, 6, generator=g) < 0.1) * torch.rand(n, 6, generator=g)
+    x_a = c @ shared_a + ea @ excl_a + 0.01 * torch.randn(n, D_A, generator=g)
+    x_b = c @ shared_b + eb @ excl_b + 0.01 * torch.randn(n, D_B, generator=g)
+    return x_a, x_b
+
+
+def quick_train(**kw) -> TrainConfig:
+    base = dict(
+        steps=12,
+        batch_size=128,
+        lr=3e-3,
+        warmup_steps=2,
+        k_anneal_from=12,
+        k_anneal_steps=5,
+        dead_window_tokens=256,
+        aux_k=4,
+        checkpoint_every=5,
+        log_every=3,
+        device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def source() -> ArraySource:
+    return ArraySource(*paired_data())
+
+
+@pytest.mark.parametrize("activation", ["batchtopk", "topk", "relu"])
+def test_exclusive_features_never_touch_the_other_model(source, activation):
+    cfg = CrosscoderConfig.dfc(D_A, D_B, F, exclusive=0.1, k=4, activation=activation)
+    cc = train_crosscoder(source, cfg, quick_train(), progress=False)
+    p = cc.partition
+    a_ex = list(p.a_exclusive)
+    b_ex = list(p.b_exclusive)
+    # decoders: exactly zero rows into the other model, after optimizer steps
+    assert torch.equal(cc.decoder_weight("b")[a_ex], torch.zeros(len(a_ex), D_B))
+    assert torch.equal(cc.decoder_weight("a")[b_ex], torch.zeros(len(b_ex), D_A))
+    assert cc.decoder_weight("a")[a_ex].abs().sum() > 0
+    # encoders: an A-exclusive feature's pre-activation does not depend on x_b at all
+    x_a, x_b = paired_data(64, seed=1)
+    pre1 = cc.preacts(x_a, x_b)
+    pre2 = cc.preacts(x_a, x_b * 3 + 1)
+    assert torch.equal(pre1[:, a_ex], pre2[:, a_ex])
+    pre3 = cc.preacts(x_a * 2 - 1, x_b)
+    assert torch.equal(pre1[:, b_ex], pre3[:, b_ex])
+    # decoding only A-exclusive features leaves model B's output at its bias, exactly
+    f = torch.zeros(64, F)
+    f[:, a_ex] = torch.rand(64, len(a_ex)) * 5
+    _, rb = cc.decode(f)
+    assert torch.equal(rb, cc.b_dec_b.detach().expand(64, D_B))
+
+
+@pytest.mark.parametrize("activation", ["batchtopk", "relu"])
+def test_model_b_loss_sends_no_gradient_to_a_exclusive_parameters(activation):
+    cfg = CrosscoderConfig.dfc(D_A, D_B, F, exclusive=0.1, k=6, activation=activation)
+    cc = Crosscoder(cfg, seed=3)
+    x_a, x_b = paired_data(256, seed=2)
+    out = cc.loss(
+        x_a,
+        x_b,
+        dead_mask=torch.ones(F, dtype=torch.bool),
+        aux_k=4,
+        aux_alpha=0.5,
+        l1_coeff=0.0,
+    )
+    assert out.recon_b.requires_grad
+    cc.zero_grad()
+    out.recon_b.backward()
+    n_a = cc.partition.n_a
+    assert cc.W_enc_a.grad is None or torch.count_nonzero(cc.W_enc_a.grad[:, :n_a]) == 0
+    assert cc.W_dec_a.grad is None or torch.count_nonzero(cc.W_dec_a.grad[:n_a]) == 0
+    assert torch.count_nonzero(cc.b_enc.grad[:n_a]) == 0
+    # ... while the shared features did get gradient from B's loss
+    assert torch.count_nonzero(cc.W_dec_b.grad) > 0
+
+
+def test_sparse_training_loss_matches_dense_reference():
+    """The sparse path (gathered pre-activations, embedding_bag decode, sparse encoder
+    gradient) computes the same loss and gradients as plain dense autograd."""
+    cfg = CrosscoderConfig.dfc(D_A, D_B, F, exclusive=0.1, k=5, selection_norm="none")
+    cc = Crosscoder(cfg, seed=1)
+    with torch.no_grad():
+        cc.b_enc.normal_(0, 0.1)
+        cc.b_dec_a.normal_()
+    x_a, x_b = paired_data(200, seed=5)
+    out = cc.loss(x_a, x_b)
+    cc.zero_grad()
+    out.total.backward()
+    sparse_grads = {n: p.grad.clone() for n, p in cc.named_parameters() if p.grad is not None}
+
+    # dense reference with the same selection
+    cc.zero_grad()
+    pre = cc.preacts(x_a, x_b)
+    rows, feats = select_batch_topk(pre.detach().clamp_min(0), 5 * 200)
+    mask = torch.zeros_like(pre, dtype=torch.bool)
+    mask[rows, feats] = True
+    f = torch.where(mask, pre, torch.zeros_like(pre))
+    ra, rb = cc.decode(f)
+    ref = (ra - x_a).pow(2).sum(-1).mean() + (rb - x_b).pow(2).sum(-1).mean()
+    ref.backward()
+    assert torch.allclose(out.total, ref, rtol=1e-5)
+    for name, p in cc.named_parameters():
+        if p.grad is None:
+            assert name not in sparse_grads or torch.count_nonzero(sparse_grads[name]) == 0
+            continue
+        assert torch.allclose(sparse_grads[name], p.grad, rtol=1e-4, atol=1e-5), name
+
+
+def test_batch_topk_keeps_exactly_k_times_batch():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(50, 300, generator=g) + 0.01
+    rows, feats = select_batch_topk(scores, 7 * 50)
+    assert rows.numel() == 7 * 50
+    # the same set as a brute-force flat top-k
+    flat = torch.topk(scores.flatten(), 7 * 50).indices
+    assert set((rows * 300 + feats).tolist()) == set(flat.tolist())
+    # a batch where one row owns most of the budget (exercises the exact fallback)
+    skew = scores.clone()
+    skew[3] += 10
+    rows, feats = select_batch_topk(skew, 7 * 50)
+    flat = torch.topk(skew.flatten(), 7 * 50).indices
+    assert set((rows * 300 + feats).tolist()) == set(flat.tolist())
+    assert int((rows == 3).sum()) == 300
+    # through the model: the training loss selects exactly k x batch features
+    cfg = CrosscoderConfig.dfc(D_A, D_B, F, k=5)
+    cc = Crosscoder(cfg)
+    x_a, x_b = paired_data(64)
+    out = cc.loss(x_a * 10, x_b * 10)
+    assert out.l0 == pytest.approx(5.0)
+
+
+def test_topk_keeps_k_per_sample():
+    scores = torch.rand(10, 40) + 0.1
+    rows, _ = select_topk(scores, 3)
+    assert torch.equal(torch.bincount(rows, minlength=10), torch.full((10,), 3))
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path, source):
+    cfg = CrosscoderConfig.dfc(D_A, D_B, F, exclusive=0.1, k=4, model_a="m/a", layer_a=3)
+    cc = train_crosscoder(source, cfg, quick_train(steps=6), progress=False)
+    cc.save_pretrained(tmp_path / "cc")
+    assert sorted(p.name for p in (tmp_path / "cc").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    loaded = Crosscoder.from_pretrained(tmp_path / "cc")
+    assert loaded.config == cc.config
+    for (n1, t1), (n2, t2) in zip(cc.state_dict().items(), loaded.state_dict().items()):
+        assert n1 == n2 and same(t1, t2), n1
+    x_a, x_b = paired_data(32, seed=9)
+    o1, o2 = cc(x_a, x_b), loaded(x_a, x_b)
+    assert torch.equal(o1.features, o2.features)
+    assert torch.equal(o1.recon_a, o2.recon_a)
+
+
+def test_resume_equals_uninterrupted(tmp_path, source):
+    cfg = CrosscoderConfig.dfc(D_A, D_B, F, exclusive=0.1, k=4)
+    tc = quick_train(steps=14, checkpoint_every=4)
+    full = train_crosscoder(source, cfg, tc, checkpoint_dir=tmp_path / "full", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def crash(step, metrics):
+        if step >= 9:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_crosscoder(
+            source, cfg, tc, checkpoint_dir=tmp_path / "cut", progress=False, callback=crash
+        )
+    assert latest_checkpoint(tmp_path / "cut").name == "step-00000008"
+    resumed = train_crosscoder(source, cfg, tc, checkpoint_dir=tmp_path / "cut", progress=False)
+    for (n, t1), (_, t2) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert same(t1, t2), n
+
+
+def test_standard_equals_zero_exclusive_dfc(source):
+    std = CrosscoderConfig.standard(D_A, D_B, F, k=4)
+    dfc0 = CrosscoderConfig.dfc(D_A, D_B, F, exclusive=0.0, k=4)
+    assert std.to_dict() == dfc0.to_dict()
+    m1 = train_crosscoder(source, std, quick_train(steps=5), progress=False)
+    m2 = train_crosscoder(source, dfc0, quick_train(steps=5), progress=False)
+    for (n, t1), (_, t2) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert same(t1, t2), n
+
+
+def test_same_initial_decoder_norms_across_family():
+    for cfg in (
+        CrosscoderConfig.standard(D_A, D_A, F, k=4),
+        CrosscoderConfig.dfc(D_A, D_A, F, exclusive=0.1, k=4),
+        CrosscoderConfig.dsf(D_A, D_A, F, designated=0.1, k=4),
+    ):
+        norms = Crosscoder(cfg).decoder_norms()
+        writes = norms > 0
+        assert torch.allclose(norms[writes], torch.full_like(norms[writes], 0.4), atol=1e-5)
+
+
+def test_dsf_ties_decoders_and_splits_k(source):
+    x_a, _ = paired_data(512)
+    src = ArraySource(x_a, x_a.flip(1))
+    cfg = CrosscoderConfig.dsf(D_A, D_A, F, designated=0.25, k=8)
+    cc = train_crosscoder(src, cfg, quick_train(steps=6), progress=False)
+    d = list(cc.partition.designated)
+    assert torch.equal(cc.decoder_weight("a")[d], cc.decoder_weight("b")[d])
+    groups = cc._groups(8)
+    assert [g[1] for g in groups] == [4, 4]  # 2 x its 25% share of k = 4
+    out = cc.loss(x_a[:100], x_a[:100].flip(1))
+    assert out.l0 == pytest.approx(8.0)
+
+
+def test_inference_threshold_is_calibrated_and_used(source):
+    cfg = CrosscoderConfig.dfc(D_A, D_B, F, k=4)
+    cc = train_crosscoder(source, cfg, quick_train(steps=30), progress=False)
+    assert not math.isnan(float(cc.threshold[0]))
+    x_a, x_b = paired_data(256, seed=4)
+    xa, xb = cc.normalize(x_a, "a"), cc.normalize(x_b, "b")
+    f_batch = cc.encode(xa, xb)
+    f_single = torch.cat([cc.encode(xa[i : i + 1], xb[i : i + 1]) for i in range(4)])
+    # eval mode: per-sample decisions, independent of the rest of the batch
+    assert torch.equal(f_batch[:4] > 0, f_single > 0)
+    assert torch.allclose(f_batch[:4], f_single, atol=1e-5)
+    assert 0 < (f_batch > 0).sum(1).float().mean() < 4 * 4
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path, source):
+    with pytest.raises(CrossdiffError, match="partition does not fit"):
+        CrosscoderConfig(D_A, D_B, F, frac_exclusive_a=0.6, frac_exclusive_b=0.5)
+    with pytest.raises(CrossdiffError, match="equal widths"):
+        CrosscoderConfig.dsf(D_A, D_B, F, k=4)
+    with pytest.raises(CrossdiffError, match="k=200 exceeds n_features=64"):
+        CrosscoderConfig.dfc(D_A, D_B, F)
+    with pytest.raises(CrossdiffError, match="width mismatch"):
+        train_crosscoder(
+            source, CrosscoderConfig.dfc(D_B, D_A, F, k=4), quick_train(), progress=False
+        )
+    x_a, x_b = paired_data(512)
+    x_a[7, 3] = float("nan")
+    with pytest.raises(CrossdiffError, match="NaN/inf"):
+        train_crosscoder(
+            ArraySource(x_a, x_b),
+            CrosscoderConfig.dfc(D_A, D_B, F, k=4),
+            quick_train(normalize=False),
+            progress=False,
+        )
+    cc = Crosscoder(CrosscoderConfig.dfc(D_A, D_B, F, k=4))
+    with pytest.raises(CrossdiffError, match="d_a=24"):
+        cc(torch.zeros(3, D_B), torch.zeros(3, D_B))
+    # a checkpoint folder from another config
+    train_crosscoder(
+        source,
+        CrosscoderConfig.dfc(D_A, D_B, F, k=4),
+        quick_train(steps=5),
+        checkpoint_dir=tmp_path / "ck",
+        progress=False,
+    )
+    with pytest.raises(CrossdiffError, match="different crosscoder config"):
+        train_crosscoder(
+            source,
+            CrosscoderConfig.dfc(D_A, D_B, 2 * F, k=4),
+            quick_train(steps=8),
+            checkpoint_dir=tmp_path / "ck",
+            progress=False,
+        )
+    with pytest.raises(CrossdiffError, match="no crosscoder"):
+        Crosscoder.from_pretrained(tmp_path / "nothing")
+    with pytest.raises(CrossdiffError, match="feature 64 out of range"):
+        cc.partition.check_index(64)
