@@ -1,0 +1,60 @@
+"""File and folder names of a run folder, in one place (DESIGN.md "A run folder").
+
+```
+RUN/
+  config.yaml        the resolved configuration of `crossdiff run`
+  store/             paired activations (crossdiff.store)
+  crosscoder/        config.json + model.safetensors (+ checkpoints/ while training)
+  analysis/          features.parquet + analysis.json + examples.parquet
+  steering/          one JSON file per steered feature (crossdiff.steer)
+  report/index.html  the self-contained auditor's page
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RUN_CONFIG = "config.yaml"
+STORE_DIR = "store"
+CROSSCODER_DIR = "crosscoder"
+CHECKPOINTS_DIR = "checkpoints"
+ANALYSIS_DIR = "analysis"
+STEERING_DIR = "steering"
+REPORT_DIR = "report"
+REPORT_FILE = "index.html"
+
+
+class RunPaths:
+    """Paths inside one run folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def config(self) -> Path:
+        return self.root / RUN_CONFIG
+
+    @property
+    def store(self) -> Path:
+        return self.root / STORE_DIR
+
+    @property
+    def crosscoder(self) -> Path:
+        return self.root / CROSSCODER_DIR
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CROSSCODER_DIR / CHECKPOINTS_DIR
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / ANALYSIS_DIR
+
+    @property
+    def steering(self) -> Path:
+        return self.root / STEERING_DIR
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT_DIR / REPORT_FILE
