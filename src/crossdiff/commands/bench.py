@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "harvest": "crossdiff.bench.harvest",
     "analysis": "crossdiff.bench.analysis",
     "planted": "crossdiff.bench.planted",
+    "scale": "crossdiff.bench.scale",
 }
 
 
