@@ -26,6 +26,8 @@ _EXPORTS: dict[str, str] = {
     "ActivationStore": "crossdiff.store",
     "harvest": "crossdiff.harvest",
     "HarvestConfig": "crossdiff.harvest",
+    "steer": "crossdiff.steering",
+    "SteeringResult": "crossdiff.steering",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
