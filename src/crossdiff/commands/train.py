@@ -1,0 +1,115 @@
+"""``crossdiff train``: train a crosscoder on an activation store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a crosscoder (DFC by default) on an activation store",
+        description="Train a crosscoder on a store. With a run folder RUN, reads RUN/store and "
+        "writes RUN/crosscoder; --store/--out override either. Rerunning resumes from the last "
+        "checkpoint, or does nothing if the output is complete.",
+    )
+    p.add_argument("run", nargs="?", help="run folder (store in RUN/store, output RUN/crosscoder)")
+    p.add_argument("--store", help="activation store folder (default RUN/store)")
+    p.add_argument("--out", help="output folder (default RUN/crosscoder)")
+    g = p.add_argument_group("crosscoder")
+    g.add_argument("--n-features", type=int, help="dictionary size F (default expansion x width)")
+    g.add_argument("--expansion", type=int, help="F = expansion x max width (default 32)")
+    g.add_argument("--k", type=int, help="active features per sample (default 200)")
+    g.add_argument(
+        "--exclusive",
+        type=float,
+        help="fraction of F exclusive to each model (default 0.05; 0 = standard crosscoder)",
+    )
+    g.add_argument(
+        "--designated", type=float, help="fraction of designated shared features (DSF)"
+    )
+    g.add_argument("--activation", choices=["batchtopk", "topk", "relu"])
+    g.add_argument("--selection-norm", choices=["l2", "sum", "none"])
+    t = p.add_argument_group("training")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--warmup-steps", type=int)
+    t.add_argument("--k-anneal-from", type=int, help="start k (0 disables annealing)")
+    t.add_argument("--k-anneal-steps", type=int)
+    t.add_argument("--aux-alpha", type=float)
+    t.add_argument("--dead-window", type=int, dest="dead_window_tokens")
+    t.add_argument("--l1-coeff", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device")
+    t.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"])
+    t.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--force", action="store_true", help="retrain even if the output is complete")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def train_config_from_args(args: argparse.Namespace):
+    from crossdiff.crosscoder.train import TrainConfig
+
+    fields = (
+        "steps",
+        "batch_size",
+        "lr",
+        "warmup_steps",
+        "k_anneal_from",
+        "k_anneal_steps",
+        "aux_alpha",
+        "dead_window_tokens",
+        "l1_coeff",
+        "seed",
+        "device",
+        "compute_dtype",
+        "checkpoint_every",
+    )
+    kw = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    if kw.get("k_anneal_from") == 0:
+        kw["k_anneal_from"] = None
+    return TrainConfig(**kw)
+
+
+def run(args: argparse.Namespace) -> int:
+    from crossdiff.crosscoder.fit import SUMMARY_FILE, train_on_store
+    from crossdiff.errors import CrossdiffError
+    from crossdiff.paths import RunPaths
+
+    if not args.run and not (args.store and args.out):
+        raise CrossdiffError("give a run folder, or both --store and --out")
+    paths = RunPaths(args.run) if args.run else None
+    store = Path(args.store) if args.store else paths.store
+    out = Path(args.out) if args.out else paths.crosscoder
+    cc = train_on_store(
+        store,
+        out,
+        train=train_config_from_args(args),
+        progress=not args.no_progress,
+        force=args.force,
+        n_features=args.n_features,
+        expansion=args.expansion,
+        k=args.k,
+        exclusive=args.exclusive,
+        frac_designated_shared=args.designated,
+        activation=args.activation,
+        selection_norm=args.selection_norm,
+    )
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    m = summary["metrics_eval"]
+    p = cc.partition
+    print(f"crosscoder: {out}")
+    print(
+        f"  features {cc.config.n_features}: {p.n_a} A-exclusive, {p.n_b} B-exclusive, "
+        f"{p.n_shared} shared ({p.n_designated} designated)"
+    )
+    print(
+        f"  eval FVE  A {m['fve_a']:.3f}  B {m['fve_b']:.3f}   L0 {m['l0']:.1f}   "
+        f"dead {m['dead_frac_all']:.1%} (A-excl {m['dead_frac_a']:.1%}, "
+        f"B-excl {m['dead_frac_b']:.1%}, shared {m['dead_frac_shared']:.1%})"
+    )
+    return 0

@@ -1,0 +1,139 @@
+"""Train a crosscoder on an activation store: the library call behind ``crossdiff train``.
+
+Adds what a store-backed run needs around :func:`train_crosscoder`: the crosscoder's widths,
+model ids and layers come from the store's manifest; checkpoints go to
+``OUT/checkpoints/`` (so an interrupted run resumes); the final crosscoder is written to
+``OUT/`` (``config.json`` + ``model.safetensors``) with a ``train_summary.json`` holding the
+eval-split metrics; and a complete output is recognized and not retrained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from crossdiff.crosscoder.config import CrosscoderConfig
+from crossdiff.crosscoder.model import CONFIG_FILE, WEIGHTS_FILE, Crosscoder
+from crossdiff.crosscoder.train import TrainConfig, train_crosscoder
+from crossdiff.errors import CrossdiffError
+
+SUMMARY_FILE = "train_summary.json"
+CHECKPOINTS = "checkpoints"
+
+
+def crosscoder_config_for_store(store: Any, **overrides: Any) -> CrosscoderConfig:
+    """A CrosscoderConfig with widths and provenance from a store's manifest.
+
+    ``n_features`` defaults to ``expansion`` (default 32, the paper's) x the larger width.
+    """
+    man = store.manifest
+    expansion = overrides.pop("expansion", None) or 32
+    n_features = overrides.pop("n_features", None) or expansion * max(man.d_a, man.d_b)
+    exclusive = overrides.pop("exclusive", None)
+    if exclusive is not None:
+        overrides.setdefault("frac_exclusive_a", exclusive)
+        overrides.setdefault("frac_exclusive_b", exclusive)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return CrosscoderConfig(
+        d_a=man.d_a,
+        d_b=man.d_b,
+        n_features=n_features,
+        model_a=man.model_a.model_id,
+        model_b=man.model_b.model_id,
+        layer_a=man.model_a.layer,
+        layer_b=man.model_b.layer,
+        extra={"store": str(Path(store.path).resolve())},
+        **overrides,
+    )
+
+
+def is_complete(out: str | Path) -> bool:
+    """True when ``out`` holds a finished crosscoder (weights, config and summary)."""
+    out = Path(out)
+    return all((out / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE, SUMMARY_FILE))
+
+
+def train_on_store(
+    store_path: str | Path,
+    out: str | Path,
+    config: CrosscoderConfig | None = None,
+    train: TrainConfig | None = None,
+    *,
+    eval_batches: int = 8,
+    progress: bool = True,
+    force: bool = False,
+    callback: Any = None,
+    **config_overrides: Any,
+) -> Crosscoder:
+    """Train on the store's train split, evaluate on its eval split, save to ``out``.
+
+    If ``out`` already holds a complete crosscoder trained with the same configs, it is
+    loaded and returned (pass ``force=True`` to retrain). A different config in a complete
+    ``out`` is an error rather than a silent overwrite. ``callback`` is passed to
+    :func:`train_crosscoder`.
+    """
+    from crossdiff.crosscoder.metrics import evaluate
+    from crossdiff.store import ActivationStore
+
+    store = ActivationStore.open(store_path)
+    if store.n_rows == 0:
+        raise CrossdiffError(f"store {store_path} has no rows; run crossdiff harvest first")
+    config = config or crosscoder_config_for_store(store, **config_overrides)
+    train = train or TrainConfig()
+    out = Path(out)
+    if is_complete(out) and not force:
+        summary = json.loads((out / SUMMARY_FILE).read_text())
+        if summary.get("train_config") != train.to_dict() or summary.get(
+            "requested_config"
+        ) != _comparable(config):
+            raise CrossdiffError(
+                f"{out} already holds a crosscoder trained with other settings; pass another "
+                f"output folder, or force=True / --force to overwrite it"
+            )
+        return Crosscoder.from_pretrained(out, device="cpu")
+    source = store.source("train")
+    t0 = time.perf_counter()
+    cc = train_crosscoder(
+        source,
+        config,
+        train,
+        checkpoint_dir=out / CHECKPOINTS,
+        progress=progress,
+        callback=callback,
+    )
+    seconds = time.perf_counter() - t0
+    try:
+        eval_source, eval_split = store.source("eval"), "eval"
+    except CrossdiffError:  # a store too small to hold any eval document
+        eval_source, eval_split = source, "train (the eval split is empty)"
+    metrics = evaluate(
+        cc,
+        eval_source,
+        n_batches=eval_batches,
+        batch_size=min(train.batch_size, 4096),
+    )
+    cc.save_pretrained(out)
+    summary = {
+        "metrics_eval": metrics,
+        "metrics_split": eval_split,
+        "train_seconds": seconds,
+        "train_config": train.to_dict(),
+        "requested_config": _comparable(config),
+        "store": str(Path(store_path).resolve()),
+        "store_rows": store.n_rows,
+    }
+    tmp = out / (SUMMARY_FILE + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(out / SUMMARY_FILE)
+    return cc
+
+
+def _comparable(config: CrosscoderConfig) -> dict[str, Any]:
+    """The config as requested (scales are filled in by training, so left out)."""
+    d = dataclasses.asdict(config)
+    d.pop("scale_a")
+    d.pop("scale_b")
+    return json.loads(json.dumps(d))

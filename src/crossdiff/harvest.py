@@ -1,0 +1,660 @@
+"""Harvest: two models read the same corpus; their aligned activations go into a store.
+
+For every document, in corpus order: each model renders it its own way (plain text, or the
+chat through its own chat template), tokenizes it with offsets, and :mod:`crossdiff.align`
+pairs the positions where both have read the same content. Both models run up to the chosen
+layer only (early exit), on padded batches of windows; the residual stream at the paired
+positions is written, in bf16, to an :class:`~crossdiff.store.ActivationStore`.
+
+Long documents: a text longer than ``max_seq_len`` tokens (in either model) is split into
+windows at a *paired* position, so both models' windows end after the same content; the next
+window starts with that content's remainder as a fresh document (BOS again, no context from the
+previous window). Each window's tokens are an exact prefix of what the model would read for the
+remainder, because tokenization only looks at text ending well past the window (at least
+``WINDOW_MARGIN`` tokens further). Chats are not split: a chat is truncated after
+``max_seq_len`` tokens (its record says so).
+
+Determinism and resuming: documents are processed in blocks of ``block_batches x batch_size``
+documents; within a block, windows are sorted by length (so a batch holds windows of similar
+length and little padding) and batched; shards are committed only at block boundaries. A
+restart resumes at the first document not committed, which is a block boundary, so it forms
+exactly the batches an uninterrupted run would have formed: same rows, same order, same bits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from crossdiff.align import Alignment, align_rendered, content_token_mask
+from crossdiff.errors import CrossdiffError
+from crossdiff.store import (
+    ActivationStore,
+    Manifest,
+    ModelInfo,
+    ShardInfo,
+    TokenizerInfo,
+    make_rows,
+)
+from crossdiff.store.manifest import RUNTIME_SETTINGS
+
+if TYPE_CHECKING:
+    import torch
+
+    from crossdiff.models import LoadedModel, RenderedText, TokenizedText
+
+REASON_CORPUS = "corpus exhausted"
+REASON_TOKENS = "token budget reached"
+REASON_DOCS = "document limit reached"
+WINDOW_MARGIN = 16  # tokens of look-ahead past a window's end, so its tokenization is final
+CHARS_PER_TOKEN_GUESS = 6  # first guess of how much text fills a window (doubled if short)
+
+
+@dataclass
+class HarvestConfig:
+    """Everything that decides what a harvest writes (serialized into the store's manifest)."""
+
+    model_a: str
+    """Model A: built-in alias, local folder, GGUF file or hub id."""
+    model_b: str
+    """Model B, likewise."""
+    corpus: str
+    """Corpus spec (a file, a folder, a dataset name or the built-in default; crossdiff.corpus)."""
+    out: str
+    """Store folder. Rerunning with the same folder resumes (or reports that it is complete)."""
+    tokens: int | None = None
+    """Stop after this many aligned pairs (rows), at the first block boundary at or past it.
+    None: the whole corpus."""
+    layer_a: int | str = "middle"
+    """Layer of A whose output is stored: index, negative index, or "middle" (n_layers // 2)."""
+    layer_b: int | str = "middle"
+    max_seq_len: int = 512
+    """Tokens per window and model; longer texts are split into windows, chats truncated."""
+    batch_size: int = 8
+    """Windows per forward pass."""
+    block_batches: int = 8
+    """Documents per block = block_batches x batch_size; windows are sorted by length within a
+    block, and shards close at block boundaries (see the module docstring)."""
+    dtype: str = "auto"
+    """Dtype the models run in: "auto" (bf16 where fast), "float32", "bfloat16", "float16"."""
+    device: str = "auto"
+    shard_rows: int = 16384
+    """A shard is committed at the first block boundary with at least this many rows."""
+    max_documents: int | None = None
+    """Read at most this many corpus documents."""
+    trust_remote_code: bool = False
+    cache_dir: str | None = None
+    """Where built-in and GGUF models are converted (default: crossdiff's cache)."""
+    progress: bool = True
+    """Show a progress bar and print a summary (to stderr)."""
+
+    def validate(self) -> None:
+        if self.tokens is not None and self.tokens < 1:
+            raise CrossdiffError(f"tokens must be a positive number of pairs, got {self.tokens}")
+        if self.max_seq_len < 2:
+            raise CrossdiffError(f"max_seq_len must be at least 2 tokens, got {self.max_seq_len}")
+        if self.batch_size < 1:
+            raise CrossdiffError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.block_batches < 1:
+            raise CrossdiffError(f"block_batches must be at least 1, got {self.block_batches}")
+        if self.shard_rows < 1:
+            raise CrossdiffError(f"shard_rows must be at least 1, got {self.shard_rows}")
+        if self.max_documents is not None and self.max_documents < 1:
+            raise CrossdiffError(f"max_documents must be at least 1, got {self.max_documents}")
+
+
+# ---------------------------------------------------------------------------------- windows
+@dataclass
+class Window:
+    """One window of one document: what each model reads, and the pairs in it."""
+
+    doc_index: int
+    window: int
+    content_start: int  # common-content offset of the window's start within the document
+    ids_a: list[int]
+    ids_b: list[int]
+    pos_a: np.ndarray
+    pos_b: np.ndarray
+    content_end: np.ndarray  # in document content coordinates
+    span_a: np.ndarray  # (n, 2) token spans in the window's rendered text
+    span_b: np.ndarray
+    record: dict[str, Any]  # the window's entry in the document record
+
+
+@dataclass
+class DocumentPlan:
+    """A document's windows and its record for the store's documents file."""
+
+    record: dict[str, Any]
+    windows: list[Window] = field(default_factory=list)
+
+
+def _side_record(
+    rendered: RenderedText, tokens: TokenizedText, n_used: int, n_content: int
+) -> dict[str, Any]:
+    """What one model read in a window: the rendered text up to its last used token."""
+    cut = max((e for _, e in tokens.offsets[:n_used]), default=0)
+    spans = [[s, min(e, cut)] for s, e in rendered.content_spans if s < cut]
+    return {
+        "text": rendered.text[:cut],
+        "content_spans": spans,
+        "input_ids": list(tokens.input_ids[:n_used]),
+        "content_tokens": n_content,
+    }
+
+
+def _make_window(
+    doc_index: int,
+    k: int,
+    content_start: int,
+    al: Alignment,
+    n: int,
+    ra: RenderedText,
+    ta: TokenizedText,
+    rb: RenderedText,
+    tb: TokenizedText,
+    final: bool,
+) -> Window:
+    """Window of the first ``n`` pairs; a final window counts its trailing content tokens too."""
+    pos_a, pos_b = al.pos_a[:n], al.pos_b[:n]
+    used_a, used_b = int(pos_a[-1]) + 1, int(pos_b[-1]) + 1
+    mask_a = content_token_mask(ta.offsets, ta.special_mask, ra.content_spans)
+    mask_b = content_token_mask(tb.offsets, tb.special_mask, rb.content_spans)
+    count_a = int(mask_a.sum() if final else mask_a[:used_a].sum())
+    count_b = int(mask_b.sum() if final else mask_b[:used_b].sum())
+    offs_a = np.asarray(ta.offsets, dtype=np.int32).reshape(-1, 2)
+    offs_b = np.asarray(tb.offsets, dtype=np.int32).reshape(-1, 2)
+    record = {
+        "content_start": content_start,
+        "pairs": n,
+        "a": _side_record(ra, ta, used_a, count_a),
+        "b": _side_record(rb, tb, used_b, count_b),
+    }
+    return Window(
+        doc_index=doc_index,
+        window=k,
+        content_start=content_start,
+        ids_a=list(ta.input_ids[:used_a]),
+        ids_b=list(tb.input_ids[:used_b]),
+        pos_a=pos_a.copy(),
+        pos_b=pos_b.copy(),
+        content_end=al.content_end[:n] + content_start,
+        span_a=offs_a[pos_a],
+        span_b=offs_b[pos_b],
+        record=record,
+    )
+
+
+def _render(lm: LoadedModel, doc: Any) -> RenderedText:
+    if doc.messages is not None:
+        return lm.render_chat(doc.messages)
+    return lm.render_text(doc.text)
+
+
+def plan_document(
+    doc_index: int, doc: Any, lm_a: LoadedModel, lm_b: LoadedModel, max_seq_len: int
+) -> DocumentPlan:
+    """Render, tokenize, align and window one corpus document (see the module docstring)."""
+    record: dict[str, Any] = {
+        "index": doc_index,
+        "doc_id": str(doc.doc_id),
+        "source": getattr(doc, "source", None),
+        "text": doc.text if doc.messages is None else None,
+        "messages": doc.messages,
+        "windows": [],
+        "content_tokens_a": 0,
+        "content_tokens_b": 0,
+        "pairs": 0,
+        "truncated": False,
+        "skipped": None,
+    }
+    plan = DocumentPlan(record)
+    if doc.messages is not None:
+        try:
+            ra, rb = lm_a.render_chat(doc.messages), lm_b.render_chat(doc.messages)
+        except CrossdiffError as exc:
+            record["skipped"] = f"cannot render: {exc}"
+            return plan
+        ta, tb = lm_a.tokenize(ra), lm_b.tokenize(rb)
+        al = align_rendered(ra, ta, rb, tb)
+        n = al.prefix(max_seq_len, max_seq_len)
+        record["truncated"] = n < al.n_pairs
+        if not al.content_complete:
+            record["note"] = "the templates disagree on message content after some point"
+        if n:
+            plan.windows.append(
+                _make_window(doc_index, 0, 0, al, n, ra, ta, rb, tb, n == al.n_pairs)
+            )
+    else:
+        text = doc.text or ""
+        start, k = 0, 0
+        while start < len(text):
+            chunk = max_seq_len * CHARS_PER_TOKEN_GUESS
+            while True:  # grow the piece until both windows are final (or the text ends)
+                piece = text[start : start + chunk]
+                cut = start + chunk < len(text)
+                ra, rb = lm_a.render_text(piece), lm_b.render_text(piece)
+                ta, tb = lm_a.tokenize(ra), lm_b.tokenize(rb)
+                need = max_seq_len + WINDOW_MARGIN
+                if not cut or (len(ta) >= need and len(tb) >= need):
+                    break
+                chunk *= 2
+            al = align_rendered(ra, ta, rb, tb)
+            n = al.prefix(max_seq_len, max_seq_len)
+            if n == 0:
+                break
+            final = not cut and n == al.n_pairs
+            plan.windows.append(_make_window(doc_index, k, start, al, n, ra, ta, rb, tb, final))
+            if final:
+                break
+            start += int(al.content_end[n - 1])
+            k += 1
+    for w in plan.windows:
+        record["windows"].append(w.record)
+        record["content_tokens_a"] += w.record["a"]["content_tokens"]
+        record["content_tokens_b"] += w.record["b"]["content_tokens"]
+        record["pairs"] += len(w.pos_a)
+    return plan
+
+
+# ------------------------------------------------------------------------------- the engine
+@dataclass
+class HarvestTimings:
+    """Where the time went (seconds), for the summary and ``crossdiff bench harvest``."""
+
+    total: float = 0.0
+    model: float = 0.0  # forward passes up to the layer (the bare cost)
+    prepare: float = 0.0  # corpus reading, rendering, tokenizing, aligning
+    write: float = 0.0  # gathering rows, bf16, shard writes
+    tokens_a: int = 0  # tokens fed to A (without padding)
+    tokens_b: int = 0
+    padded_tokens_a: int = 0
+    padded_tokens_b: int = 0
+    rows: int = 0
+    documents: int = 0
+    content_tokens_a: int = 0  # content tokens of the windows processed (coverage denominators)
+    content_tokens_b: int = 0
+
+
+def _pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _pad_id(lm: LoadedModel) -> int:
+    tok = lm.tokenizer
+    for candidate in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def capture_windows(
+    lm: LoadedModel, layer: int, seqs: list[list[int]], positions: list[np.ndarray]
+) -> torch.Tensor:
+    """Run one padded batch to ``layer`` and gather the rows at ``positions`` (in order)."""
+    import torch
+
+    ids, mask = _pad_batch(seqs, _pad_id(lm))
+    hidden = lm.capture(ids, mask, layer)
+    rows_i = torch.cat(
+        [torch.full((len(p),), i, dtype=torch.long) for i, p in enumerate(positions)]
+    )
+    rows_t = torch.from_numpy(np.concatenate(positions).astype(np.int64))
+    return hidden[rows_i.to(hidden.device), rows_t.to(hidden.device)]
+
+
+def model_info(lm: LoadedModel, layer: int, layer_spec: int | str) -> ModelInfo:
+    """The manifest entry of one model (tokenizer identified by a hash of its definition)."""
+    tok = lm.tokenizer
+    digest = hashlib.sha256(tok.backend_tokenizer.to_str().encode("utf-8"))
+    digest.update(str(getattr(tok, "chat_template", None) or "").encode("utf-8"))
+    return ModelInfo(
+        spec=lm.spec,
+        model_id=lm.model_id,
+        revision=lm.revision,
+        layer=layer,
+        layer_spec=str(layer_spec),
+        n_layers=lm.n_layers,
+        d_model=lm.d_model,
+        dtype=str(lm.dtype).removeprefix("torch."),
+        tokenizer=TokenizerInfo(
+            name=str(getattr(tok, "name_or_path", "") or type(tok).__name__),
+            vocab_size=len(tok),
+            hash=digest.hexdigest(),
+        ),
+        has_chat_template=lm.has_chat_template,
+    )
+
+
+def _harvest_settings(config: HarvestConfig) -> dict[str, Any]:
+    """The settings that shape rows: they must match for a store to be extended."""
+    return {
+        "max_seq_len": config.max_seq_len,
+        "batch_size": config.batch_size,
+        "block_documents": config.batch_size * config.block_batches,
+        "window_margin": WINDOW_MARGIN,
+    }
+
+
+def _blocks(docs: Iterable[Any], size: int, first_index: int) -> Iterator[list[tuple[int, Any]]]:
+    it = iter(docs)
+    index = first_index
+    while block := list(itertools.islice(it, size)):
+        yield list(enumerate(block, start=index))
+        index += len(block)
+
+
+class Harvester:
+    """The harvest loop with its models loaded (reusable by benchmarks and tests)."""
+
+    def __init__(self, config: HarvestConfig, lm_a: LoadedModel, lm_b: LoadedModel) -> None:
+        config.validate()
+        self.config = config
+        self.lm_a, self.lm_b = lm_a, lm_b
+        self.layer_a = lm_a.resolve_layer(config.layer_a)
+        self.layer_b = lm_b.resolve_layer(config.layer_b)
+        self.timings = HarvestTimings()
+        self.batch_log: list[tuple[list[list[int]], list[list[int]]]] | None = None
+        """Set to a list to record every batch's token ids (benchmarks replay them)."""
+
+    def manifest(self) -> Manifest:
+        c = self.config
+        return Manifest(
+            model_a=model_info(self.lm_a, self.layer_a, c.layer_a),
+            model_b=model_info(self.lm_b, self.layer_b, c.layer_b),
+            corpus={"spec": c.corpus},
+            harvest=_harvest_settings(c),
+        )
+
+    def capture_batch(self, batch: list[Window]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both models' rows for one batch of windows, on the CPU (the model cost)."""
+        x_a = capture_windows(
+            self.lm_a, self.layer_a, [w.ids_a for w in batch], [w.pos_a for w in batch]
+        )
+        x_b = capture_windows(
+            self.lm_b, self.layer_b, [w.ids_b for w in batch], [w.pos_b for w in batch]
+        )
+        return x_a.cpu(), x_b.cpu()  # synchronizes, so the model time is real
+
+    def run_block(self, block: list[tuple[int, Any]]) -> tuple[list[DocumentPlan], list[Any]]:
+        """Plan and capture one block; returns the plans and the rows of each window in order."""
+        from crossdiff.store.shard import Rows
+
+        t0 = time.perf_counter()
+        plans = [
+            plan_document(i, doc, self.lm_a, self.lm_b, self.config.max_seq_len) for i, doc in block
+        ]
+        windows = [w for p in plans for w in p.windows]
+        t1 = time.perf_counter()
+        self.timings.prepare += t1 - t0
+        order = sorted(
+            range(len(windows)),
+            key=lambda i: -max(len(windows[i].ids_a), len(windows[i].ids_b)),
+        )
+        rows: list[Rows | None] = [None] * len(windows)
+        bs = self.config.batch_size
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            batch = [windows[i] for i in idx]
+            if self.batch_log is not None:
+                self.batch_log.append(([w.ids_a for w in batch], [w.ids_b for w in batch]))
+            t2 = time.perf_counter()
+            x_a, x_b = self.capture_batch(batch)
+            t3 = time.perf_counter()
+            self.timings.model += t3 - t2
+            tm = self.timings
+            tm.tokens_a += sum(len(w.ids_a) for w in batch)
+            tm.tokens_b += sum(len(w.ids_b) for w in batch)
+            tm.padded_tokens_a += len(batch) * max(len(w.ids_a) for w in batch)
+            tm.padded_tokens_b += len(batch) * max(len(w.ids_b) for w in batch)
+            off = 0
+            for i, w in zip(idx, batch):
+                n = len(w.pos_a)
+                rows[i] = make_rows(
+                    x_a[off : off + n],
+                    x_b[off : off + n],
+                    doc_index=w.doc_index,
+                    window=w.window,
+                    content_end=w.content_end,
+                    pos_a=w.pos_a,
+                    pos_b=w.pos_b,
+                    span_a=w.span_a,
+                    span_b=w.span_b,
+                )
+                off += n
+            self.timings.write += time.perf_counter() - t3
+        return plans, rows
+
+    def run(
+        self,
+        store: ActivationStore,
+        docs: Iterable[Any],
+        *,
+        on_commit: Callable[[ShardInfo], None] | None = None,
+    ) -> ActivationStore:
+        """Harvest ``docs`` (already positioned at the store's next document) into ``store``."""
+        c = self.config
+        tm = self.timings
+        start_time = time.perf_counter()
+        bar = _progress(c, store)
+        try:
+            with store.writer(shard_rows=c.shard_rows) as writer:
+                rows_total = store.n_rows
+                reason = REASON_CORPUS
+                if c.tokens is not None and rows_total >= c.tokens:
+                    reason = REASON_TOKENS
+                else:
+                    block_docs = c.batch_size * c.block_batches
+                    for block in _blocks(docs, block_docs, writer.next_document):
+                        plans, rows = self.run_block(block)
+                        t0 = time.perf_counter()
+                        k = 0
+                        for plan in plans:
+                            writer.add_document(plan.record)
+                            for _ in plan.windows:
+                                writer.add_rows(rows[k])
+                                rows_total += rows[k].n
+                                k += 1
+                        tm.documents += len(plans)
+                        tm.rows += sum(r.n for r in rows)
+                        tm.content_tokens_a += sum(p.record["content_tokens_a"] for p in plans)
+                        tm.content_tokens_b += sum(p.record["content_tokens_b"] for p in plans)
+                        shard = writer.commit_if_full()
+                        tm.write += time.perf_counter() - t0
+                        if bar is not None:
+                            bar.update(sum(r.n for r in rows))
+                            elapsed = time.perf_counter() - start_time
+                            bar.set_postfix_str(_postfix(tm, writer.next_document, elapsed))
+                        if shard is not None and on_commit is not None:
+                            on_commit(shard)
+                        if c.tokens is not None and rows_total >= c.tokens:
+                            reason = REASON_TOKENS
+                            break
+                if (
+                    reason == REASON_CORPUS
+                    and c.max_documents is not None
+                    and writer.next_document >= c.max_documents
+                ):
+                    reason = REASON_DOCS
+                t0 = time.perf_counter()
+                writer.finish(reason, tokens_target=c.tokens)
+                tm.write += time.perf_counter() - t0
+        finally:
+            if bar is not None:
+                bar.close()
+            tm.total += time.perf_counter() - start_time
+        return store
+
+
+def _progress(config: HarvestConfig, store: ActivationStore):
+    if not config.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=config.tokens,
+        initial=store.n_rows,
+        unit="pair",
+        unit_scale=True,
+        desc="harvest",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+def _postfix(tm: HarvestTimings, documents: int, elapsed: float) -> str:
+    """tokens/s of both models, the share of content tokens aligned so far, documents done."""
+    ca, cb = tm.content_tokens_a, tm.content_tokens_b
+    rate = (tm.tokens_a + tm.tokens_b) / elapsed if elapsed > 0 else 0.0
+    cov = f"aligned A {tm.rows / ca:.1%} B {tm.rows / cb:.1%}" if ca and cb else "aligned -"
+    return f"{rate:,.0f} tok/s, {cov}, docs {documents:,}"
+
+
+def _same_request(m: Manifest, c: HarvestConfig) -> bool:
+    """Cheap check (no model loaded) that a store was made by this very command."""
+    return (
+        m.model_a.spec == c.model_a
+        and m.model_b.spec == c.model_b
+        and m.model_a.layer_spec == str(c.layer_a)
+        and m.model_b.layer_spec == str(c.layer_b)
+        and m.corpus == {"spec": c.corpus}
+        and all(
+            m.harvest.get(k) == v
+            for k, v in _harvest_settings(c).items()
+            if k not in RUNTIME_SETTINGS
+        )
+    )
+
+
+def _is_done(m: Manifest, c: HarvestConfig) -> bool:
+    """Complete for this request: the corpus ran out, or the asked limits are reached."""
+    if m.status != "complete":
+        return False
+    if m.complete_reason == REASON_CORPUS:
+        return True
+    if c.max_documents is not None and m.documents_consumed >= c.max_documents:
+        return True
+    return c.tokens is not None and m.rows >= c.tokens
+
+
+def harvest(
+    config: HarvestConfig,
+    *,
+    on_commit: Callable[[ShardInfo], None] | None = None,
+    models: tuple[LoadedModel, LoadedModel] | None = None,
+) -> ActivationStore:
+    """Harvest aligned activation pairs of two models into ``config.out`` (resuming if there).
+
+    ``on_commit(shard)`` is called after each committed shard (progress hooks; tests raise from
+    it to simulate a crash). ``models`` passes already loaded models (A, B) instead of loading
+    ``config.model_a`` / ``config.model_b``. Returns the store.
+    """
+    from crossdiff.corpus import load_corpus
+    from crossdiff.models import load_model
+    from crossdiff.store.manifest import MANIFEST_NAME
+
+    config.validate()
+    out = Path(config.out)
+    if (out / MANIFEST_NAME).is_file():
+        existing = ActivationStore.open(out)
+        if _same_request(existing.manifest, config) and _is_done(existing.manifest, config):
+            _say(
+                config,
+                f"store {out} is complete ({existing.manifest.complete_reason}): "
+                f"{existing.n_rows:,} pairs from {existing.n_documents:,} documents; nothing to do",
+            )
+            return existing
+
+    docs = iter(load_corpus(config.corpus, limit=config.max_documents))
+    first = next(docs, None)
+    if first is None:
+        raise CrossdiffError(
+            f"corpus {config.corpus!r} has no documents; point --corpus at a file or dataset "
+            "with text (see `crossdiff harvest --help`)"
+        )
+    docs = itertools.chain([first], docs)
+
+    if models is None:
+        lm_a = load_model(
+            config.model_a,
+            dtype=config.dtype,
+            device=config.device,
+            trust_remote_code=config.trust_remote_code,
+            cache_dir=config.cache_dir,
+        )
+        lm_b = load_model(
+            config.model_b,
+            dtype=config.dtype,
+            device=config.device,
+            trust_remote_code=config.trust_remote_code,
+            cache_dir=config.cache_dir,
+        )
+    else:
+        lm_a, lm_b = models
+    harvester = Harvester(config, lm_a, lm_b)
+    store = ActivationStore.open_or_create(out, harvester.manifest())
+    if _is_done(store.manifest, config):
+        _say(
+            config,
+            f"store {out} is complete ({store.manifest.complete_reason}): "
+            f"{store.n_rows:,} pairs; nothing to do",
+        )
+        return store
+    skip = store.n_documents
+    if skip:
+        _say(
+            config, f"resuming {out}: {store.n_rows:,} pairs from {skip:,} documents already stored"
+        )
+        docs = itertools.islice(docs, skip, None)
+    harvester.run(store, docs, on_commit=on_commit)
+    _say(config, harvest_summary(store, harvester))
+    return store
+
+
+def _say(config: HarvestConfig, text: str) -> None:
+    if config.progress:
+        print(text, file=sys.stderr)
+
+
+def harvest_summary(store: ActivationStore, harvester: Harvester) -> str:
+    """The one-screen summary printed at the end of a harvest."""
+    tm = harvester.timings
+    m = store.manifest
+    cov = m.coverage()
+    lm_a, lm_b = harvester.lm_a, harvester.lm_b
+    rate = (tm.tokens_a + tm.tokens_b) / tm.total if tm.total > 0 else 0.0
+    overhead = (tm.total - tm.model) / tm.model if tm.model > 0 else math.nan
+    lines = [
+        f"harvest {m.status} ({m.complete_reason or 'interrupted'}): {m.rows:,} pairs from "
+        f"{m.documents_consumed:,} documents in {store.path}",
+        f"  A: {lm_a.model_id} layer {harvester.layer_a}/{lm_a.n_layers}, d={lm_a.d_model}, "
+        f"{str(lm_a.dtype).removeprefix('torch.')} ({lm_a.dtype_reason}) on {lm_a.device}",
+        f"  B: {lm_b.model_id} layer {harvester.layer_b}/{lm_b.n_layers}, d={lm_b.d_model}, "
+        f"{str(lm_b.dtype).removeprefix('torch.')} ({lm_b.dtype_reason}) on {lm_b.device}",
+        f"  coverage: {cov['coverage_a']:.1%} of A's content tokens paired, "
+        f"{cov['coverage_b']:.1%} of B's; {cov['docs_skipped']} documents skipped",
+        f"  this run: {tm.rows:,} pairs, {tm.documents:,} documents, "
+        f"{tm.tokens_a + tm.tokens_b:,} tokens in {tm.total:.1f}s ({rate:,.0f} tokens/s); "
+        f"models {tm.model:.1f}s, everything else {overhead:+.1%} on top",
+    ]
+    scales = store.norm_scales()
+    if scales:
+        lines.append(f"  normalization scales: A x{scales[0]:.4g}, B x{scales[1]:.4g}")
+    return "\n".join(lines)

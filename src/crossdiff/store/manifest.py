@@ -1,0 +1,220 @@
+"""``manifest.json``: what a store holds, and the single source of truth for what is committed.
+
+A shard or documents file exists for readers only once the manifest lists it; the manifest is
+rewritten atomically after each shard, so a crash between the two leaves an unlisted file that
+the next writer overwrites. Everything here is JSON-serializable dataclasses (no pickles).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crossdiff.errors import CrossdiffError
+from crossdiff.store.fileio import atomic_write_bytes
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_NAME = "crossdiff-activation-store"
+FORMAT_VERSION = 1
+STORE_DTYPE = "bfloat16"
+
+
+@dataclass
+class TokenizerInfo:
+    """Identifies a tokenizer: a store's positions only mean something for this exact one."""
+
+    name: str
+    vocab_size: int
+    hash: str  # sha256 of the tokenizer's JSON serialization
+
+
+@dataclass
+class ModelInfo:
+    """One side (A or B) of the pair: which model, which layer, how wide."""
+
+    spec: str  # as the user gave it (alias, hub id, folder, GGUF file)
+    model_id: str
+    revision: str | None
+    layer: int  # resolved index of the decoder layer whose output is stored
+    layer_spec: str  # as asked ("middle", "-1", "12")
+    n_layers: int
+    d_model: int
+    dtype: str  # dtype the model ran in
+    tokenizer: TokenizerInfo
+    has_chat_template: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
+        d = dict(d)
+        d["tokenizer"] = TokenizerInfo(**d["tokenizer"])
+        return cls(**d)
+
+
+@dataclass
+class ShardInfo:
+    """One committed shard file and the documents file that goes with it.
+
+    Shards close on document boundaries: shard k holds every pair of documents
+    ``[doc_start, doc_end)`` and nothing else, and its documents file holds those documents.
+    """
+
+    file: str
+    rows: int
+    sha256: str
+    bytes: int
+    doc_start: int
+    doc_end: int
+    docs_file: str
+    docs_sha256: str
+    content_tokens_a: int = 0
+    content_tokens_b: int = 0
+    docs_skipped: int = 0
+
+
+@dataclass
+class Manifest:
+    """The whole manifest; see docs/harvest-store.md for the meaning of every field."""
+
+    model_a: ModelInfo
+    model_b: ModelInfo
+    corpus: dict[str, Any]  # {"spec": ..., "limit": ...}
+    harvest: dict[str, Any]  # settings that shaped the rows (max_seq_len, batch_size, ...)
+    shards: list[ShardInfo] = field(default_factory=list)
+    norm_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    norm_scales: dict[str, float] | None = None
+    status: str = "in_progress"  # or "complete"
+    complete_reason: str | None = None
+    tokens_target: int | None = None
+    created: str = ""
+    updated: str = ""
+    crossdiff_version: str = ""
+    store_dtype: str = STORE_DTYPE
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    # -- derived -------------------------------------------------------------------------
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def documents_consumed(self) -> int:
+        return self.shards[-1].doc_end if self.shards else 0
+
+    @property
+    def d_a(self) -> int:
+        return self.model_a.d_model
+
+    @property
+    def d_b(self) -> int:
+        return self.model_b.d_model
+
+    def coverage(self) -> dict[str, float | int]:
+        """Aligned pairs over content tokens of each model, over the whole store."""
+        ta = sum(s.content_tokens_a for s in self.shards)
+        tb = sum(s.content_tokens_b for s in self.shards)
+        rows = self.rows
+        return {
+            "pairs": rows,
+            "content_tokens_a": ta,
+            "content_tokens_b": tb,
+            "coverage_a": rows / ta if ta else 0.0,
+            "coverage_b": rows / tb if tb else 0.0,
+            "docs_skipped": sum(s.docs_skipped for s in self.shards),
+        }
+
+    def target_norm(self) -> float:
+        """sqrt((d_a + d_b) / 2): the median norm both models are scaled to (METHOD.md §2)."""
+        return math.sqrt((self.d_a + self.d_b) / 2)
+
+    # -- (de)serialization ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rows"] = self.rows
+        d["documents_consumed"] = self.documents_consumed
+        d["coverage"] = self.coverage()
+        # Put the identifying fields first so `cat manifest.json` reads well.
+        order = ["format", "format_version", "crossdiff_version", "status", "complete_reason"]
+        return {**{k: d.pop(k) for k in order}, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        d = dict(d)
+        for derived in ("rows", "documents_consumed", "coverage"):
+            d.pop(derived, None)
+        if d.get("format") != FORMAT_NAME:
+            raise CrossdiffError(
+                f"not a crossdiff activation store manifest (format {d.get('format')!r})"
+            )
+        if d.get("format_version") != FORMAT_VERSION:
+            raise CrossdiffError(
+                f"store format version {d.get('format_version')} is not supported by this "
+                f"crossdiff (version {FORMAT_VERSION}); harvest the store again or upgrade"
+            )
+        d["model_a"] = ModelInfo.from_dict(d["model_a"])
+        d["model_b"] = ModelInfo.from_dict(d["model_b"])
+        d["shards"] = [ShardInfo(**s) for s in d["shards"]]
+        return cls(**d)
+
+    def save(self, folder: Path) -> None:
+        data = json.dumps(self.to_dict(), indent=2, sort_keys=False).encode("utf-8")
+        atomic_write_bytes(folder / MANIFEST_NAME, data + b"\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> Manifest:
+        path = folder / MANIFEST_NAME
+        if not path.is_file():
+            raise CrossdiffError(
+                f"{folder} is not an activation store: it has no {MANIFEST_NAME} "
+                "(create one with `crossdiff harvest`)"
+            )
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CrossdiffError(f"cannot read {path}: {exc}") from exc
+        try:
+            return cls.from_dict(raw)
+        except (KeyError, TypeError) as exc:
+            raise CrossdiffError(f"{path} is malformed ({exc}); the store cannot be used") from exc
+
+
+# Harvest settings that change speed, not what a row means: a store may be resumed with others
+# (rows then stay valid, though not bit-identical to an uninterrupted run's).
+RUNTIME_SETTINGS = frozenset({"batch_size", "block_documents"})
+
+
+# Fields that must agree for rows to be appended to an existing store (what makes two rows
+# comparable). The token budget is deliberately absent: raising it extends a store.
+def _model_key(m: ModelInfo) -> dict[str, Any]:
+    return {
+        "model_id": m.model_id,
+        "revision": m.revision,
+        "layer": m.layer,
+        "d_model": m.d_model,
+        "dtype": m.dtype,
+        "tokenizer": m.tokenizer.hash,
+    }
+
+
+def incompatibilities(existing: Manifest, wanted: Manifest) -> list[str]:
+    """Human-readable differences that forbid appending ``wanted``'s rows to ``existing``."""
+    problems: list[str] = []
+    for side in ("a", "b"):
+        old = _model_key(getattr(existing, f"model_{side}"))
+        new = _model_key(getattr(wanted, f"model_{side}"))
+        for key, value in old.items():
+            if new[key] != value:
+                problems.append(
+                    f"model {side.upper()} {key}: store has {value!r}, asked {new[key]!r}"
+                )
+    if existing.corpus != wanted.corpus:
+        problems.append(f"corpus: store has {existing.corpus!r}, asked {wanted.corpus!r}")
+    for key, value in existing.harvest.items():
+        if key not in RUNTIME_SETTINGS and wanted.harvest.get(key) != value:
+            problems.append(
+                f"harvest {key}: store has {value!r}, asked {wanted.harvest.get(key)!r}"
+            )
+    return problems

@@ -1,0 +1,259 @@
+"""Reading a store: shuffled training batches (a ``PairSource``) and ordered streaming.
+
+Shuffling never loads the store: each epoch permutes the *shard order* (seeded by the epoch),
+cuts the permuted shards into groups of about ``shuffle_buffer_rows`` rows, and permutes the
+rows within each group (seeded by epoch and group). The whole plan is a function of the
+manifest's row counts and the seed, so ``skip=n`` jumps straight to batch n: it reads only the
+group that batch starts in, never the data before it.
+
+Train and eval are split by document (a hash of the document index against ``eval_fraction``),
+so no eval document leaks into training through a neighbouring window, and the split of the
+existing documents does not change when a store grows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from crossdiff.errors import CrossdiffError
+from crossdiff.store.shard import META_COLUMNS, read_columns
+
+if TYPE_CHECKING:
+    from crossdiff.store.store import ActivationStore
+
+SPLIT_SALT = 0x9E3779B97F4A7C15
+DEFAULT_EVAL_FRACTION = 0.01
+DEFAULT_BUFFER_BYTES = 512 * 2**20
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    z = x.astype(np.uint64) + np.uint64(SPLIT_SALT)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def eval_mask(doc_index: np.ndarray, eval_fraction: float) -> np.ndarray:
+    """True for rows of documents that belong to the eval split (deterministic per document)."""
+    if eval_fraction <= 0:
+        return np.zeros(np.shape(doc_index), dtype=bool)
+    with np.errstate(over="ignore"):
+        u = (_splitmix64(np.asarray(doc_index)) >> np.uint64(11)).astype(np.float64) / 2.0**53
+    return u < eval_fraction
+
+
+def _check_split(split: str | None, eval_fraction: float) -> None:
+    if split not in (None, "train", "eval", "all"):
+        raise CrossdiffError(f"split must be 'train', 'eval' or 'all', got {split!r}")
+    if not 0.0 <= eval_fraction < 1.0:
+        raise CrossdiffError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+
+
+def split_mask(doc_index: np.ndarray, split: str | None, eval_fraction: float) -> np.ndarray:
+    """Which rows of a shard belong to ``split`` (None / "all": every row)."""
+    if split in (None, "all"):
+        return np.ones(np.shape(doc_index), dtype=bool)
+    ev = eval_mask(doc_index, eval_fraction)
+    return ev if split == "eval" else ~ev
+
+
+class StoreSource:
+    """A :class:`~crossdiff.crosscoder.sources.PairSource` over one split of a store.
+
+    ``batches(batch_size, seed=s)`` is an infinite stream: epoch e visits every row of the
+    split exactly once, in an order drawn from (s, e); batches run on across epoch boundaries,
+    so no row is dropped or repeated within an epoch.
+    """
+
+    def __init__(
+        self,
+        store: ActivationStore,
+        split: str = "train",
+        eval_fraction: float = DEFAULT_EVAL_FRACTION,
+        shuffle_buffer_rows: int | None = None,
+    ) -> None:
+        _check_split(split, eval_fraction)
+        self.store = store
+        self.split = split
+        self.eval_fraction = eval_fraction
+        m = store.manifest
+        self.d_a, self.d_b = m.d_a, m.d_b
+        if shuffle_buffer_rows is None:
+            shuffle_buffer_rows = max(1, DEFAULT_BUFFER_BYTES // (2 * (self.d_a + self.d_b)))
+        if shuffle_buffer_rows < 1:
+            raise CrossdiffError(f"shuffle_buffer_rows must be >= 1, got {shuffle_buffer_rows}")
+        self.shuffle_buffer_rows = shuffle_buffer_rows
+        self._paths = [store.path / s.file for s in m.shards]
+        if split in (None, "all") or (eval_fraction == 0 and split == "train"):
+            counts = [s.rows for s in m.shards]
+        else:  # only the doc_index column is read, 8 bytes per row
+            counts = [
+                int(
+                    split_mask(
+                        read_columns(p, ["doc_index"])["doc_index"].numpy(), split, eval_fraction
+                    ).sum()
+                )
+                if s.rows
+                else 0
+                for p, s in zip(self._paths, m.shards)
+            ]
+        self._counts = np.asarray(counts, dtype=np.int64)
+        self.n_rows = int(self._counts.sum())
+        if self.n_rows == 0:
+            hint = (
+                "raise eval_fraction or harvest more documents"
+                if split == "eval"
+                else "harvest into it first (crossdiff harvest)"
+            )
+            raise CrossdiffError(
+                f"the {split!r} split of store {store.path} has no rows "
+                f"({m.rows} rows, {m.documents_consumed} documents, eval_fraction "
+                f"{eval_fraction}); {hint}"
+            )
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def norm_scales(self) -> tuple[float, float] | None:
+        return self.store.norm_scales()
+
+    # -- the shuffle plan ------------------------------------------------------------------
+    def epoch_groups(self, seed: int, epoch: int) -> list[list[int]]:
+        """Shard indices of each shuffle group of one epoch, in visiting order."""
+        nonempty = np.flatnonzero(self._counts > 0)
+        order = nonempty[np.random.default_rng([seed, epoch]).permutation(len(nonempty))]
+        groups: list[list[int]] = [[]]
+        rows = 0
+        for k in order.tolist():
+            if rows >= self.shuffle_buffer_rows:
+                groups.append([])
+                rows = 0
+            groups[-1].append(k)
+            rows += int(self._counts[k])
+        return groups
+
+    def _load_group(self, shards: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        parts_a, parts_b = [], []
+        for k in shards:
+            names = ["x_a", "x_b"] if self.split in (None, "all") else ["x_a", "x_b", "doc_index"]
+            cols = read_columns(self._paths[k], names)
+            if "doc_index" in cols:
+                keep = torch.from_numpy(
+                    split_mask(cols["doc_index"].numpy(), self.split, self.eval_fraction)
+                )
+                cols["x_a"], cols["x_b"] = cols["x_a"][keep], cols["x_b"][keep]
+            parts_a.append(cols["x_a"])
+            parts_b.append(cols["x_b"])
+        return torch.cat(parts_a), torch.cat(parts_b)
+
+    def _row_pieces(
+        self, seed: int, start_row: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(x_a, x_b, row order) per group from ``start_row`` of the infinite stream on."""
+        epoch, offset = divmod(start_row, self.n_rows)
+        while True:
+            for g, shards in enumerate(self.epoch_groups(seed, epoch)):
+                rows = int(self._counts[shards].sum())
+                if offset >= rows:
+                    offset -= rows
+                    continue
+                x_a, x_b = self._load_group(shards)
+                perm = np.random.default_rng([seed, epoch, g + 1]).permutation(rows)
+                yield x_a, x_b, torch.from_numpy(perm[offset:])
+                offset = 0
+            epoch += 1
+
+    def batches(
+        self, batch_size: int, *, seed: int = 0, skip: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Infinite (x_a, x_b) float32 raw batches; ``skip=n`` drops the first n batches."""
+        if batch_size < 1 or skip < 0:
+            raise CrossdiffError(f"batch_size must be >= 1 and skip >= 0; got {batch_size}, {skip}")
+        pieces = self._row_pieces(seed, skip * batch_size)
+        x_a, x_b, order = next(pieces)
+        pos = 0
+        while True:
+            out_a, out_b, need = [], [], batch_size
+            while need:
+                if pos >= len(order):
+                    x_a, x_b, order = next(pieces)
+                    pos = 0
+                take = order[pos : pos + need]
+                out_a.append(x_a[take])
+                out_b.append(x_b[take])
+                pos += len(take)
+                need -= len(take)
+            yield torch.cat(out_a).float(), torch.cat(out_b).float()
+
+
+def iter_rows(
+    store: ActivationStore,
+    batch_size: int = 4096,
+    *,
+    split: str | None = None,
+    eval_fraction: float = DEFAULT_EVAL_FRACTION,
+    dtype: torch.dtype = torch.float32,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]]:
+    """Rows in store order, ``batch_size`` at a time, with their provenance.
+
+    ``meta`` holds numpy arrays: ``row`` (index in the whole store), ``doc_index``, ``window``,
+    ``content_end``, ``pos_a``, ``pos_b``, ``span_a``, ``span_b``, ``norm_a``, ``norm_b``.
+    The last batch may be shorter. One shard is in memory at a time.
+    """
+    _check_split(split, eval_fraction)
+    if batch_size < 1:
+        raise CrossdiffError(f"batch_size must be >= 1, got {batch_size}")
+    carry: list[tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]] = []
+    carried = 0
+    first_row = 0
+    for shard in store.manifest.shards:
+        if shard.rows == 0:
+            continue
+        cols = read_columns(store.path / shard.file, ["x_a", "x_b", *META_COLUMNS])
+        meta = {k: cols[k].numpy() for k in META_COLUMNS}
+        meta["row"] = np.arange(first_row, first_row + shard.rows, dtype=np.int64)
+        first_row += shard.rows
+        keep = split_mask(meta["doc_index"], split, eval_fraction)
+        x_a, x_b = cols["x_a"], cols["x_b"]
+        if not keep.all():
+            t = torch.from_numpy(keep)
+            x_a, x_b = x_a[t], x_b[t]
+            meta = {k: v[keep] for k, v in meta.items()}
+        carry.append((x_a, x_b, meta))
+        carried += int(x_a.shape[0])
+        while carried >= batch_size:
+            batch, carry, carried = _take(carry, batch_size)
+            yield batch[0].to(dtype), batch[1].to(dtype), batch[2]
+    if carried:
+        batch, _, _ = _take(carry, carried)
+        yield batch[0].to(dtype), batch[1].to(dtype), batch[2]
+
+
+def _take(
+    carry: list[tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]], n: int
+) -> tuple[
+    tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]],
+    list[tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]],
+    int,
+]:
+    """Split the first n rows off a list of row blocks."""
+    out, rest, need = [], [], n
+    for x_a, x_b, meta in carry:
+        rows = int(x_a.shape[0])
+        if need >= rows:
+            out.append((x_a, x_b, meta))
+            need -= rows
+        elif need > 0:
+            out.append((x_a[:need], x_b[:need], {k: v[:need] for k, v in meta.items()}))
+            rest.append((x_a[need:], x_b[need:], {k: v[need:] for k, v in meta.items()}))
+            need = 0
+        else:
+            rest.append((x_a, x_b, meta))
+    x_a = torch.cat([o[0] for o in out])
+    x_b = torch.cat([o[1] for o in out])
+    meta = {k: np.concatenate([o[2][k] for o in out]) for k in out[0][2]}
+    return (x_a, x_b, meta), rest, sum(int(r[0].shape[0]) for r in rest)
