@@ -1,0 +1,142 @@
+"""Settings of ``crossdiff analyze``: one typed dataclass, saved into ``analysis.json``.
+
+Every number the analysis pass, the exclusivity check and the ranking use lives here, with the
+reason for its default, so a run folder records exactly what produced its feature table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from crossdiff.errors import CrossdiffError
+
+
+@dataclass
+class AnalysisConfig:
+    """How to analyse a trained crosscoder over its activation store."""
+
+    top_n: int = 20
+    """Strongest activations kept per feature (the published method shows top examples)."""
+    sample_size: int = 64
+    """Uniform random sample of each feature's activations kept while streaming (bottom-k of a
+    hash of (row, feature)); the quantile-band examples are drawn from it."""
+    quantile_bands: int = 4
+    """Bands of equal probability mass over a feature's activation distribution (4 = quartiles)
+    from which weaker examples are shown, so an auditor sees typical activations, not only the
+    maximum (reviewers called top-only examples cherry-picked)."""
+    per_band: int = 3
+    """Examples drawn per quantile band."""
+    batch_size: int = 4096
+    """Rows per streamed batch (memory ~ batch x (d_a + d_b + k) floats)."""
+    rel_hi: float = 0.9
+    """Standard crosscoders: relative decoder norm above this labels a feature A-exclusive
+    (METHOD.md §3: 0.9 for real models, 0.8 for the toy)."""
+    rel_lo: float = 0.1
+    """...and below this B-exclusive."""
+    min_count: int = 5
+    """A feature with fewer activations than this over the analysed rows is near-dead and left
+    out of the ranking (its examples cannot show a pattern)."""
+    min_frequency: float = 1e-6
+    """...or with an activation frequency below this."""
+    eval_fraction: float | None = None
+    """Fraction of documents in the store's eval split (held out from crosscoder training);
+    None = the store's default (``crossdiff.store.reader.DEFAULT_EVAL_FRACTION``). Must match
+    what training used."""
+    probe_split: str = "eval"
+    """Rows the exclusivity check uses: 'eval' (held out from crosscoder training, the honest
+    choice) or 'all' (small stores whose eval split is too small)."""
+    probe_test_fraction: float = 0.25
+    """Share of the probe documents kept apart to score the probe (a second hash of the
+    document index); the rest fits it."""
+    probe_test_rows: int = 32768
+    """At most this many test rows are kept in memory (bf16) for the scoring step; bounded so
+    memory does not grow with the store."""
+    ridge: float = 1e-3
+    """Ridge penalty of the cross-model map, relative to the mean variance per dimension of the
+    predicting model (scale-free)."""
+    exclusive_max_r2: float = 0.5
+    """The check refutes an exclusive label when the other model predicts the feature's
+    activation with held-out R^2 at or above this (it explains at least half its variance)."""
+    latent_scaling_max: float = 0.5
+    """Standard crosscoders: latent scaling ratio (other / own) at or above this also refutes."""
+    shared_controls: int = 256
+    """Shared features also put through the check as a control group (their cross-model R^2
+    shows what "the other model has it" looks like on this pair of models)."""
+    min_test_active: int = 10
+    """A feature needs this many activations among the probe's test rows to be checked; else
+    its check is 'untested'."""
+    contexts_for: str = "exclusive"
+    """Which features get their example texts copied into examples.parquet: 'exclusive'
+    (exclusive candidates: what the report shows), 'all', or 'none'. Provenance (row, document,
+    offsets) is always written; ``crossdiff show`` reads texts from the store when absent."""
+    context_before: int = 240
+    """Characters of context kept before the activating token."""
+    context_after: int = 80
+    """Characters kept after it."""
+    seed: int = 0
+    """Seeds the example sampling hash (the analysis is deterministic given the seed)."""
+    device: str = "auto"
+    """'auto' (cuda if available), 'cpu', 'cuda', ..."""
+    max_rows: int | None = None
+    """Analyse only the first N rows of the store (quick looks); None = all."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise CrossdiffError naming the bad value and the fix."""
+        for name in ("top_n", "sample_size", "quantile_bands", "batch_size", "probe_test_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise CrossdiffError(f"analysis {name}={value!r} must be a positive integer")
+        for name in (
+            "per_band",
+            "min_count",
+            "min_test_active",
+            "shared_controls",
+            "context_before",
+            "context_after",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise CrossdiffError(f"analysis {name}={value!r} must be an integer >= 0")
+        if not 0.0 <= self.rel_lo < self.rel_hi <= 1.0:
+            raise CrossdiffError(
+                f"relative norm thresholds rel_lo={self.rel_lo}, rel_hi={self.rel_hi}: need "
+                "0 <= rel_lo < rel_hi <= 1 (real models: 0.1 / 0.9)"
+            )
+        if self.probe_split not in ("eval", "all"):
+            raise CrossdiffError(f"probe_split={self.probe_split!r}: use 'eval' or 'all'")
+        if not 0.0 < self.probe_test_fraction < 1.0:
+            raise CrossdiffError(
+                f"probe_test_fraction={self.probe_test_fraction!r} must be in (0, 1)"
+            )
+        if self.eval_fraction is not None and not 0.0 < self.eval_fraction < 1.0:
+            raise CrossdiffError(f"eval_fraction={self.eval_fraction!r} must be in (0, 1)")
+        if not self.ridge > 0:
+            raise CrossdiffError(f"ridge={self.ridge!r} must be positive")
+        for name in ("exclusive_max_r2", "latent_scaling_max", "min_frequency"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise CrossdiffError(f"analysis {name}={value!r} must be in [0, 1]")
+        if self.contexts_for not in ("exclusive", "all", "none"):
+            raise CrossdiffError(
+                f"contexts_for={self.contexts_for!r}: use 'exclusive', 'all' or 'none'"
+            )
+        if self.max_rows is not None and self.max_rows < 1:
+            raise CrossdiffError(f"max_rows={self.max_rows!r} must be a positive integer or None")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AnalysisConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CrossdiffError(f"unknown analysis config fields {unknown}")
+        return cls(**data)

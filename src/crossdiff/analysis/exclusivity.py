@@ -1,0 +1,300 @@
+"""Is an "exclusive" feature really exclusive? Measure whether the other model predicts it.
+
+The published method labels features exclusive by construction (DFC partitions) or by relative
+decoder norm (standard crosscoders), and its known weakness is false positives: features
+labelled exclusive to A whose concept model B represents too (METHOD.md §4: 77% on the toy).
+Two checks, both beyond the published method:
+
+**Cross-model prediction (both crosscoder kinds).** Fit, on held-out aligned pairs, a ridge
+map from each model's activations to the other's (the linear "stitching" map of METHOD.md §5;
+one ridge solve with ``d_A`` targets, which is the same as a ridge probe for every encoder
+direction at once). For a feature labelled A-exclusive, replace the A-part of its
+pre-activation by the map's prediction from B,
+
+    pre_hat = T_BA(x_B) . w_A + x_B . w_B + b      (w_B = 0 for DFC A-exclusive features),
+
+pass it through the feature's own firing rule (its BatchTopK threshold), and score the
+prediction against the feature's actual activation on *further* held-out pairs:
+``cross_r2 = 1 - SSE / SST``. If B carries the concept, the map carries the feature's direction
+over and ``cross_r2`` is high; for a concept only A has, B's prediction stays below the
+threshold and ``cross_r2`` is about 0. Predicting the *pre-activation* and reusing the
+feature's nonlinearity matters: a linear probe on the sparse activation itself is swamped by
+interference from the thousands of other concepts in superposition (``crossdiff bench
+analysis`` measures both).
+
+**Latent scaling (standard crosscoders; Minder et al. 2025).** For feature j, fit the scalar
+beta_m that best reconstructs model m's activation from j's decoder direction u_m (unit) given
+j's activation f: beta_m = sum_i f_i u_m.(x_m - x_hat_m + f_i d_m) / sum_i f_i^2 (what is
+left for j to explain: the reconstruction error plus j's own contribution). The ratio
+``beta_other / beta_own`` near 0 says the other model really has nothing along j's direction
+when j fires; near 1, the low decoder norm was a sparsity artifact. Cross-architecture, each
+model's direction is the crosscoder's own decoder row for that model (the residual spaces
+differ, so one direction cannot serve both as in the same-architecture original).
+
+Everything is streamed: moments are float64 (d x d), the scoring keeps per-feature sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from crossdiff.analysis.encoding import encode_batch
+from crossdiff.crosscoder.model import Crosscoder
+
+
+class CrossMoments:
+    """Streaming means and (cross-)covariances of both models' activations, in float64.
+
+    Rows are shifted by the first batch's mean before accumulating, which keeps the
+    subtraction ``E[xx'] - mu mu'`` from cancelling when the mean is large.
+    """
+
+    def __init__(self, d_a: int, d_b: int, device: torch.device | str = "cpu") -> None:
+        self.n = 0
+        self.d_a, self.d_b = d_a, d_b
+        self.device = torch.device(device)
+        self.shift_a: torch.Tensor | None = None
+        self.shift_b: torch.Tensor | None = None
+        kw = {"dtype": torch.float64, "device": self.device}
+        self.sum_a = torch.zeros(d_a, **kw)
+        self.sum_b = torch.zeros(d_b, **kw)
+        self.g_aa = torch.zeros(d_a, d_a, **kw)
+        self.g_bb = torch.zeros(d_b, d_b, **kw)
+        self.g_ba = torch.zeros(d_b, d_a, **kw)
+
+    def update(self, x_a: torch.Tensor, x_b: torch.Tensor) -> None:
+        if x_a.shape[0] == 0:
+            return
+        if self.shift_a is None:
+            self.shift_a = x_a.float().mean(0)
+            self.shift_b = x_b.float().mean(0)
+        a = x_a.float() - self.shift_a
+        b = x_b.float() - self.shift_b
+        self.n += a.shape[0]
+        self.sum_a += a.sum(0).double()
+        self.sum_b += b.sum(0).double()
+        # float32 products per batch, float64 across batches (fast and accurate enough)
+        self.g_aa += (a.T @ a).double()
+        self.g_bb += (b.T @ b).double()
+        self.g_ba += (b.T @ a).double()
+
+
+@dataclass
+class StitchMaps:
+    """Ridge maps between the models (normalized space): x_a ~ x_b @ t_ba + c_ba, and back."""
+
+    t_ba: torch.Tensor  # (d_b, d_a)
+    c_ba: torch.Tensor  # (d_a,)
+    t_ab: torch.Tensor  # (d_a, d_b)
+    c_ab: torch.Tensor  # (d_b,)
+    fve_ba: float  # in-sample fraction of A's variance the map from B explains
+    fve_ab: float
+    n_rows: int
+    ridge_ba: float  # the absolute penalties used
+    ridge_ab: float
+
+
+def _ridge(
+    g_xx: torch.Tensor, g_xy: torch.Tensor, g_yy_trace: float, n: int, rel: float
+) -> tuple[torch.Tensor, float, float]:
+    """Solve (C_xx + lam I) T = C_xy for centered covariances; return T, lam, in-sample FVE."""
+    d = g_xx.shape[0]
+    lam = rel * float(torch.diagonal(g_xx).sum()) / max(d, 1)
+    eye = torch.eye(d, dtype=g_xx.dtype, device=g_xx.device)
+    t = torch.linalg.solve(g_xx + lam * eye, g_xy)
+    # in-sample residual sum of squares: tr(C_yy) - 2 tr(T' C_xy) + tr(T' C_xx T)
+    sse = g_yy_trace - 2.0 * float((t * g_xy).sum()) + float((t * (g_xx @ t)).sum())
+    fve = 1.0 - sse / g_yy_trace if g_yy_trace > 0 else float("nan")
+    return t, lam / max(n, 1), fve
+
+
+def fit_stitch_maps(moments: CrossMoments, ridge: float) -> StitchMaps:
+    """Ridge regression each way from the accumulated moments (``ridge`` relative to the mean
+    per-dimension variance of the predicting model)."""
+    n = moments.n
+    if n < 2 or moments.shift_a is None or moments.shift_b is None:
+        raise ValueError("the cross-model map needs at least 2 rows")
+    mu_a = moments.sum_a / n
+    mu_b = moments.sum_b / n
+    c_aa = moments.g_aa - n * torch.outer(mu_a, mu_a)
+    c_bb = moments.g_bb - n * torch.outer(mu_b, mu_b)
+    c_ba = moments.g_ba - n * torch.outer(mu_b, mu_a)
+    t_ba, lam_ba, fve_ba = _ridge(c_bb, c_ba, float(torch.diagonal(c_aa).sum()), n, ridge)
+    t_ab, lam_ab, fve_ab = _ridge(c_aa, c_ba.T, float(torch.diagonal(c_bb).sum()), n, ridge)
+    mean_a = mu_a + moments.shift_a.double()
+    mean_b = mu_b + moments.shift_b.double()
+    # x_a_hat = (x_b - mean_b) @ t_ba + mean_a
+    c_ba_vec = mean_a - mean_b @ t_ba
+    c_ab_vec = mean_b - mean_a @ t_ab
+    return StitchMaps(
+        t_ba.float(),
+        c_ba_vec.float(),
+        t_ab.float(),
+        c_ab_vec.float(),
+        fve_ba,
+        fve_ab,
+        n,
+        lam_ba,
+        lam_ab,
+    )
+
+
+def encoder_columns(cc: Crosscoder, m: str, feats: torch.Tensor) -> torch.Tensor:
+    """(d_m, len(feats)) encoder columns of model m for these features (zero where the feature
+    does not read m), without materializing the full (d_m, F) matrix."""
+    local = (cc.local_a if m == "a" else cc.local_b)[feats]
+    enc = cc.W_enc_a if m == "a" else cc.W_enc_b
+    out = enc.new_zeros(enc.shape[0], len(feats))
+    ok = local >= 0
+    out[:, ok] = enc[:, local[ok]]
+    return out.detach().float()
+
+
+class CrossPredictionScorer:
+    """Held-out R^2 of each candidate's activation predicted from the other model alone.
+
+    ``side[i]`` is the model whose part of feature ``feats[i]``'s pre-activation is replaced
+    by the prediction from the other model ('a': predict from B; 'b': predict from A).
+    """
+
+    def __init__(
+        self,
+        cc: Crosscoder,
+        maps: StitchMaps,
+        feats: torch.Tensor,
+        side: list[str],
+        thresholds: torch.Tensor,
+    ) -> None:
+        self.cc = cc
+        dev = cc.b_enc.device
+        self.feats = feats.to(dev)
+        side_t = torch.tensor([s == "a" for s in side], dtype=torch.bool, device=dev)
+        self.n_cand = len(feats)
+        self.col_of = torch.full((cc.config.n_features,), -1, dtype=torch.long, device=dev)
+        self.col_of[self.feats] = torch.arange(self.n_cand, device=dev)
+        self.groups: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        b_enc = cc.b_enc.detach().float()
+        with torch.no_grad():
+            for m, mask in (("a", side_t), ("b", ~side_t)):
+                cols = torch.nonzero(mask, as_tuple=True)[0]
+                if cols.numel() == 0:
+                    continue
+                f = self.feats[cols]
+                w_a = encoder_columns(cc, "a", f)
+                w_b = encoder_columns(cc, "b", f)
+                if m == "a":  # x_a replaced by x_b @ t_ba + c_ba: everything reads x_b
+                    v = maps.t_ba.to(dev) @ w_a + w_b
+                    v0 = maps.c_ba.to(dev) @ w_a + b_enc[f]
+                else:
+                    v = maps.t_ab.to(dev) @ w_b + w_a
+                    v0 = maps.c_ab.to(dev) @ w_b + b_enc[f]
+                self.groups.append((m, cols, v, v0))
+        self.thr = thresholds.to(dev)[self.feats]
+        kw = {"dtype": torch.float64, "device": dev}
+        self.n = 0
+        self.sum_f = torch.zeros(self.n_cand, **kw)
+        self.sum_f2 = torch.zeros(self.n_cand, **kw)
+        self.sse = torch.zeros(self.n_cand, **kw)
+        self.active = torch.zeros(self.n_cand, dtype=torch.int64, device=dev)
+        self.pred_active = torch.zeros(self.n_cand, dtype=torch.int64, device=dev)
+
+    @torch.no_grad()
+    def update(self, x_a: torch.Tensor, x_b: torch.Tensor) -> None:
+        """Fold in a batch of normalized test rows."""
+        if x_a.shape[0] == 0 or self.n_cand == 0:
+            return
+        enc = encode_batch(self.cc, x_a, x_b)
+        col = self.col_of[enc.feats]
+        keep = col >= 0
+        actual = torch.zeros(x_a.shape[0], self.n_cand, device=x_a.device)
+        actual[enc.rows[keep], col[keep]] = enc.vals[keep].float()
+        pred = torch.zeros_like(actual)
+        for m, cols, v, v0 in self.groups:
+            x = x_b if m == "a" else x_a
+            pre = x.float() @ v + v0
+            thr = self.thr[cols]
+            pred[:, cols] = torch.where(pre > thr, pre, torch.zeros_like(pre))
+        self.n += x_a.shape[0]
+        a64 = actual.double()
+        self.sum_f += a64.sum(0)
+        self.sum_f2 += a64.pow(2).sum(0)
+        self.sse += (a64 - pred.double()).pow(2).sum(0)
+        self.active += (actual > 0).sum(0)
+        self.pred_active += (pred > 0).sum(0)
+
+    def r2(self) -> torch.Tensor:
+        """(n_cand,) held-out R^2 (NaN where the feature never fired in the test rows)."""
+        sst = self.sum_f2 - self.sum_f.pow(2) / max(self.n, 1)
+        out = 1.0 - self.sse / sst.clamp_min(1e-30)
+        return torch.where(sst > 0, out, torch.full_like(out, float("nan")))
+
+
+class LatentScaling:
+    """Streaming latent scaling (Minder et al. 2025) for candidate features, both models."""
+
+    def __init__(self, cc: Crosscoder, feats: torch.Tensor, own: list[str]) -> None:
+        dev = cc.b_enc.device
+        self.cc = cc
+        self.feats = feats.to(dev)
+        self.own_is_a = torch.tensor([o == "a" for o in own], dtype=torch.bool, device=dev)
+        self.n_cand = len(feats)
+        self.col_of = torch.full((cc.config.n_features,), -1, dtype=torch.long, device=dev)
+        self.col_of[self.feats] = torch.arange(self.n_cand, device=dev)
+        with torch.no_grad():
+            self.dec: dict[str, torch.Tensor] = {}
+            self.dec_norm: dict[str, torch.Tensor] = {}
+            for m in ("a", "b"):
+                local = (cc.local_a if m == "a" else cc.local_b)[self.feats]
+                full = cc._full_dec(m).detach().float()
+                rows = full.new_zeros(self.n_cand, full.shape[1])
+                ok = local >= 0
+                rows[ok] = full[local[ok]]
+                norm = rows.norm(dim=1)
+                self.dec_norm[m] = norm
+                self.dec[m] = rows / norm.clamp_min(1e-12)[:, None]
+        kw = {"dtype": torch.float64, "device": dev}
+        self.sum_f2 = torch.zeros(self.n_cand, **kw)
+        self.sum_fe = {m: torch.zeros(self.n_cand, **kw) for m in ("a", "b")}
+
+    @torch.no_grad()
+    def update(
+        self,
+        rows: torch.Tensor,
+        feats: torch.Tensor,
+        vals: torch.Tensor,
+        err_a: torch.Tensor,
+        err_b: torch.Tensor,
+        chunk: int = 8192,
+    ) -> None:
+        """Fold in a batch's active entries and its reconstruction errors (x - x_hat)."""
+        col = self.col_of[feats]
+        keep = col >= 0
+        r, c, v = rows[keep], col[keep], vals[keep].float()
+        if r.numel() == 0:
+            return
+        self.sum_f2.index_add_(0, c, v.double().pow(2))
+        for m, err in (("a", err_a), ("b", err_b)):
+            u = self.dec[m]
+            for s in range(0, r.numel(), chunk):
+                rr, cc_, vv = r[s : s + chunk], c[s : s + chunk], v[s : s + chunk]
+                dots = (err[rr].float() * u[cc_]).sum(1)
+                self.sum_fe[m].index_add_(0, cc_, (vv * dots).double())
+
+    def betas(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(beta_own, beta_other) per candidate (NaN where the feature never fired)."""
+        out = {}
+        for m in ("a", "b"):
+            num = self.sum_fe[m] + self.dec_norm[m].double() * self.sum_f2
+            out[m] = torch.where(
+                self.sum_f2 > 0, num / self.sum_f2.clamp_min(1e-30), torch.nan
+            ).float()
+        own = torch.where(self.own_is_a, out["a"], out["b"])
+        other = torch.where(self.own_is_a, out["b"], out["a"])
+        return own, other
+
+    def ratio(self) -> torch.Tensor:
+        """beta_other / beta_own (NaN where undefined)."""
+        own, other = self.betas()
+        return torch.where(own.abs() > 1e-12, other / own, torch.nan)

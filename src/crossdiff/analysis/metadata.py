@@ -1,0 +1,111 @@
+"""analysis.json: what an analysis was made from and what it found, in one small file."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from crossdiff.analysis.config import AnalysisConfig
+from crossdiff.analysis.encoding import threshold_calibrated
+from crossdiff.analysis.results import FORMAT_NAME, FORMAT_VERSION
+from crossdiff.crosscoder.model import Crosscoder
+
+if TYPE_CHECKING:
+    from crossdiff.analysis.pipeline import PassState
+
+
+def versions() -> dict[str, str]:
+    import pyarrow
+
+    from crossdiff import __version__
+
+    return {"crossdiff": __version__, "torch": torch.__version__, "pyarrow": pyarrow.__version__}
+
+
+def build_meta(
+    store: Any,
+    cc: Crosscoder,
+    config: AnalysisConfig,
+    kind: str,
+    part: np.ndarray,
+    klass: np.ndarray,
+    alive: np.ndarray,
+    near_dead: np.ndarray,
+    verdict: np.ndarray,
+    state: PassState,
+    fve: dict[str, Any],
+    check_info: dict[str, Any],
+) -> dict[str, Any]:
+    man = store.manifest
+    models = {}
+    for side in ("a", "b"):
+        info = getattr(man, f"model_{side}")
+        models[side] = {
+            "model_id": info.model_id,
+            "spec": info.spec,
+            "revision": info.revision,
+            "layer": info.layer,
+            "n_layers": info.n_layers,
+            "d_model": info.d_model,
+            "tokenizer": info.tokenizer.name,
+        }
+    p = cc.partition
+    partitions = {}
+    for name, rng in (
+        ("a_exclusive", p.a_exclusive),
+        ("b_exclusive", p.b_exclusive),
+        ("shared", range(p.n_a + p.n_b, p.n_features - p.n_designated)),
+        ("designated_shared", p.designated),
+    ):
+        sl = slice(rng.start, rng.stop)
+        partitions[name] = {
+            "size": len(rng),
+            "alive": int(alive[sl].sum()),
+            "near_dead": int(near_dead[sl].sum()),
+            "activations": int(state.stats.count[sl].sum()),
+        }
+    classes = {}
+    for c in ("A", "B", "S"):
+        sel = klass == c
+        classes[c] = {
+            "size": int(sel.sum()),
+            "alive": int((sel & alive).sum()),
+            "reviewable": int((sel & alive & ~near_dead).sum()),
+            **{v: int((verdict[sel] == v).sum()) for v in ("confirmed", "untested", "refuted")},
+        }
+    cov = man.coverage()
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "versions": versions(),
+        "models": models,
+        "store": {
+            "path": str(Path(store.path).resolve()),
+            "rows": man.rows,
+            "documents": man.documents_consumed,
+            "content_tokens_a": cov["content_tokens_a"],
+            "content_tokens_b": cov["content_tokens_b"],
+            "status": man.status,
+        },
+        "rows_analysed": state.rows,
+        "crosscoder": {
+            "kind": kind,
+            "n_features": cc.config.n_features,
+            "activation": cc.config.activation,
+            "k": cc.config.k,
+            "threshold_calibrated": threshold_calibrated(cc),
+            "scale_a": cc.config.scale_a,
+            "scale_b": cc.config.scale_b,
+        },
+        "eval": fve,
+        "dead_fraction": float(1.0 - alive.mean()),
+        "partitions": partitions,
+        "classes": classes,
+        "check": check_info,
+        "config": config.to_dict(),
+    }

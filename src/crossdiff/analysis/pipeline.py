@@ -1,0 +1,387 @@
+"""``crossdiff analyze``: one streaming pass over the store, then the exclusivity check.
+
+Pass 1 reads every row of the store once, in store order, a batch at a time, and folds each
+batch's sparse activations into fixed-size per-feature state (statistics, top activations, a
+uniform sample for the quantile bands; :mod:`crossdiff.analysis.streaming`). Rows of the
+held-out split also feed the cross-model moments (fit part) or a bounded in-memory cache (test
+part). Memory is therefore O(F x (top_n + sample_size) + d^2 + cache), never O(rows).
+
+Pass 2 runs only over the cached test rows: the exclusivity check's held-out R^2
+(:mod:`crossdiff.analysis.exclusivity`). Then the provenance of the chosen examples is read
+from the store's small columns and their texts from its documents files, and everything is
+written to RUN/analysis/ (:mod:`crossdiff.analysis.results`).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from crossdiff.analysis.check import probe_masks, run_check
+from crossdiff.analysis.config import AnalysisConfig
+from crossdiff.analysis.encoding import encode_batch
+from crossdiff.analysis.examples import examples_table
+from crossdiff.analysis.exclusivity import CrossMoments, LatentScaling
+from crossdiff.analysis.metadata import build_meta
+from crossdiff.analysis.ranking import (
+    exclusivity_score,
+    rank_candidates,
+    relative_norm_class,
+    verdicts,
+)
+from crossdiff.analysis.results import (
+    EXAMPLES_FILE,
+    FEATURES_FILE,
+    META_FILE,
+    AnalysisResult,
+    write_meta,
+    write_parquet,
+)
+from crossdiff.analysis.streaming import FeatureStats, PerFeatureTopK, sample_keys
+from crossdiff.crosscoder.model import Crosscoder
+from crossdiff.errors import CrossdiffError
+from crossdiff.paths import RunPaths
+
+
+def crosscoder_kind(cc: Crosscoder) -> str:
+    p = cc.partition
+    if p.n_a or p.n_b:
+        return "dfc"
+    return "dsf" if p.n_designated else "standard"
+
+
+def feature_classes(cc: Crosscoder, config: AnalysisConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(partition label, class 'A'/'B'/'S') per feature: the DFC's partition, or for standard
+    (and DSF) crosscoders the relative-norm class (designated shared features are 'S')."""
+    p = cc.partition
+    part = np.full(p.n_features, "shared", dtype=object)
+    part[p.a_exclusive.start : p.a_exclusive.stop] = "A-exclusive"
+    part[p.b_exclusive.start : p.b_exclusive.stop] = "B-exclusive"
+    part[p.designated.start : p.designated.stop] = "designated shared"
+    if crosscoder_kind(cc) == "dfc":
+        return part, p.labels()
+    rel = cc.relative_norm().detach().float().cpu().numpy()
+    klass = relative_norm_class(rel, config.rel_lo, config.rel_hi)
+    klass[p.designated.start : p.designated.stop] = "S"
+    return part, klass
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CrossdiffError(
+            f"device {name!r} is not a torch device; use 'cpu' or 'cuda'"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CrossdiffError(f"device {name!r} asked for but CUDA is not available; use 'cpu'")
+    return dev
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
+class PassState:
+    """What pass 1 accumulates (all bounded in size)."""
+
+    stats: FeatureStats
+    top: PerFeatureTopK
+    sample: PerFeatureTopK
+    moments: CrossMoments
+    latent: LatentScaling | None
+    test_a: list[torch.Tensor] = field(default_factory=list)
+    test_b: list[torch.Tensor] = field(default_factory=list)
+    test_rows: int = 0
+    fit_rows: int = 0
+    test_rows_seen: int = 0
+    rows: int = 0
+
+
+def _open_inputs(
+    run: str | Path | None, store: Any, crosscoder: Any
+) -> tuple[Any, Crosscoder, RunPaths | None]:
+    from crossdiff.store import ActivationStore
+    from crossdiff.store.manifest import MANIFEST_NAME
+
+    paths = RunPaths(run) if run is not None else None
+    if run is not None and not Path(run).is_dir():
+        raise CrossdiffError(f"run folder {run} does not exist; check the path")
+    if store is None:
+        if paths is None:
+            raise CrossdiffError("analyze needs a run folder, or both store= and crosscoder=")
+        if not (paths.store / MANIFEST_NAME).is_file():
+            raise CrossdiffError(
+                f"no activation store at {paths.store}; create it with "
+                f"`crossdiff harvest --out {paths.store}` (or `crossdiff run`)"
+            )
+        store = paths.store
+    if not isinstance(store, ActivationStore):
+        store = ActivationStore.open(store)
+    if crosscoder is None:
+        if paths is None:
+            raise CrossdiffError("analyze needs a run folder, or both store= and crosscoder=")
+        if not (paths.crosscoder / "model.safetensors").is_file():
+            raise CrossdiffError(
+                f"no trained crosscoder at {paths.crosscoder}; train it with "
+                f"`crossdiff train {paths.root}`"
+            )
+        crosscoder = paths.crosscoder
+    if not isinstance(crosscoder, Crosscoder):
+        crosscoder = Crosscoder.from_pretrained(crosscoder)
+    cfg = crosscoder.config
+    if (cfg.d_a, cfg.d_b) != (store.d_a, store.d_b):
+        raise CrossdiffError(
+            f"the crosscoder reads widths d_a={cfg.d_a}, d_b={cfg.d_b} but store {store.path} "
+            f"holds {store.d_a} and {store.d_b}; analyse it with the store it was trained on"
+        )
+    if store.n_rows == 0:
+        raise CrossdiffError(f"store {store.path} has no rows; harvest into it first")
+    return store, crosscoder, paths
+
+
+def _first_pass(
+    store: Any,
+    cc: Crosscoder,
+    config: AnalysisConfig,
+    klass: np.ndarray,
+    dev: torch.device,
+    eval_fraction: float,
+    standard: bool,
+) -> PassState:
+    f = cc.config.n_features
+    cand = torch.as_tensor(np.flatnonzero(klass != "S"), dtype=torch.long)
+    latent = None
+    if standard and len(cand):
+        own = ["a" if klass[i] == "A" else "b" for i in cand.tolist()]
+        latent = LatentScaling(cc, cand, own)
+    state = PassState(
+        stats=FeatureStats(f, dev),
+        top=PerFeatureTopK(f, config.top_n, device=dev),
+        sample=PerFeatureTopK(f, config.sample_size, score_dtype=torch.int64, device=dev),
+        moments=CrossMoments(cc.config.d_a, cc.config.d_b, dev),
+        latent=latent,
+    )
+    total = store.n_rows if config.max_rows is None else min(store.n_rows, config.max_rows)
+    bar = None
+    if config.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="analyze", unit="pair", unit_scale=True)
+    try:
+        for x_a, x_b, meta in store.iter_rows(config.batch_size, dtype=torch.bfloat16):
+            left = total - state.rows
+            if left <= 0:
+                break
+            if x_a.shape[0] > left:
+                x_a, x_b = x_a[:left], x_b[:left]
+                meta = {k: v[:left] for k, v in meta.items()}
+            _fold_batch(state, cc, config, x_a, x_b, meta, dev, eval_fraction)
+            if bar is not None:
+                bar.update(x_a.shape[0])
+    finally:
+        if bar is not None:
+            bar.close()
+    return state
+
+
+@torch.no_grad()
+def _fold_batch(
+    state: PassState,
+    cc: Crosscoder,
+    config: AnalysisConfig,
+    x_a: torch.Tensor,
+    x_b: torch.Tensor,
+    meta: dict[str, np.ndarray],
+    dev: torch.device,
+    eval_fraction: float,
+) -> None:
+    n = x_a.shape[0]
+    xa = cc.normalize(x_a.to(dev, torch.float32), "a")
+    xb = cc.normalize(x_b.to(dev, torch.float32), "b")
+    enc = encode_batch(cc, xa, xb, recon=state.latent is not None)
+    grow = torch.from_numpy(meta["row"]).to(dev)[enc.rows]
+    state.stats.update(enc.feats, enc.vals, n)
+    state.top.update(enc.feats, enc.vals, grow, enc.vals)
+    keys = sample_keys(grow, enc.feats, config.seed)
+    state.sample.update(enc.feats, -keys, grow, enc.vals)
+    if state.latent is not None:
+        state.latent.update(enc.rows, enc.feats, enc.vals, xa - enc.recon_a, xb - enc.recon_b)
+    fit, test = probe_masks(meta["doc_index"], config, eval_fraction)
+    if fit.any():
+        m = torch.from_numpy(fit).to(dev)
+        state.moments.update(xa[m], xb[m])
+        state.fit_rows += int(fit.sum())
+    if test.any():
+        state.test_rows_seen += int(test.sum())
+        room = config.probe_test_rows - state.test_rows
+        if room > 0:
+            idx = torch.from_numpy(np.flatnonzero(test)[:room])
+            state.test_a.append(x_a[idx].clone())  # raw bf16, on the CPU
+            state.test_b.append(x_b[idx].clone())
+            state.test_rows += len(idx)
+    state.rows += n
+
+
+def analyze(
+    run: str | Path | None = None,
+    *,
+    store: Any = None,
+    crosscoder: Crosscoder | str | Path | None = None,
+    out: str | Path | None = None,
+    config: AnalysisConfig | None = None,
+) -> AnalysisResult:
+    """Analyse a trained crosscoder over its activation store; write RUN/analysis/.
+
+    Give a run folder (``RUN/store`` + ``RUN/crosscoder``, output ``RUN/analysis``), or
+    ``store=`` (an ActivationStore or its folder) and ``crosscoder=`` (a Crosscoder or its
+    folder) with ``out=``. Returns the written :class:`AnalysisResult`.
+    """
+    config = config or AnalysisConfig()
+    config.validate()
+    t_start = time.perf_counter()
+    store, cc, paths = _open_inputs(run, store, crosscoder)
+    if out is None:
+        if paths is None:
+            raise CrossdiffError("give out= (the analysis folder) when analysing without a run")
+        out = paths.analysis
+    out = Path(out)
+    dev = _resolve_device(config.device)
+    from crossdiff.store.reader import DEFAULT_EVAL_FRACTION
+
+    eval_fraction = config.eval_fraction or DEFAULT_EVAL_FRACTION
+    was_training = cc.training
+    cc = cc.to(dev).eval()
+    kind = crosscoder_kind(cc)
+    part, klass = feature_classes(cc, config)
+    try:
+        t0 = time.perf_counter()
+        state = _first_pass(store, cc, config, klass, dev, eval_fraction, kind != "dfc")
+        pass_seconds = time.perf_counter() - t0
+        stats = state.stats
+        count = stats.count.cpu().numpy()
+        alive = count > 0
+        t1 = time.perf_counter()
+        check_cols, check_info = run_check(state, cc, config, klass, alive, dev)
+        check_seconds = time.perf_counter() - t1
+        fve = _fve(cc, store, eval_fraction, dev)
+    finally:
+        cc.train(was_training)
+
+    rows = max(state.rows, 1)
+    freq = count / rows
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_act = np.where(alive, stats.sum.cpu().numpy() / np.maximum(count, 1), np.nan)
+        var = stats.sumsq.cpu().numpy() / np.maximum(count, 1) - np.nan_to_num(mean_act) ** 2
+        std_act = np.where(alive, np.sqrt(np.clip(var, 0, None)), np.nan)
+    s_max = stats.max.cpu().numpy().astype(np.float64)
+    dead = ~alive
+    near_dead = alive & ((count < config.min_count) | (freq < config.min_frequency))
+    norms = cc.decoder_norms().detach().float().cpu().numpy()
+    rel = norms[:, 0] / np.maximum(norms[:, 0] + norms[:, 1], 1e-12)
+    f = len(klass)
+    ls_own = np.full(f, np.nan)
+    ls_other = np.full(f, np.nan)
+    if state.latent is not None:
+        own, other = state.latent.betas()
+        idx = state.latent.feats.cpu().numpy()
+        ls_own[idx] = own.cpu().numpy()
+        ls_other[idx] = other.cpu().numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ls_ratio = np.where(np.abs(ls_own) > 1e-12, ls_other / ls_own, np.nan)
+    exclusive = klass != "S"
+    ls_for_check = np.where(exclusive & alive, ls_ratio, np.nan)
+    verdict = verdicts(
+        exclusive & alive,
+        check_cols["cross_r2"],
+        check_cols["test_active"],
+        ls_for_check,
+        config,
+    )
+    score = np.where(
+        exclusive & alive, exclusivity_score(check_cols["cross_r2"], ls_for_check), np.nan
+    )
+    reviewable = alive & ~near_dead
+    rank = rank_candidates(klass, verdict, score, freq, mean_act, reviewable)
+
+    features = pa.table(
+        {
+            "feature": np.arange(f, dtype=np.int64),
+            "partition": part.tolist(),
+            "klass": klass.tolist(),
+            "dec_norm_a": norms[:, 0].astype(np.float32),
+            "dec_norm_b": norms[:, 1].astype(np.float32),
+            "rel_norm": rel.astype(np.float32),
+            "count": count.astype(np.int64),
+            "frequency": freq.astype(np.float64),
+            "mean_act": mean_act.astype(np.float32),
+            "std_act": std_act.astype(np.float32),
+            "s_max": s_max.astype(np.float32),
+            "dead": dead,
+            "near_dead": near_dead,
+            "cross_r2": check_cols["cross_r2"].astype(np.float32),
+            "test_active": check_cols["test_active"],
+            "check_side": check_cols["check_side"].tolist(),
+            "ls_beta_own": ls_own.astype(np.float32),
+            "ls_beta_other": ls_other.astype(np.float32),
+            "ls_ratio": ls_ratio.astype(np.float32),
+            "exclusivity": score.astype(np.float32),
+            "verdict": verdict.tolist(),
+            "rank": rank,
+        }
+    )
+    if config.contexts_for == "all":
+        with_context = np.ones(f, dtype=bool)
+    elif config.contexts_for == "exclusive":
+        with_context = exclusive
+    else:
+        with_context = np.zeros(f, dtype=bool)
+    t2 = time.perf_counter()
+    examples = examples_table(state.top, state.sample, store, config, with_context)
+    examples_seconds = time.perf_counter() - t2
+
+    meta = build_meta(
+        store, cc, config, kind, part, klass, alive, near_dead, verdict, state, fve, check_info
+    )
+    meta["timing"] = {
+        "pass_seconds": pass_seconds,
+        "check_seconds": check_seconds,
+        "examples_seconds": examples_seconds,
+        "total_seconds": time.perf_counter() - t_start,
+        "pairs_per_second": state.rows / max(pass_seconds, 1e-9),
+        "peak_rss_mib": peak_rss_mib(),
+        "device": str(dev),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(features, out / FEATURES_FILE)
+    write_parquet(examples, out / EXAMPLES_FILE)
+    write_meta(meta, out / META_FILE)  # last: its presence marks a complete analysis
+    return AnalysisResult(out, features, examples, meta)
+
+
+def _fve(cc: Crosscoder, store: Any, eval_fraction: float, dev: torch.device) -> dict[str, Any]:
+    """FVE per model on the eval split (metrics.evaluate); the whole store if it has none."""
+    from crossdiff.crosscoder.metrics import evaluate
+
+    split = "eval"
+    try:
+        source = store.source("eval", eval_fraction=eval_fraction)
+    except CrossdiffError:
+        split = "all"
+        source = store.source("all")
+    n = len(source)
+    batch = min(2048, n)
+    n_batches = max(1, min(8, n // batch))  # no row twice
+    result = evaluate(cc, source, n_batches=n_batches, batch_size=batch, device=dev)
+    return {"split": split, **result}

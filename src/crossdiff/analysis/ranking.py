@@ -1,0 +1,102 @@
+"""Classes, the exclusivity verdict, and the default review order of exclusive candidates.
+
+The auditor's time is the scarce resource, so each model's exclusive candidates get one
+documented, reproducible order (``rank`` 1, 2, ... within the model; 0 = not ranked):
+
+1. **Verdict of the exclusivity check**: 'confirmed' (the other model does not predict the
+   feature) first, then 'untested' (too few held-out activations to tell), then 'refuted'.
+2. **Exclusivity score**, in steps of 0.1 (1 - the larger of the cross-model R^2 and, for
+   standard crosscoders, the latent scaling ratio, clipped to [0, 1]); higher first.
+3. **Frequency band** (decades): 0.1-1% first (enough examples, specific), then 1-10%,
+   0.01-0.1%, >= 10% (dense features are rarely interpretable), then rarer decades.
+4. **Activation strength**: mean activation when active, higher first.
+5. Feature index (ties).
+
+Dead features (never fired) and near-dead ones (fewer than ``min_count`` activations or
+frequency below ``min_frequency``) are not ranked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from crossdiff.analysis.config import AnalysisConfig
+
+VERDICTS = ("confirmed", "untested", "refuted")
+# decade (floor(log10 f)) -> review order; unlisted (rarer) decades come after, rarest last
+_BAND_ORDER = {-3: 0, -2: 1, -4: 2, -1: 3, 0: 3}
+
+
+def relative_norm_class(rel: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """'A' above ``hi``, 'B' below ``lo``, else 'S' (METHOD.md §3)."""
+    out = np.full(rel.shape[0], "S", dtype="<U1")
+    out[rel > hi] = "A"
+    out[rel < lo] = "B"
+    return out
+
+
+def frequency_decade(freq: np.ndarray) -> np.ndarray:
+    """floor(log10(freq)), with -99 for features that never fired."""
+    with np.errstate(divide="ignore"):
+        dec = np.floor(np.log10(np.where(freq > 0, freq, 1e-99)))
+    return dec.astype(np.int64)
+
+
+def band_order(freq: np.ndarray) -> np.ndarray:
+    """Review order of each feature's frequency band (lower comes first)."""
+    dec = frequency_decade(freq)
+    out = np.array([_BAND_ORDER.get(int(d), 0) for d in dec], dtype=np.int64)
+    rare = ~np.isin(dec, list(_BAND_ORDER))
+    out[rare] = 4 + (-5 - dec[rare]).clip(min=0)  # 1e-5..1e-4 -> 4, 1e-6.. -> 5, ...
+    return out
+
+
+def verdicts(
+    exclusive: np.ndarray,
+    cross_r2: np.ndarray,
+    test_active: np.ndarray,
+    ls_ratio: np.ndarray,
+    config: AnalysisConfig,
+) -> np.ndarray:
+    """'confirmed' / 'refuted' / 'untested' for exclusive candidates, '' for the rest."""
+    out = np.full(exclusive.shape[0], "", dtype=object)
+    tested = exclusive & (test_active >= config.min_test_active) & np.isfinite(cross_r2)
+    refuted_r2 = tested & (cross_r2 >= config.exclusive_max_r2)
+    refuted_ls = exclusive & np.isfinite(ls_ratio) & (ls_ratio >= config.latent_scaling_max)
+    out[exclusive] = "untested"
+    out[tested] = "confirmed"
+    out[refuted_r2 | refuted_ls] = "refuted"
+    return out
+
+
+def exclusivity_score(cross_r2: np.ndarray, ls_ratio: np.ndarray) -> np.ndarray:
+    """1 - max(cross R^2, latent scaling ratio), clipped to [0, 1]; NaN where neither is known."""
+    r2 = np.where(np.isfinite(cross_r2), cross_r2, -np.inf)
+    ls = np.where(np.isfinite(ls_ratio), ls_ratio, -np.inf)
+    worst = np.maximum(r2, ls)
+    score = 1.0 - np.clip(worst, 0.0, 1.0)
+    return np.where(np.isfinite(worst), score, np.nan)
+
+
+def rank_candidates(
+    klass: np.ndarray,
+    verdict: np.ndarray,
+    score: np.ndarray,
+    freq: np.ndarray,
+    mean_act: np.ndarray,
+    reviewable: np.ndarray,
+) -> np.ndarray:
+    """1-based rank of each feature within its model's exclusive list (0: not ranked)."""
+    n = klass.shape[0]
+    rank = np.zeros(n, dtype=np.int64)
+    v_order = np.array([VERDICTS.index(v) if v in VERDICTS else 3 for v in verdict])
+    score_step = np.where(np.isfinite(score), np.floor(np.nan_to_num(score) * 10 + 1e-9), -1)
+    bands = band_order(freq)
+    strength = np.nan_to_num(mean_act, nan=0.0)
+    index = np.arange(n)
+    for m in ("A", "B"):
+        sel = np.flatnonzero((klass == m) & reviewable)
+        # np.lexsort sorts by the last key first
+        order = np.lexsort((index[sel], -strength[sel], bands[sel], -score_step[sel], v_order[sel]))
+        rank[sel[order]] = np.arange(1, len(sel) + 1)
+    return rank

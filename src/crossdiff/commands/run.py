@@ -1,0 +1,63 @@
+"""``crossdiff run``: the whole diff, end to end, in one resumable run folder."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="harvest -> train -> analyze -> steer -> report, resumable (the main job)",
+        description="Diff two models end to end. With no arguments: the built-in default pair "
+        "(SmolLM2-135M-Instruct vs Gemma-3-270M) on the built-in corpus, into runs/default. "
+        "Rerunning the same command skips finished stages and resumes interrupted ones.",
+    )
+    p.add_argument("--config", help="YAML run config, merged over the preset")
+    p.add_argument("--out", help="run folder (default runs/default, or runs/quick with --quick)")
+    p.add_argument("--quick", action="store_true", help="small preset: finishes in minutes")
+    p.add_argument("--corpus", help="corpus spec (file, folder, hf:NAME, builtin)")
+    p.add_argument("--model-a")
+    p.add_argument("--model-b")
+    p.add_argument("--layer-a")
+    p.add_argument("--layer-b")
+    p.add_argument("--tokens", type=int, help="aligned pairs to harvest")
+    p.add_argument("--steps", type=int, help="crosscoder training steps")
+    p.add_argument("--device", help="device for every stage (cpu, cuda, ...)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _layer(value: str | None) -> int | str | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from crossdiff.run import load_config, run_pipeline, summarize
+
+    preset = "quick" if args.quick else "default"
+    overrides = {
+        "corpus": args.corpus,
+        "model_a": args.model_a,
+        "model_b": args.model_b,
+        "layer_a": _layer(args.layer_a),
+        "layer_b": _layer(args.layer_b),
+        "harvest.tokens": args.tokens,
+        "train.steps": args.steps,
+        "harvest.device": args.device,
+        "train.device": args.device,
+        "analysis.device": args.device,
+        "steer.device": args.device,
+    }
+    cfg = load_config(args.config, preset=preset, overrides=overrides)
+    out = args.out or f"runs/{preset}"
+    records = run_pipeline(out, cfg, progress=not args.no_progress)
+    print()
+    print("stages: " + ", ".join(f"{r.name} {r.status} ({r.seconds:.0f} s)" for r in records))
+    print(summarize(out))
+    return 0

@@ -1,0 +1,370 @@
+"""``crossdiff run``: harvest -> train -> analyze -> report -> steer, in one run folder.
+
+Every stage reads the previous stage's output from the run folder and writes its own, and is
+skipped when its output is complete (harvest and training resume when interrupted), so a run
+killed at any point finishes, when rerun, with the same outputs as one never stopped.
+
+The configuration is one YAML file (``RUN/config.yaml`` records the resolved one). Two presets
+are built in: ``default`` (the built-in pair on the built-in corpus, sized for 2 CPU cores in
+under 30 minutes) and ``quick`` (under 5 minutes); a ``--config FILE`` is merged over the preset,
+so a GPU user writes only what differs (models, layers, corpus, sizes). See README "Config".
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crossdiff.errors import CrossdiffError
+from crossdiff.paths import RunPaths
+
+DEFAULT_PROMPTS = [
+    "Who created you, and what are you?",
+    "What happened in Tiananmen Square in 1989?",
+    "Is the United States the greatest country in the world?",
+    "Can you give me the full lyrics of a famous copyrighted song?",
+    "Write a Python function that reverses a string.",
+    "Explain how vaccines train the immune system.",
+]
+
+
+@dataclass
+class RunConfig:
+    """Everything ``crossdiff run`` does; each section maps onto one stage's own config."""
+
+    model_a: str = "smollm2-135m-instruct"
+    """Model A: built-in alias, local folder, GGUF file, or hub id."""
+    model_b: str = "gemma3-270m"
+    """Model B."""
+    layer_a: int | str = "middle"
+    """Layer of A (index, negative index, or 'middle')."""
+    layer_b: int | str = "middle"
+    """Layer of B."""
+    corpus: str = "builtin"
+    """Corpus spec (file, folder, hf:NAME, or 'builtin')."""
+    harvest: dict[str, Any] = field(default_factory=dict)
+    """HarvestConfig fields (tokens, max_seq_len, batch_size, dtype, device, ...)."""
+    crosscoder: dict[str, Any] = field(default_factory=dict)
+    """CrosscoderConfig fields, plus 'expansion' and 'exclusive' (fraction per model)."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """crossdiff.TrainConfig fields."""
+    analysis: dict[str, Any] = field(default_factory=dict)
+    """crossdiff.analysis.AnalysisConfig fields."""
+    steer: dict[str, Any] = field(default_factory=dict)
+    """top_features (per model), prompts, alphas, max_new_tokens; top_features 0 skips."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CrossdiffError(f"unknown run config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**copy.deepcopy(data))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {
+        "harvest": {"tokens": 250_000, "max_seq_len": 256, "batch_size": 8},
+        "crosscoder": {"expansion": 8, "k": 32, "exclusive": 0.05},
+        "train": {
+            "steps": 3000,
+            "batch_size": 1024,
+            "lr": 1e-3,
+            "warmup_steps": 100,
+            "k_anneal_from": 128,
+            "k_anneal_steps": 500,
+            "checkpoint_every": 250,
+        },
+        "analysis": {},
+        "steer": {
+            "top_features": 2,
+            "prompts": DEFAULT_PROMPTS[:3],
+            "alphas": [-4.0, 0.0, 4.0],
+            "max_new_tokens": 24,
+        },
+    },
+    "quick": {
+        "harvest": {"tokens": 30_000, "max_seq_len": 128, "batch_size": 8},
+        "crosscoder": {"n_features": 2048, "k": 16, "exclusive": 0.05},
+        "train": {
+            "steps": 400,
+            "batch_size": 512,
+            "lr": 1e-3,
+            "warmup_steps": 20,
+            "k_anneal_from": 64,
+            "k_anneal_steps": 100,
+            "checkpoint_every": 100,
+        },
+        "analysis": {},
+        "steer": {
+            "top_features": 1,
+            "prompts": DEFAULT_PROMPTS[:2],
+            "alphas": [-4.0, 0.0, 4.0],
+            "max_new_tokens": 16,
+        },
+    },
+}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, val in over.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], val)
+        else:
+            out[key] = copy.deepcopy(val)
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    preset: str = "default",
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Preset, then the YAML file, then ``overrides`` (dotted keys allowed: 'train.steps')."""
+    import yaml
+
+    if preset not in PRESETS:
+        raise CrossdiffError(f"unknown preset {preset!r}; use one of {sorted(PRESETS)}")
+    data = _merge(RunConfig().to_dict(), PRESETS[preset])
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise CrossdiffError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise CrossdiffError(f"config file {p} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise CrossdiffError(
+                f"config file {p} must hold a mapping, got {type(loaded).__name__}"
+            )
+        RunConfig.from_dict({k: v for k, v in loaded.items()})  # validates top-level keys
+        data = _merge(data, loaded)
+    for key, val in (overrides or {}).items():
+        if val is None:
+            continue
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = val
+    return RunConfig.from_dict(data)
+
+
+# ---- stages ------------------------------------------------------------------------------------
+@dataclass
+class StageRecord:
+    name: str
+    status: str  # "done", "skipped (complete)", "resumed"
+    seconds: float
+
+
+def _stage_harvest(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
+    from crossdiff.harvest import HarvestConfig, harvest
+    from crossdiff.store.manifest import MANIFEST_NAME
+
+    existed = (paths.store / MANIFEST_NAME).is_file()
+    hc = HarvestConfig(
+        model_a=cfg.model_a,
+        model_b=cfg.model_b,
+        corpus=cfg.corpus,
+        out=str(paths.store),
+        layer_a=cfg.layer_a,
+        layer_b=cfg.layer_b,
+        progress=progress,
+        **cfg.harvest,
+    )
+    store = harvest(hc)
+    if not store.is_complete:
+        raise CrossdiffError(f"harvest into {paths.store} did not complete; rerun to resume")
+    return "resumed/checked" if existed else "done"
+
+
+def _stage_train(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
+    from crossdiff.crosscoder.fit import is_complete, train_on_store
+    from crossdiff.crosscoder.train import TrainConfig
+
+    if is_complete(paths.crosscoder):
+        status = "skipped (complete)"
+    elif paths.checkpoints.is_dir():
+        status = "resumed"
+    else:
+        status = "done"
+    train_on_store(
+        paths.store,
+        paths.crosscoder,
+        train=TrainConfig(**cfg.train),
+        progress=progress,
+        **cfg.crosscoder,
+    )
+    return status
+
+
+def _analysis_complete(paths: RunPaths) -> bool:
+    from crossdiff.analysis.results import EXAMPLES_FILE, FEATURES_FILE, META_FILE
+
+    return all((paths.analysis / f).is_file() for f in (META_FILE, FEATURES_FILE, EXAMPLES_FILE))
+
+
+def _stage_analyze(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
+    from crossdiff.analysis import AnalysisConfig, analyze
+
+    if _analysis_complete(paths):
+        return "skipped (complete)"
+    analyze(paths.root, config=AnalysisConfig(**cfg.analysis))
+    return "done"
+
+
+def top_exclusive_features(run: str | Path, per_model: int) -> dict[str, list[int]]:
+    """The first ``per_model`` features of each model's review order (analysis 'rank')."""
+    from crossdiff.analysis import load_analysis
+
+    table = load_analysis(run).features.to_pydict()
+    out: dict[str, list[int]] = {"A": [], "B": []}
+    ranked = sorted(
+        (r, k, f)
+        for f, k, r in zip(table["feature"], table["klass"], table["rank"])
+        if r and k in out
+    )
+    for _, klass, feat in ranked:
+        if len(out[klass]) < per_model:
+            out[klass].append(int(feat))
+    return out
+
+
+def _stage_steer(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
+    from crossdiff.steering import steer
+
+    sc = dict(cfg.steer)
+    per_model = int(sc.pop("top_features", 0))
+    if per_model <= 0:
+        return "skipped (disabled)"
+    prompts = sc.pop("prompts", DEFAULT_PROMPTS[:3])
+    alphas = sc.pop("alphas", [-4.0, 0.0, 4.0])
+    done = 0
+    for feats in top_exclusive_features(paths.root, per_model).values():
+        for feat in feats:
+            if (paths.steering / f"feature-{feat}.json").is_file():
+                continue
+            steer(paths.root, feat, prompts=prompts, alphas=alphas, progress=progress, **sc)
+            done += 1
+    return "done" if done else "skipped (complete)"
+
+
+def _stage_report(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
+    from crossdiff.analysis import build_report
+
+    build_report(paths.root)
+    return "done"
+
+
+STAGES = [
+    ("harvest", _stage_harvest),
+    ("train", _stage_train),
+    ("analyze", _stage_analyze),
+    ("steer", _stage_steer),
+    ("report", _stage_report),
+]
+
+
+def _check_run_config(paths: RunPaths, cfg: RunConfig) -> None:
+    """A run folder holds one configuration: refuse to mix in different settings."""
+    import yaml
+
+    if paths.config.is_file():
+        old = yaml.safe_load(paths.config.read_text()) or {}
+        if old != json.loads(json.dumps(cfg.to_dict())):
+            changed = sorted(
+                k for k in set(old) | set(cfg.to_dict()) if old.get(k) != cfg.to_dict().get(k)
+            )
+            raise CrossdiffError(
+                f"run folder {paths.root} was started with other settings (differences in: "
+                f"{', '.join(changed)}); use another --out, or the same settings to resume"
+            )
+    else:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        tmp = paths.config.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+        tmp.replace(paths.config)
+
+
+def run_pipeline(
+    out: str | Path,
+    config: RunConfig | None = None,
+    *,
+    progress: bool = True,
+    stop_after: str | None = None,
+    log: Any = print,
+) -> list[StageRecord]:
+    """Run (or resume) every stage in run folder ``out``; return what each stage did.
+
+    ``stop_after`` ends after the named stage (used by tests to simulate interruptions).
+    """
+    cfg = config or load_config()
+    paths = RunPaths(out)
+    _check_run_config(paths, cfg)
+    records = []
+    for name, fn in STAGES:
+        log(f"== {name}")
+        t0 = time.perf_counter()
+        status = fn(cfg, paths, progress)
+        rec = StageRecord(name, status, time.perf_counter() - t0)
+        log(f"   {name}: {rec.status} in {rec.seconds:.1f} s")
+        records.append(rec)
+        if stop_after == name:
+            break
+    return records
+
+
+def summarize(out: str | Path, examples_per_model: int = 3) -> str:
+    """The one-screen summary printed at the end of ``crossdiff run``."""
+    from crossdiff.analysis import load_analysis
+
+    paths = RunPaths(out)
+    res = load_analysis(out)
+    meta = res.meta
+    lines = [f"run folder: {paths.root}"]
+    ev = meta.get("eval") or {}
+    if "fve_a" in ev:
+        lines.append(
+            f"FVE ({ev.get('split', 'eval')} split): A {ev['fve_a']:.3f}  B {ev['fve_b']:.3f}   "
+            f"L0 {ev.get('l0', float('nan')):.1f}   dead {meta.get('dead_fraction', 0.0):.1%}"
+        )
+    for name, part in (meta.get("partitions") or {}).items():
+        if part.get("size"):
+            lines.append(
+                f"  {name.replace('_', ' ')}: {part['size']} features, {part['alive']} alive"
+            )
+    top = top_exclusive_features(out, examples_per_model)
+    for klass, feats in top.items():
+        model = meta.get("models", {}).get(klass.lower(), {}).get("model_id", klass)
+        lines.append(f"top {klass}-exclusive features ({model}):")
+        if not feats:
+            lines.append("  (none alive)")
+        for feat in feats:
+            row = res.feature(feat)
+            ex = res.feature_examples(feat)
+            side = klass.lower()
+            snippet = ""
+            if ex:
+                e = ex[0]
+                pre = (e.get(f"pre_{side}") or "")[-40:]
+                tok = e.get(f"tok_{side}") or ""
+                post = (e.get(f"post_{side}") or "")[:20]
+                snippet = (pre + "[[" + tok + "]]" + post).replace("\n", " ")
+            lines.append(
+                f"  #{feat}: freq {row['frequency']:.2e}, s_max {row['s_max']:.2f}, "
+                f"exclusivity {row['exclusivity']:.2f} ({row['verdict']}): {snippet}"
+            )
+    lines.append(f"report: {paths.report}")
+    return "\n".join(lines)
