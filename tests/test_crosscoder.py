@@ -310,3 +310,23 @@ def test_bad_inputs_raise_clear_errors(tmp_path, source):
         Crosscoder.from_pretrained(tmp_path / "nothing")
     with pytest.raises(CrossdiffError, match="feature 64 out of range"):
         cc.partition.check_index(64)
+
+
+def test_evaluation_leaves_out_huge_norm_pairs(source):
+    """Attention-sink positions (100x the median norm) must not decide FVE at inference."""
+    from crossdiff.crosscoder.metrics import evaluate
+
+    cfg = CrosscoderConfig.dfc(D_A, D_B, F, k=4)
+    cc = train_crosscoder(source, cfg, quick_train(steps=20), progress=False)
+    x_a, x_b = paired_data(1024, seed=8)
+    clean = evaluate(cc, ArraySource(x_a, x_b), n_batches=1, batch_size=1024)
+    inlier = cc.inlier_mask(cc.normalize(x_a, "a"), cc.normalize(x_b, "b"))
+    sinks = torch.nonzero(inlier).flatten()[::40]  # sink-like rows in model A only
+    norms = x_a.norm(dim=1, keepdim=True)
+    x_a[sinks] = x_a[sinks] / norms[sinks] * 100.0 * norms.median()
+    dirty = evaluate(cc, ArraySource(x_a, x_b), n_batches=1, batch_size=1024)
+    extra = dirty["outlier_frac"] - clean["outlier_frac"]
+    assert extra == pytest.approx(len(sinks) / 1024)
+    assert dirty["fve_b"] > clean["fve_b"] - 0.05  # B is not wrecked by A's outliers
+    kept = evaluate(cc, ArraySource(x_a, x_b), n_batches=1, batch_size=1024, outlier_factor=None)
+    assert kept["fve_b"] < dirty["fve_b"]

@@ -40,6 +40,9 @@ class AnalysisConfig:
     out of the ranking (its examples cannot show a pattern)."""
     min_frequency: float = 1e-6
     """...or with an activation frequency below this."""
+    outlier_factor: float | None = 2.0
+    """Leave out pairs whose normalized norm exceeds this x the typical norm (the rule that
+    keeps them out of training; see Crosscoder.inlier_mask); None keeps every pair."""
     eval_fraction: float | None = None
     """Fraction of documents in the store's eval split (held out from crosscoder training);
     None = the store's default (``crossdiff.store.reader.DEFAULT_EVAL_FRACTION``). Must match
@@ -119,6 +122,10 @@ class AnalysisConfig:
             raise CrossdiffError(f"eval_fraction={self.eval_fraction!r} must be in (0, 1)")
         if not self.ridge > 0:
             raise CrossdiffError(f"ridge={self.ridge!r} must be positive")
+        if self.outlier_factor is not None and not self.outlier_factor > 0:
+            raise CrossdiffError(
+                f"analysis outlier_factor={self.outlier_factor!r} must be positive (or None)"
+            )
         for name in ("exclusive_max_r2", "latent_scaling_max", "min_frequency"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

@@ -93,6 +93,7 @@ def build_meta(
             "status": man.status,
         },
         "rows_analysed": state.rows,
+        "outlier_rows_left_out": state.outliers,
         "crosscoder": {
             "kind": kind,
             "n_features": cc.config.n_features,

@@ -104,6 +104,7 @@ class PassState:
     test_a: list[torch.Tensor] = field(default_factory=list)
     test_b: list[torch.Tensor] = field(default_factory=list)
     test_rows: int = 0
+    outliers: int = 0  # huge-norm pairs left out (Crosscoder.inlier_mask)
     fit_rows: int = 0
     test_rows_seen: int = 0
     rows: int = 0
@@ -207,9 +208,19 @@ def _fold_batch(
     dev: torch.device,
     eval_fraction: float,
 ) -> None:
-    n = x_a.shape[0]
     xa = cc.normalize(x_a.to(dev, torch.float32), "a")
     xb = cc.normalize(x_b.to(dev, torch.float32), "b")
+    # huge-norm positions (attention sinks) are left out, as training leaves them out
+    keep = cc.inlier_mask(xa, xb, config.outlier_factor) if config.outlier_factor else None
+    if keep is not None and not bool(keep.all()):
+        state.outliers += int((~keep).sum())
+        keep_np = keep.cpu().numpy()
+        xa, xb = xa[keep], xb[keep]
+        x_a, x_b = x_a[keep_np], x_b[keep_np]
+        meta = {k: v[keep_np] for k, v in meta.items()}
+    n = x_a.shape[0]
+    if n == 0:
+        return
     enc = encode_batch(cc, xa, xb, recon=state.latent is not None)
     grow = torch.from_numpy(meta["row"]).to(dev)[enc.rows]
     state.stats.update(enc.feats, enc.vals, n)

@@ -1,7 +1,9 @@
 """Quality metrics of a trained crosscoder, computed by streaming a source.
 
 - FVE (fraction of variance explained) per model: 1 - sum ||x - x̂||^2 / sum ||x - mean(x)||^2
-  over all evaluated rows (METHOD.md §4 uses this definition).
+  over all evaluated rows (METHOD.md §4 uses this definition). Pairs with a norm above
+  ``outlier_factor`` x the typical normalized norm are left out, as training leaves them out
+  of the loss (``Crosscoder.inlier_mask``); their fraction is reported as ``outlier_frac``.
 - L0: mean active features per sample (inference mode: the learned BatchTopK threshold).
 - Dead fraction per partition: features that never fired on the evaluated rows.
 - Per-model decoder norms and the relative norm per feature.
@@ -24,6 +26,7 @@ def evaluate(
     batch_size: int = 2048,
     seed: int = 12345,
     device: str | torch.device | None = None,
+    outlier_factor: float | None = 2.0,
 ) -> dict[str, float]:
     """Evaluate on ``n_batches`` batches of ``source`` (raw activations; normalized here)."""
     was_training = cc.training
@@ -33,6 +36,7 @@ def evaluate(
     total = {"a": torch.zeros((), dtype=torch.float64), "b": torch.zeros((), dtype=torch.float64)}
     sums: dict[str, torch.Tensor] = {}
     n_rows = 0
+    n_seen = 0
     active = 0
     fired = torch.zeros(cc.config.n_features, dtype=torch.bool, device=dev)
     stream = source.batches(batch_size, seed=seed)
@@ -41,6 +45,12 @@ def evaluate(
             "a": cc.normalize(xa.to(dev, torch.float32), "a"),
             "b": cc.normalize(xb.to(dev, torch.float32), "b"),
         }
+        n_seen += xa.shape[0]
+        if outlier_factor:
+            keep = cc.inlier_mask(xs["a"], xs["b"], outlier_factor)
+            xs = {m: x[keep] for m, x in xs.items()}
+        if xs["a"].shape[0] == 0:
+            continue
         out = cc(xs["a"], xs["b"])
         recon = {"a": out.recon_a, "b": out.recon_b}
         for m in ("a", "b"):
@@ -50,8 +60,11 @@ def evaluate(
             total[m] = total[m] + xs[m].double().pow(2).sum().cpu()
         active += int((out.features > 0).sum())
         fired |= (out.features > 0).any(0)
-        n_rows += xa.shape[0]
-    result: dict[str, float] = {"rows": float(n_rows)}
+        n_rows += xs["a"].shape[0]
+    result: dict[str, float] = {
+        "rows": float(n_rows),
+        "outlier_frac": 1.0 - n_rows / max(n_seen, 1),
+    }
     for m in ("a", "b"):
         # total variance = sum ||x||^2 - n ||mean||^2
         var = float(total[m]) - float(sums[m].pow(2).sum()) / max(n_rows, 1)

@@ -203,6 +203,21 @@ class Crosscoder(nn.Module):
     def scale(self, m: str) -> float:
         return self.config.scale_a if check_model(m) == "a" else self.config.scale_b
 
+    def inlier_mask(
+        self, x_a: torch.Tensor, x_b: torch.Tensor, factor: float = 2.0
+    ) -> torch.Tensor:
+        """(B,) bool: pairs whose *normalized* norms are both within ``factor`` x the typical
+        norm sqrt((d_a + d_b) / 2) (the store-wide median after normalization).
+
+        Training drops pairs above 2x the batch median (METHOD.md §2); evaluation and analysis
+        use this batch-independent form of the same rule, so that the few huge-norm positions
+        (e.g. SmolLM2's first token, ~130x the median) neither dominate FVE nor become every
+        feature's top example. With ``TrainConfig.normalize=False`` the scales are 1 and the
+        reference norm is only nominal.
+        """
+        ref = factor * math.sqrt((self.config.d_a + self.config.d_b) / 2)
+        return (x_a.norm(dim=1) <= ref) & (x_b.norm(dim=1) <= ref)
+
     def normalize(self, x: torch.Tensor, m: str) -> torch.Tensor:
         """Raw activations of model m -> the normalized space the crosscoder works in."""
         return x * self.scale(m)

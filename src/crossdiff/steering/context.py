@@ -218,7 +218,8 @@ def _s_max_from_table(path: Path, feature: int) -> tuple[float, bool] | None:
 
 
 def stream_s_max(crosscoder: Crosscoder, store, feature: int, *, progress: bool = False) -> float:
-    """The largest activation of one feature over every row of the store (one pass)."""
+    """The largest activation of one feature over the store's rows (one pass), leaving out
+    huge-norm pairs as training and analysis do (``Crosscoder.inlier_mask``)."""
     import torch
 
     from crossdiff.steering.activation import FeatureReader
@@ -237,6 +238,8 @@ def stream_s_max(crosscoder: Crosscoder, store, feature: int, *, progress: bool 
         for x_a, x_b, _meta in rows:
             x_a = x_a.to(device) * cfg.scale_a
             x_b = x_b.to(device) * cfg.scale_b
+            keep = crosscoder.inlier_mask(x_a, x_b)
+            x_a, x_b = x_a[keep], x_b[keep]
             if reader.fast:
                 act = reader(x_a, x_b)
             else:  # the crosscoder's own batch semantics, as in training and analysis
