@@ -47,6 +47,9 @@ class RunConfig:
     """Layer of B."""
     corpus: str = "builtin"
     """Corpus spec (file, folder, hf:NAME, or 'builtin')."""
+    threads: int | None = None
+    """CPU threads for torch (None: torch's default). On a CPU shared with other jobs, 1 can be
+    several times faster than 2 (OpenMP threads wait for each other)."""
     harvest: dict[str, Any] = field(default_factory=dict)
     """HarvestConfig fields (tokens, max_seq_len, batch_size, dtype, device, ...)."""
     crosscoder: dict[str, Any] = field(default_factory=dict)
@@ -311,6 +314,10 @@ def run_pipeline(
     ``stop_after`` ends after the named stage (used by tests to simulate interruptions).
     """
     cfg = config or load_config()
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
     paths = RunPaths(out)
     _check_run_config(paths, cfg)
     records = []

@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens", type=int, help="aligned pairs to harvest")
     p.add_argument("--steps", type=int, help="crosscoder training steps")
     p.add_argument("--device", help="device for every stage (cpu, cuda, ...)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     preset = "quick" if args.quick else "default"
     overrides = {
         "corpus": args.corpus,
+        "threads": args.threads,
         "model_a": args.model_a,
         "model_b": args.model_b,
         "layer_a": _layer(args.layer_a),
