@@ -1,0 +1,715 @@
+"""``crossdiff bench planted``: does the whole tool find what is really different between two LMs?
+
+Ground truth on real (small) language models. Two causal LMs of different architectures and
+tokenizers are trained from scratch on the same procedurally generated corpus, except that
+each also learns one planted concept the other never sees (:mod:`.planted_data`,
+:mod:`.planted_lm`): model A a fictional festival ("Zorblat in Quenmoor"), model B a fixed
+refusal of questions about volcanoes. Then the real pipeline runs on the pair:
+
+1. **harvest** (:func:`crossdiff.harvest`) a store of paired activations from text holding
+   both concepts, and a second store from held-out evaluation documents whose planted
+   character positions are known;
+2. **train** a Dedicated Feature Crosscoder and a standard crosscoder on the same store, over
+   several seeds (:func:`crossdiff.crosscoder.fit.train_on_store`);
+3. **analyze** each (:func:`crossdiff.analysis.analyze`) for the review order of exclusive
+   features;
+4. **score**: for each concept, the feature labelled exclusive to the right model that best
+   tracks the concept (AUROC of its activation against the planted positions, chosen on half
+   of the evaluation documents and reported on the other half; >= 0.9 counts as found), and
+   its rank in the review order;
+5. **steer** (:func:`crossdiff.steer`) that feature in its own model (suppress on prompts
+   where the behaviour occurs, amplify on prompts where it does not) and, through the
+   cross-model check, in the other model, measuring the behaviour rate from greedy
+   generations with the rule in :func:`.planted_data.behaviour_present`.
+
+Everything is cached under a work folder (default ``$CROSSDIFF_CACHE/planted``): the trained
+LMs by a key over their settings, the stores and crosscoders by theirs, so a rerun skips what
+is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossdiff.bench.planted_data import (
+    CONCEPT_OWNER,
+    CONCEPTS,
+    MIX_EVAL,
+    MIX_STORE,
+    PlantedDoc,
+    behaviour_present,
+    make_corpus,
+    prompt_sets,
+)
+from crossdiff.bench.planted_lm import PairSpec
+from crossdiff.errors import CrossdiffError
+
+KINDS = ("dfc", "standard")
+
+
+@dataclass
+class PlantedConfig:
+    """Every setting of one benchmark run (printed, and saved in the JSON output)."""
+
+    lms: PairSpec = field(default_factory=PairSpec.default)
+    """The two language models (architecture, size, training)."""
+    store_docs: int = 8000
+    """Documents harvested into the training store (both concepts present)."""
+    eval_docs: int = 1600
+    """Held-out documents with known planted positions."""
+    data_seed: int = 1
+    """Seed of the store and evaluation corpora (the LMs' own corpora use other seeds)."""
+    kinds: tuple[str, ...] = KINDS
+    """Crosscoders compared on the same store: 'dfc', 'standard'."""
+    seeds: int = 5
+    """Crosscoder seeds per kind (rediscovery count)."""
+    n_features: int = 2048
+    """Dictionary size F (default: about 10x the wider model's width of 192)."""
+    k: int = 16
+    """BatchTopK: active features per pair."""
+    exclusive: float = 0.05
+    """DFC: fraction of F exclusive to each model (paper: 5%)."""
+    steps: int = 1500
+    """Crosscoder optimizer steps."""
+    batch_size: int = 512
+    """Pairs per crosscoder step."""
+    lr: float = 1e-3
+    """Adam learning rate (the paper's 1e-4 is for 100k steps)."""
+    rel_hi: float = 0.9
+    """Standard crosscoder: relative decoder norm above this = A-exclusive (METHOD.md §3)."""
+    rel_lo: float = 0.1
+    """... below this = B-exclusive."""
+    found_auroc: float = 0.9
+    """A concept counts as found when its feature's held-out AUROC reaches this."""
+    steer_seeds: int = 1
+    """Steer the matched features of the first N seeds of each kind."""
+    n_prompts: int = 16
+    """Prompts per set (behaviour expected / not expected) for the LM check and steering."""
+    alphas: tuple[float, ...] = (-8.0, -4.0, 0.0, 4.0, 8.0)
+    """Steering strengths in units of the feature's s_max (METHOD.md §5)."""
+    max_new_tokens: int = 16
+    """Greedy tokens generated per prompt."""
+    rate_change: float = 0.3
+    """Steering 'works' when the own model's rate moves by at least this; the other model
+    shows 'no effect' when its rate never rises more than ``other_tolerance`` above alpha=0."""
+    other_tolerance: float = 0.1
+    harvest_batch: int = 32
+    """Windows per harvest forward pass."""
+    work_dir: str | None = None
+    """Cache/work folder (default: $CROSSDIFF_CACHE/planted)."""
+    threads: int | None = None
+    """torch threads (default: torch's choice)."""
+    progress: bool = True
+
+    @classmethod
+    def quick(cls) -> PlantedConfig:
+        """About 15 minutes on 2 cores (smaller LMs, store and crosscoders, 2 seeds)."""
+        return cls(
+            lms=PairSpec.quick(),
+            store_docs=3000,
+            eval_docs=800,
+            seeds=2,
+            n_features=1024,
+            steps=1200,
+            batch_size=512,
+            n_prompts=12,
+        )
+
+    def validate(self) -> None:
+        for name in ("store_docs", "eval_docs", "seeds", "n_features", "k", "steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise CrossdiffError(f"planted bench {name}={value!r} must be a positive integer")
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad or not self.kinds:
+            raise CrossdiffError(f"--kinds {','.join(self.kinds)}: choose from {', '.join(KINDS)}")
+        if 0.0 not in self.alphas:
+            raise CrossdiffError(f"alphas {self.alphas} must include 0 (the unsteered baseline)")
+        if not (min(self.alphas) < 0 < max(self.alphas)):
+            raise CrossdiffError(f"alphas {self.alphas} need a negative and a positive value")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def data_key(self) -> str:
+        blob = json.dumps(
+            [self.lms.key(), self.store_docs, self.eval_docs, self.data_seed, self.harvest_batch]
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------------
+# Steps
+# ------------------------------------------------------------------------------------------
+def _say(cfg: PlantedConfig, text: str) -> None:
+    if cfg.progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+def corpus_jsonl(docs: list[PlantedDoc]) -> str:
+    """The documents as a ``.jsonl`` corpus: one ``{"text": ...}`` object per line."""
+    return "".join(json.dumps({"text": d.text}) + "\n" for d in docs)
+
+
+def write_corpus(docs: list[PlantedDoc], path: Path) -> None:
+    """Write the corpus atomically; an existing file must hold exactly these documents (a
+    store harvested from other texts would silently mislabel every row)."""
+    content = corpus_jsonl(docs)
+    if path.is_file():
+        if path.read_text(encoding="utf-8") != content:
+            raise CrossdiffError(
+                f"{path} holds other documents than this version of the benchmark generates; "
+                f"delete {path.parent} (or pass another --work-dir) and rerun"
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(content, encoding="utf-8")
+    tmp.replace(path)
+
+
+def harvest_docs(
+    cfg: PlantedConfig, docs: list[PlantedDoc], out: Path, corpus: Path, models: tuple
+) -> Any:
+    """Harvest ``docs`` into the store ``out`` through :func:`crossdiff.harvest` (resumable)."""
+    from crossdiff.harvest import HarvestConfig, harvest
+
+    write_corpus(docs, corpus)
+    lm_a, lm_b = models
+    config = HarvestConfig(
+        model_a=lm_a.spec,
+        model_b=lm_b.spec,
+        corpus=str(corpus),
+        out=str(out),
+        max_seq_len=256,
+        batch_size=cfg.harvest_batch,
+        dtype="float32",
+        device="cpu",
+        shard_rows=65536,
+        progress=cfg.progress,
+    )
+    store = harvest(config, models=models)
+    if store.n_documents != len(docs):
+        raise CrossdiffError(
+            f"store {out} holds {store.n_documents} documents, expected {len(docs)}; delete it "
+            "and rerun"
+        )
+    return store
+
+
+def check_lms(cfg: PlantedConfig, models: tuple, eval_docs: list[PlantedDoc]) -> dict[str, Any]:
+    """What each LM learned: loss per document kind, and the planted behaviours' rates."""
+    from crossdiff.bench.planted_lm import behaviour_rates, loss_by_kind
+
+    sample = eval_docs[: min(300, len(eval_docs))]
+    extra = make_corpus(
+        dataclasses.replace(MIX_EVAL, festival=0.0, trigger_refuse=0.0, trigger_facts=1.0),
+        40,
+        cfg.data_seed + 7,
+        "lmcheck",
+    )
+    prompts = prompt_sets(cfg.n_prompts, seed=cfg.data_seed)
+    out: dict[str, Any] = {}
+    for side, lm in zip(("a", "b"), models):
+        out[side] = {
+            "loss_by_kind": loss_by_kind(lm, sample + extra),
+            "behaviour": {c: behaviour_rates(lm, prompts[c], cfg.max_new_tokens) for c in CONCEPTS},
+        }
+    return out
+
+
+def train_crosscoders(cfg: PlantedConfig, store_path: Path, runs: Path) -> list[dict[str, Any]]:
+    """Train every (kind, seed) crosscoder on the store (each skipped when already complete)."""
+    from crossdiff.crosscoder.fit import train_on_store
+    from crossdiff.crosscoder.train import TrainConfig
+
+    out = []
+    for kind in cfg.kinds:
+        for seed in range(cfg.seeds):
+            run = runs / f"{kind}-s{seed}"
+            train = TrainConfig(
+                steps=cfg.steps,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                warmup_steps=min(100, cfg.steps // 10),
+                k_anneal_from=None,
+                seed=seed,
+                device="cpu",
+                checkpoint_every=max(100, cfg.steps // 4),
+                log_every=50,
+            )
+            t0 = time.perf_counter()
+            _say(cfg, f"crosscoder {kind} seed {seed}: {run}")
+            train_on_store(
+                store_path,
+                run / "crosscoder",
+                train=train,
+                n_features=cfg.n_features,
+                k=cfg.k,
+                exclusive=cfg.exclusive if kind == "dfc" else 0.0,
+                progress=cfg.progress,
+            )
+            summary = json.loads((run / "crosscoder" / "train_summary.json").read_text())
+            out.append(
+                {
+                    "kind": kind,
+                    "seed": seed,
+                    "run": str(run),
+                    "metrics_eval": summary.get("metrics_eval"),
+                    "train_seconds": summary.get("train_seconds"),
+                    "wall_seconds": time.perf_counter() - t0,
+                }
+            )
+    return out
+
+
+def partition_auroc(
+    acts: tuple[np.ndarray, np.ndarray, np.ndarray], features: np.ndarray, labels: np.ndarray
+) -> float:
+    """AUROC of the summed activation of all ``features`` (the exclusive partition as a whole)
+    against the concept's labels: does the owner's exclusive block light up on the concept
+    more than elsewhere, even where no single feature tracks it?"""
+    from crossdiff.bench.planted_eval import auroc
+
+    r, f, v = acts
+    mask = np.isin(f, features)
+    total = np.bincount(r[mask], weights=v[mask], minlength=labels.shape[0])
+    if not ((labels == 1).any() and (labels == 0).any()):
+        return float("nan")
+    return auroc(total, labels)
+
+
+def analyze_run(cfg: PlantedConfig, run: Path, store_path: Path) -> dict[str, np.ndarray]:
+    """Run :func:`crossdiff.analysis.analyze` on one crosscoder (skipped when its output is
+    complete) and return the columns of its feature table the benchmark reads."""
+    import pyarrow.parquet as pq
+
+    from crossdiff.analysis.config import AnalysisConfig
+    from crossdiff.analysis.pipeline import analyze
+    from crossdiff.analysis.results import FEATURES_FILE, META_FILE
+
+    out = run / "analysis"
+    if not (out / META_FILE).is_file():
+        analyze(
+            store=store_path,
+            crosscoder=run / "crosscoder",
+            out=out,
+            config=AnalysisConfig(
+                rel_hi=cfg.rel_hi, rel_lo=cfg.rel_lo, device="cpu", progress=cfg.progress
+            ),
+        )
+    table = pq.read_table(
+        out / FEATURES_FILE,
+        columns=["feature", "klass", "rank", "verdict", "s_max", "frequency", "rel_norm"],
+    )
+    cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    order = np.argsort(cols["feature"])
+    return {name: np.asarray(values)[order] for name, values in cols.items()}
+
+
+def score_run(
+    cfg: PlantedConfig, run: Path, store_path: Path, rows: Any, x_a: Any, x_b: Any
+) -> dict[str, Any]:
+    """Per concept: the matched exclusive feature (among those the analysis labels exclusive to
+    the concept's model), its held-out AUROC and review rank; and the best feature of any label,
+    to tell 'not represented' from 'represented but not labelled exclusive'."""
+    from crossdiff.bench.planted_eval import encode_rows, match_concept
+    from crossdiff.crosscoder.model import Crosscoder
+
+    table = analyze_run(cfg, run, store_path)
+    cc = Crosscoder.from_pretrained(run / "crosscoder")
+    acts = encode_rows(cc, x_a, x_b)
+    out: dict[str, Any] = {}
+    for concept in CONCEPTS:
+        owner = CONCEPT_OWNER[concept].upper()
+        candidates = np.flatnonzero((table["klass"] == owner) & (table["s_max"] > 0))
+        m = match_concept(concept, acts, rows, candidates)
+        any_m = match_concept(concept, acts, rows, np.arange(cc.config.n_features))
+        entry = m.to_dict()
+        entry["found"] = m.found(cfg.found_auroc)
+        f = m.feature
+        entry["rank"] = int(table["rank"][f]) if f is not None and table["rank"][f] > 0 else None
+        entry["n_ranked"] = int(((table["klass"] == owner) & (table["rank"] > 0)).sum())
+        entry["verdict"] = str(table["verdict"][f]) if f is not None else None
+        entry["frequency"] = float(table["frequency"][f]) if f is not None else None
+        entry["partition_auroc"] = partition_auroc(acts, candidates, rows.labels[concept])
+        entry["control_feature"] = (
+            control_feature(candidates, m.feature, cfg.data_seed) if m.feature is not None else None
+        )
+        g = any_m.feature
+        entry["best_any"] = {
+            "feature": g,
+            "auroc_test": any_m.auroc_test,
+            "klass": str(table["klass"][g]) if g is not None else None,
+            "relative_norm": float(table["rel_norm"][g]) if g is not None else None,
+        }
+        out[concept] = entry
+    return out
+
+
+def mark_specific(st: dict[str, Any], margin: float) -> None:
+    """An effect counts as specific when the matched feature moves the rate by ``margin`` more
+    than the random control feature does at the same alphas (big pushes in any direction can
+    break generation, which also lowers a rate)."""
+    ctl = st["control"]
+    for key, sign in (("suppress", -1.0), ("amplify", 1.0)):
+        own = sign * (st[key]["rate_best"] - st[key]["rate_unsteered"])
+        other = sign * (ctl[key]["rate_best"] - ctl[key]["rate_unsteered"])
+        st[key]["specific"] = bool(own - other >= margin)
+        st[key]["works"] = bool(st[key]["works"] and st[key]["specific"])
+
+
+def control_feature(candidates: np.ndarray, matched: int, seed: int) -> int | None:
+    """A random other feature with the same label: steering it shows how much of an effect
+    is specific to the matched feature rather than any push of that size."""
+    others = np.asarray([c for c in candidates if c != matched])
+    if len(others) == 0:
+        return None
+    return int(np.random.default_rng(seed).choice(others))
+
+
+def steer_feature(
+    cfg: PlantedConfig, run: Path, concept: str, feature: int, models: tuple
+) -> dict[str, Any]:
+    """Steer ``feature`` in its own model and (cross-model check) in the other; behaviour rates
+    per alpha on the prompts where the behaviour is expected ('on') and not ('off').
+
+    ``suppress.works``: the own model's 'on' rate drops by at least ``rate_change`` at some
+    negative alpha; ``amplify.works``: its 'off' rate rises by that much at some positive alpha
+    (both later also required to beat a random control feature, :func:`mark_specific`);
+    ``other_model.no_effect``: the other model's rates never rise more than
+    ``other_tolerance`` above its unsteered rates."""
+    from crossdiff.steering import steer
+
+    prompts = prompt_sets(cfg.n_prompts, seed=cfg.data_seed + 100)[concept]
+    all_prompts = prompts.on + prompts.off
+    result = steer(
+        run,
+        feature,
+        prompts=all_prompts,
+        alphas=list(cfg.alphas),
+        cross_model=True,
+        chat=False,
+        max_new_tokens=cfg.max_new_tokens,
+        score=lambda p, g: float(behaviour_present(concept, p, g)),
+        loaded_models={"a": models[0], "b": models[1]},
+        save=True,
+        progress=cfg.progress,
+    )
+    own = CONCEPT_OWNER[concept]
+    n_on = len(prompts.on)
+    zero = list(cfg.alphas).index(0.0)
+    out: dict[str, Any] = {"feature": feature, "alphas": list(cfg.alphas), "models": {}}
+    for m in result.models:
+        scores = np.array([[np.nan if s is None else s for s in row] for row in m.scores])
+        on, off = scores[:n_on].mean(axis=0), scores[n_on:].mean(axis=0)
+        out["models"][m.model] = {
+            "direction": m.direction,
+            "rate_on": on.tolist(),
+            "rate_off": off.tolist(),
+            "examples": {
+                "on": [m.generations[0][i] for i in range(len(cfg.alphas))],
+                "off": [m.generations[n_on][i] for i in range(len(cfg.alphas))],
+            },
+        }
+    neg = [i for i, a in enumerate(cfg.alphas) if a < 0]
+    pos = [i for i, a in enumerate(cfg.alphas) if a > 0]
+    mine = out["models"][own]
+    mine_on, mine_off = np.array(mine["rate_on"]), np.array(mine["rate_off"])
+    out["suppress"] = {
+        "rate_unsteered": float(mine_on[zero]),
+        "rate_best": float(mine_on[neg].min()),
+        "works": bool(mine_on[neg].min() <= mine_on[zero] - cfg.rate_change),
+    }
+    out["amplify"] = {
+        "rate_unsteered": float(mine_off[zero]),
+        "rate_best": float(mine_off[pos].max()),
+        "works": bool(mine_off[pos].max() >= mine_off[zero] + cfg.rate_change),
+    }
+    other = out["models"]["b" if own == "a" else "a"]
+    o_on, o_off = np.array(other["rate_on"]), np.array(other["rate_off"])
+    rise = max(float((o_on - o_on[zero]).max()), float((o_off - o_off[zero]).max()))
+    out["other_model"] = {
+        "max_rise": rise,
+        "rate_on_unsteered": float(o_on[zero]),
+        "rate_off_unsteered": float(o_off[zero]),
+        "no_effect": bool(rise <= cfg.other_tolerance),
+    }
+    out["saved"] = str(result.path) if result.path else None
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# The benchmark
+# ------------------------------------------------------------------------------------------
+def run_planted(cfg: PlantedConfig) -> dict[str, Any]:
+    """Run the whole benchmark; returns the results (see docs/bench-planted.md)."""
+    import torch
+
+    from crossdiff.bench.machine import describe_machine
+    from crossdiff.bench.planted_eval import load_eval_rows
+    from crossdiff.bench.planted_lm import build_pair
+    from crossdiff.models import default_cache_dir, load_model
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    work = Path(cfg.work_dir) if cfg.work_dir else default_cache_dir() / "planted"
+    results: dict[str, Any] = {
+        "machine": describe_machine(),
+        "config": cfg.to_dict(),
+        "work_dir": str(work),
+    }
+    _say(cfg, f"machine: {results['machine']}")
+    _say(cfg, f"work folder: {work}")
+
+    t0 = time.perf_counter()
+    pair = build_pair(cfg.lms, work, progress=cfg.progress)
+    timings["lms"] = time.perf_counter() - t0
+    results["lms"] = pair.report
+    models = tuple(
+        load_model(str(p), dtype="float32", device="cpu") for p in (pair.model_a, pair.model_b)
+    )
+    data = pair.folder / f"data-{cfg.data_key()}"
+    store_docs = make_corpus(MIX_STORE, cfg.store_docs, cfg.data_seed, "store")
+    eval_docs = make_corpus(MIX_EVAL, cfg.eval_docs, cfg.data_seed + 1000, "eval")
+
+    t0 = time.perf_counter()
+    results["lm_check"] = check_lms(cfg, models, eval_docs)
+    timings["lm_check"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    store = harvest_docs(cfg, store_docs, data / "store", data / "store.jsonl", models)
+    eval_store = harvest_docs(cfg, eval_docs, data / "eval_store", data / "eval.jsonl", models)
+    timings["harvest"] = time.perf_counter() - t0
+    results["store"] = _store_facts(store)
+    results["eval_store"] = _store_facts(eval_store)
+
+    t0 = time.perf_counter()
+    runs = data / f"runs-{_cc_key(cfg)}"
+    results["crosscoders"] = train_crosscoders(cfg, store.path, runs)
+    timings["train"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    rows, x_a, x_b = load_eval_rows(eval_store, eval_docs)
+    results["eval_rows"] = {
+        c: {
+            "positive": int((rows.labels[c] == 1).sum()),
+            "negative": int((rows.labels[c] == 0).sum()),
+        }
+        for c in CONCEPTS
+    }
+    for entry in results["crosscoders"]:
+        entry["concepts"] = score_run(cfg, Path(entry["run"]), store.path, rows, x_a, x_b)
+    timings["score"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    for entry in results["crosscoders"]:
+        if entry["seed"] >= cfg.steer_seeds:
+            continue
+        entry["steering"] = {}
+        for concept in CONCEPTS:
+            feature = entry["concepts"][concept]["feature"]
+            if feature is None:
+                continue
+            entry["steering"][concept] = steer_feature(
+                cfg, Path(entry["run"]), concept, feature, models
+            )
+            control = entry["concepts"][concept]["control_feature"]
+            if control is not None:
+                st = entry["steering"][concept]
+                st["control"] = steer_feature(cfg, Path(entry["run"]), concept, control, models)
+                mark_specific(st, cfg.rate_change)
+    timings["steer"] = time.perf_counter() - t0
+
+    results["rediscovery"] = {
+        kind: {
+            c: sum(
+                1 for e in results["crosscoders"] if e["kind"] == kind and e["concepts"][c]["found"]
+            )
+            for c in CONCEPTS
+        }
+        for kind in cfg.kinds
+    }
+    timings["total"] = time.perf_counter() - t_start
+    results["timings"] = timings
+    return results
+
+
+def _store_facts(store: Any) -> dict[str, Any]:
+    cov = store.manifest.coverage()
+    return {
+        "path": str(store.path),
+        "rows": store.n_rows,
+        "documents": store.n_documents,
+        "coverage_a": cov["coverage_a"],
+        "coverage_b": cov["coverage_b"],
+        "d_a": store.d_a,
+        "d_b": store.d_b,
+        "layer_a": store.manifest.model_a.layer,
+        "layer_b": store.manifest.model_b.layer,
+    }
+
+
+def _cc_key(cfg: PlantedConfig) -> str:
+    blob = json.dumps(
+        [cfg.n_features, cfg.k, cfg.exclusive, cfg.steps, cfg.batch_size, cfg.lr], sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+# ------------------------------------------------------------------------------------------
+# Printing
+# ------------------------------------------------------------------------------------------
+def format_results(results: dict[str, Any]) -> str:
+    """A one-screen summary of a benchmark run."""
+    cfg = results["config"]
+    lines = [f"machine: {results['machine']}"]
+    for side in ("a", "b"):
+        r = results["lms"][f"model_{side}"]
+        lines.append(
+            f"model {side.upper()}: {r['arch']} ({r['tokenizer']} tokenizer, "
+            f"vocab {r['vocab_size']}), "
+            f"{r['parameters'] / 1e6:.2f}M parameters, train loss {r['train_loss_first']:.2f} -> "
+            f"{r['train_loss_final']:.3f} over {r['train_tokens'] / 1e6:.2f}M tokens"
+            + (" (cached)" if results["lms"].get("cached") else f" in {r['train_seconds']:.0f}s")
+        )
+    lines.append("LM check (greedy behaviour rate on prompts where it is expected / not expected):")
+    for side in ("a", "b"):
+        chk = results["lm_check"][side]
+        parts = [
+            f"{c} {chk['behaviour'][c]['on']['rate']:.2f}/{chk['behaviour'][c]['off']['rate']:.2f}"
+            for c in CONCEPTS
+        ]
+        losses = ", ".join(f"{k} {v:.2f}" for k, v in chk["loss_by_kind"].items())
+        lines.append(f"  {side.upper()}: " + "; ".join(parts) + f"  | loss/token: {losses}")
+    for name in ("store", "eval_store"):
+        s = results[name]
+        lines.append(
+            f"{name}: {s['rows']:,} pairs from {s['documents']:,} documents, layers "
+            f"{s['layer_a']}/{s['layer_b']}, widths {s['d_a']}/{s['d_b']}, aligned "
+            f"{s['coverage_a']:.1%} of A's tokens, {s['coverage_b']:.1%} of B's"
+        )
+    lines.append(
+        f"crosscoders: F={cfg['n_features']}, k={cfg['k']}, {cfg['steps']} steps x "
+        f"{cfg['batch_size']}, DFC exclusive {cfg['exclusive']:.0%} per model"
+    )
+    header = f"  {'kind':8} {'seed':>4} {'FVE A':>6} {'FVE B':>6}"
+    for c in CONCEPTS:
+        header += f" | {c + ' (' + CONCEPT_OWNER[c].upper() + ')':>14} {'AUROC':>6} {'rank':>5}"
+    lines.append(header)
+    for e in results["crosscoders"]:
+        m = e.get("metrics_eval") or {}
+        row = f"  {e['kind']:8} {e['seed']:>4} {m.get('fve_a', float('nan')):6.3f} "
+        row += f"{m.get('fve_b', float('nan')):6.3f}"
+        for c in CONCEPTS:
+            s = e["concepts"][c]
+            feat = "-" if s["feature"] is None else str(s["feature"])
+            mark = "FOUND" if s["found"] else "miss"
+            rank = "-" if s["rank"] is None else str(s["rank"])
+            row += f" | {mark:>6} #{feat:>6} {s['auroc_test']:6.3f} {rank:>5}"
+        lines.append(row)
+    for e in results["crosscoders"]:
+        parts = []
+        for c in CONCEPTS:
+            s = e["concepts"][c]
+            best = s["best_any"]
+            parts.append(
+                f"{c}: exclusive block {s['partition_auroc']:.3f}, best feature of any label "
+                f"#{best['feature']} ({best['klass']}, rel. norm {best['relative_norm']:.2f}) "
+                f"{best['auroc_test']:.3f}"
+            )
+        lines.append(f"  {e['kind']} s{e['seed']} AUROC of " + "; ".join(parts))
+    for e in results["crosscoders"]:
+        for c, st in e.get("steering", {}).items():
+            own = CONCEPT_OWNER[c]
+            lines.append(
+                f"  steer {e['kind']} s{e['seed']} {c} #{st['feature']} in {own.upper()}: "
+                f"suppress {st['suppress']['rate_unsteered']:.2f} -> "
+                f"{st['suppress']['rate_best']:.2f}"
+                f" ({'works' if st['suppress']['works'] else 'no'}), amplify "
+                f"{st['amplify']['rate_unsteered']:.2f} -> {st['amplify']['rate_best']:.2f} "
+                f"({'works' if st['amplify']['works'] else 'no'}); other model max rise "
+                f"{st['other_model']['max_rise']:+.2f} "
+                f"({'no effect' if st['other_model']['no_effect'] else 'EFFECT'})"
+            )
+            ctl = st.get("control")
+            if ctl is not None:
+                lines.append(
+                    f"    control: random {own.upper()}-exclusive #{ctl['feature']}: suppress "
+                    f"{ctl['suppress']['rate_unsteered']:.2f} -> "
+                    f"{ctl['suppress']['rate_best']:.2f}, "
+                    f"amplify {ctl['amplify']['rate_unsteered']:.2f} -> "
+                    f"{ctl['amplify']['rate_best']:.2f}"
+                )
+    for kind, counts in results["rediscovery"].items():
+        n = cfg["seeds"]
+        lines.append(
+            f"rediscovered by {kind}: " + ", ".join(f"{c} {counts[c]}/{n}" for c in CONCEPTS)
+        )
+    t = results["timings"]
+    lines.append("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "planted",
+        help="train two small LMs with planted differences and check crossdiff finds them",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("--quick", action="store_true", help="about 15 minutes on 2 cores")
+    p.add_argument("--seeds", type=int, help="crosscoder seeds per kind (default 5; quick 2)")
+    p.add_argument("--kinds", help="comma-separated crosscoder kinds (default dfc,standard)")
+    p.add_argument("--features", type=int, help="dictionary size F")
+    p.add_argument("--k", type=int, help="BatchTopK k")
+    p.add_argument("--steps", type=int, help="crosscoder training steps")
+    p.add_argument("--steer-seeds", type=int, help="steer the features of the first N seeds")
+    p.add_argument("--work-dir", help="cache/work folder (default $CROSSDIFF_CACHE/planted)")
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--json-out", help="write the results as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    cfg = PlantedConfig.quick() if args.quick else PlantedConfig()
+    overrides = {
+        "seeds": args.seeds,
+        "n_features": args.features,
+        "k": args.k,
+        "steps": args.steps,
+        "steer_seeds": args.steer_seeds,
+        "work_dir": args.work_dir,
+        "threads": args.threads,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(cfg, name, value)
+    if args.kinds:
+        cfg.kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    cfg.progress = not args.no_progress
+    cfg.validate()
+    print("crossdiff bench planted" + (" --quick" if args.quick else ""))
+    print(json.dumps(cfg.to_dict(), indent=None, default=str))
+    results = run_planted(cfg)
+    print(format_results(results))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"results written to {args.json_out}")
+    return 0
