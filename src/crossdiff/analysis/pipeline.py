@@ -47,6 +47,7 @@ from crossdiff.analysis.results import (
 from crossdiff.analysis.streaming import FeatureStats, PerFeatureTopK, sample_keys
 from crossdiff.crosscoder.model import Crosscoder
 from crossdiff.errors import CrossdiffError
+from crossdiff.models.hardware import resolve_device as _resolve_device
 from crossdiff.paths import RunPaths
 
 
@@ -71,20 +72,6 @@ def feature_classes(cc: Crosscoder, config: AnalysisConfig) -> tuple[np.ndarray,
     klass = relative_norm_class(rel, config.rel_lo, config.rel_hi)
     klass[p.designated.start : p.designated.stop] = "S"
     return part, klass
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise CrossdiffError(
-            f"device {name!r} is not a torch device; use 'cpu' or 'cuda'"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CrossdiffError(f"device {name!r} asked for but CUDA is not available; use 'cpu'")
-    return dev
 
 
 def peak_rss_mib() -> float:

@@ -36,6 +36,7 @@ from crossdiff.crosscoder.config import CrosscoderConfig
 from crossdiff.crosscoder.model import Crosscoder
 from crossdiff.crosscoder.sources import PairSource
 from crossdiff.errors import CrossdiffError
+from crossdiff.models.hardware import resolve_device
 
 CHECKPOINT_PREFIX = "step-"
 TRAIN_STATE_FILE = "train_state.safetensors"
@@ -129,20 +130,6 @@ class TrainConfig:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise CrossdiffError(
-            f"device {name!r} is not a torch device; use 'cpu' or 'cuda'"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CrossdiffError(f"device {name!r} asked for but CUDA is not available; use 'cpu'")
-    return dev
-
-
 def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
