@@ -26,6 +26,11 @@ _EXPORTS: dict[str, str] = {
     "ActivationStore": "crossdiff.store",
     "harvest": "crossdiff.harvest",
     "HarvestConfig": "crossdiff.harvest",
+    "analyze": "crossdiff.analysis",
+    "AnalysisConfig": "crossdiff.analysis",
+    "load_analysis": "crossdiff.analysis",
+    "build_report": "crossdiff.analysis",
+    "show_feature": "crossdiff.analysis",
     "steer": "crossdiff.steering",
     "SteeringResult": "crossdiff.steering",
 }
