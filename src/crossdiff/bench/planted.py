@@ -85,6 +85,10 @@ class PlantedConfig:
     """Pairs per crosscoder step."""
     lr: float = 1e-3
     """Adam learning rate (the paper's 1e-4 is for 100k steps)."""
+    high_norm_factor: float = 2.0
+    """Pairs with a norm above this x the median are left out of crosscoder training and
+    analysis (the method's attention-sink filter, METHOD.md §2; 0 keeps every pair). Reported:
+    the share of planted positions it removes."""
     rel_hi: float = 0.9
     """Standard crosscoder: relative decoder norm above this = A-exclusive (METHOD.md §3)."""
     rel_lo: float = 0.1
@@ -247,6 +251,7 @@ def train_crosscoders(cfg: PlantedConfig, store_path: Path, runs: Path) -> list[
                 device="cpu",
                 checkpoint_every=max(100, cfg.steps // 4),
                 log_every=50,
+                high_norm_factor=cfg.high_norm_factor,
             )
             t0 = time.perf_counter()
             _say(cfg, f"crosscoder {kind} seed {seed}: {run}")
@@ -289,9 +294,12 @@ def partition_auroc(
     return auroc(total, labels)
 
 
-def analyze_run(cfg: PlantedConfig, run: Path, store_path: Path) -> dict[str, np.ndarray]:
+def analyze_run(
+    cfg: PlantedConfig, run: Path, store_path: Path
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run :func:`crossdiff.analysis.analyze` on one crosscoder (skipped when its output is
-    complete) and return the columns of its feature table the benchmark reads."""
+    complete); return the feature-table columns the benchmark reads and the analysis's
+    eval-split metrics (FVE per model, dead fractions)."""
     import pyarrow.parquet as pq
 
     from crossdiff.analysis.config import AnalysisConfig
@@ -305,7 +313,11 @@ def analyze_run(cfg: PlantedConfig, run: Path, store_path: Path) -> dict[str, np
             crosscoder=run / "crosscoder",
             out=out,
             config=AnalysisConfig(
-                rel_hi=cfg.rel_hi, rel_lo=cfg.rel_lo, device="cpu", progress=cfg.progress
+                rel_hi=cfg.rel_hi,
+                rel_lo=cfg.rel_lo,
+                device="cpu",
+                progress=cfg.progress,
+                outlier_factor=cfg.high_norm_factor or None,
             ),
         )
     table = pq.read_table(
@@ -314,7 +326,8 @@ def analyze_run(cfg: PlantedConfig, run: Path, store_path: Path) -> dict[str, np
     )
     cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
     order = np.argsort(cols["feature"])
-    return {name: np.asarray(values)[order] for name, values in cols.items()}
+    columns = {name: np.asarray(values)[order] for name, values in cols.items()}
+    return columns, json.loads((out / META_FILE).read_text()).get("eval") or {}
 
 
 def score_run(
@@ -326,7 +339,7 @@ def score_run(
     from crossdiff.bench.planted_eval import encode_rows, match_concept
     from crossdiff.crosscoder.model import Crosscoder
 
-    table = analyze_run(cfg, run, store_path)
+    table, metrics = analyze_run(cfg, run, store_path)
     cc = Crosscoder.from_pretrained(run / "crosscoder")
     acts = encode_rows(cc, x_a, x_b)
     out: dict[str, Any] = {}
@@ -354,6 +367,7 @@ def score_run(
             "relative_norm": float(table["rel_norm"][g]) if g is not None else None,
         }
         out[concept] = entry
+    out["analysis_eval"] = metrics
     return out
 
 
@@ -504,15 +518,11 @@ def run_planted(cfg: PlantedConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     rows, x_a, x_b = load_eval_rows(eval_store, eval_docs)
-    results["eval_rows"] = {
-        c: {
-            "positive": int((rows.labels[c] == 1).sum()),
-            "negative": int((rows.labels[c] == 0).sum()),
-        }
-        for c in CONCEPTS
-    }
+    results["eval_rows"] = eval_row_facts(cfg, rows, x_a, x_b)
     for entry in results["crosscoders"]:
-        entry["concepts"] = score_run(cfg, Path(entry["run"]), store.path, rows, x_a, x_b)
+        scored = score_run(cfg, Path(entry["run"]), store.path, rows, x_a, x_b)
+        entry["analysis_eval"] = scored.pop("analysis_eval")
+        entry["concepts"] = scored
     timings["score"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -548,6 +558,22 @@ def run_planted(cfg: PlantedConfig) -> dict[str, Any]:
     return results
 
 
+def eval_row_facts(cfg: PlantedConfig, rows: Any, x_a: Any, x_b: Any) -> dict[str, Any]:
+    """Per concept: labelled rows, and the share of positive rows that the high-norm filter
+    would leave out in each model (norm above ``high_norm_factor`` x that model's median)."""
+    norms = {"a": x_a.float().norm(dim=1).numpy(), "b": x_b.float().norm(dim=1).numpy()}
+    out: dict[str, Any] = {}
+    for c in CONCEPTS:
+        y = rows.labels[c]
+        entry: dict[str, Any] = {"positive": int((y == 1).sum()), "negative": int((y == 0).sum())}
+        for side, n in norms.items():
+            high = n > cfg.high_norm_factor * np.median(n) if cfg.high_norm_factor else n < 0
+            entry[f"high_norm_{side}"] = float(high[y == 1].mean()) if (y == 1).any() else 0.0
+            entry[f"high_norm_{side}_all"] = float(high.mean())
+        out[c] = entry
+    return out
+
+
 def _store_facts(store: Any) -> dict[str, Any]:
     cov = store.manifest.coverage()
     return {
@@ -564,9 +590,10 @@ def _store_facts(store: Any) -> dict[str, Any]:
 
 
 def _cc_key(cfg: PlantedConfig) -> str:
-    blob = json.dumps(
-        [cfg.n_features, cfg.k, cfg.exclusive, cfg.steps, cfg.batch_size, cfg.lr], sort_keys=True
-    )
+    settings = [cfg.n_features, cfg.k, cfg.exclusive, cfg.steps, cfg.batch_size, cfg.lr]
+    if cfg.high_norm_factor != 2.0:  # the default stays out, so older caches remain valid
+        settings.append(cfg.high_norm_factor)
+    blob = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -602,16 +629,28 @@ def format_results(results: dict[str, Any]) -> str:
             f"{s['layer_a']}/{s['layer_b']}, widths {s['d_a']}/{s['d_b']}, aligned "
             f"{s['coverage_a']:.1%} of A's tokens, {s['coverage_b']:.1%} of B's"
         )
+    for c, f in results["eval_rows"].items():
+        line = f"eval rows, {c}: {f['positive']:,} positive, {f['negative']:,} negative; "
+        if cfg["high_norm_factor"]:
+            line += (
+                f"above {cfg['high_norm_factor']:g}x median norm (left out of training): "
+                f"{f['high_norm_a']:.1%} of positives in A ({f['high_norm_a_all']:.1%} of all "
+                f"rows), {f['high_norm_b']:.1%} in B ({f['high_norm_b_all']:.1%})"
+            )
+        else:
+            line += "no high-norm filter"
+        lines.append(line)
     lines.append(
         f"crosscoders: F={cfg['n_features']}, k={cfg['k']}, {cfg['steps']} steps x "
-        f"{cfg['batch_size']}, DFC exclusive {cfg['exclusive']:.0%} per model"
+        f"{cfg['batch_size']}, DFC exclusive {cfg['exclusive']:.0%} per model; FVE on the "
+        "store's eval split without the high-norm pairs (crossdiff analyze)"
     )
     header = f"  {'kind':8} {'seed':>4} {'FVE A':>6} {'FVE B':>6}"
     for c in CONCEPTS:
         header += f" | {c + ' (' + CONCEPT_OWNER[c].upper() + ')':>14} {'AUROC':>6} {'rank':>5}"
     lines.append(header)
     for e in results["crosscoders"]:
-        m = e.get("metrics_eval") or {}
+        m = e.get("analysis_eval") or e.get("metrics_eval") or {}
         row = f"  {e['kind']:8} {e['seed']:>4} {m.get('fve_a', float('nan')):6.3f} "
         row += f"{m.get('fve_b', float('nan')):6.3f}"
         for c in CONCEPTS:
@@ -680,6 +719,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, help="BatchTopK k")
     p.add_argument("--steps", type=int, help="crosscoder training steps")
     p.add_argument("--steer-seeds", type=int, help="steer the features of the first N seeds")
+    p.add_argument(
+        "--high-norm-factor",
+        type=float,
+        help="leave pairs above this x the median norm out of training and analysis "
+        "(default 2, the method's; 0 keeps all)",
+    )
     p.add_argument("--work-dir", help="cache/work folder (default $CROSSDIFF_CACHE/planted)")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--json-out", help="write the results as JSON here")
@@ -695,6 +740,7 @@ def _cli(args: argparse.Namespace) -> int:
         "k": args.k,
         "steps": args.steps,
         "steer_seeds": args.steer_seeds,
+        "high_norm_factor": args.high_norm_factor,
         "work_dir": args.work_dir,
         "threads": args.threads,
     }
