@@ -27,9 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="fraction of F exclusive to each model (default 0.05; 0 = standard crosscoder)",
     )
-    g.add_argument(
-        "--designated", type=float, help="fraction of designated shared features (DSF)"
-    )
+    g.add_argument("--designated", type=float, help="fraction of designated shared features (DSF)")
     g.add_argument("--activation", choices=["batchtopk", "topk", "relu"])
     g.add_argument("--selection-norm", choices=["l2", "sum", "none"])
     t = p.add_argument_group("training")
