@@ -379,3 +379,12 @@ def test_write_corpus_refuses_a_file_with_other_documents(tmp_path):
     assert len(lines) == 5 and '"text"' in lines[0]
     with pytest.raises(CrossdiffError, match="other documents"):
         write_corpus(pdata.make_corpus(pdata.MIX_STORE, 5, 1, "w"), path)
+
+
+def test_coherence_check():
+    from crossdiff.bench.planted import coherent
+
+    assert coherent(" blue lanterns along the river. The weavers share honey soup")
+    assert not coherent(" singers singers singers singers singers singers")
+    assert not coherent(" kettle kettle from from from from from from")
+    assert not coherent(" the end")

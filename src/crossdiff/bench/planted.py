@@ -107,6 +107,9 @@ class PlantedConfig:
     """Steering 'works' when the own model's rate moves by at least this; the other model
     shows 'no effect' when its rate never rises more than ``other_tolerance`` above alpha=0."""
     other_tolerance: float = 0.1
+    min_coherent: float = 0.5
+    """An alpha counts for 'suppress'/'amplify' only if at least this share of its
+    generations pass :func:`coherent` (pushes that break the model lower any rate)."""
     harvest_batch: int = 32
     """Windows per harvest forward pass."""
     work_dir: str | None = None
@@ -117,7 +120,7 @@ class PlantedConfig:
 
     @classmethod
     def quick(cls) -> PlantedConfig:
-        """About 15 minutes on 2 cores (smaller LMs, store and crosscoders, 2 seeds)."""
+        """About 8 minutes on 2 cores (smaller LMs, store and crosscoders, 2 seeds)."""
         return cls(
             lms=PairSpec.quick(),
             store_docs=3000,
@@ -371,6 +374,14 @@ def score_run(
     return out
 
 
+def coherent(text: str) -> bool:
+    """A crude fluency check for steered generations: at least 4 words, and at least half of
+    them distinct ("singers singers singers ..." is not a suppressed behaviour, it is a broken
+    model)."""
+    words = text.split()
+    return len(words) >= 4 and len(set(words)) >= 0.5 * len(words)
+
+
 def mark_specific(st: dict[str, Any], margin: float) -> None:
     """An effect counts as specific when the matched feature moves the rate by ``margin`` more
     than the random control feature does at the same alphas (big pushes in any direction can
@@ -399,8 +410,9 @@ def steer_feature(
     per alpha on the prompts where the behaviour is expected ('on') and not ('off').
 
     ``suppress.works``: the own model's 'on' rate drops by at least ``rate_change`` at some
-    negative alpha; ``amplify.works``: its 'off' rate rises by that much at some positive alpha
-    (both later also required to beat a random control feature, :func:`mark_specific`);
+    negative alpha whose generations are mostly coherent; ``amplify.works``: its 'off' rate
+    rises by that much at some such positive alpha (both later also required to beat a random
+    control feature, :func:`mark_specific`);
     ``other_model.no_effect``: the other model's rates never rise more than
     ``other_tolerance`` above its unsteered rates."""
     from crossdiff.steering import steer
@@ -427,10 +439,13 @@ def steer_feature(
     for m in result.models:
         scores = np.array([[np.nan if s is None else s for s in row] for row in m.scores])
         on, off = scores[:n_on].mean(axis=0), scores[n_on:].mean(axis=0)
+        fluent = np.array([[coherent(g) for g in row] for row in m.generations], dtype=float)
         out["models"][m.model] = {
             "direction": m.direction,
             "rate_on": on.tolist(),
             "rate_off": off.tolist(),
+            "coherent_on": fluent[:n_on].mean(axis=0).tolist(),
+            "coherent_off": fluent[n_on:].mean(axis=0).tolist(),
             "examples": {
                 "on": [m.generations[0][i] for i in range(len(cfg.alphas))],
                 "off": [m.generations[n_on][i] for i in range(len(cfg.alphas))],
@@ -440,15 +455,22 @@ def steer_feature(
     pos = [i for i, a in enumerate(cfg.alphas) if a > 0]
     mine = out["models"][own]
     mine_on, mine_off = np.array(mine["rate_on"]), np.array(mine["rate_off"])
+    # only alphas at which most generations are still text count (see coherent())
+    neg_ok = [i for i in neg if mine["coherent_on"][i] >= cfg.min_coherent]
+    pos_ok = [i for i in pos if mine["coherent_off"][i] >= cfg.min_coherent]
+    best_neg = float(mine_on[neg_ok].min()) if neg_ok else float(mine_on[zero])
+    best_pos = float(mine_off[pos_ok].max()) if pos_ok else float(mine_off[zero])
     out["suppress"] = {
         "rate_unsteered": float(mine_on[zero]),
-        "rate_best": float(mine_on[neg].min()),
-        "works": bool(mine_on[neg].min() <= mine_on[zero] - cfg.rate_change),
+        "rate_best": best_neg,
+        "rate_best_any": float(mine_on[neg].min()),
+        "works": bool(best_neg <= mine_on[zero] - cfg.rate_change),
     }
     out["amplify"] = {
         "rate_unsteered": float(mine_off[zero]),
-        "rate_best": float(mine_off[pos].max()),
-        "works": bool(mine_off[pos].max() >= mine_off[zero] + cfg.rate_change),
+        "rate_best": best_pos,
+        "rate_best_any": float(mine_off[pos].max()),
+        "works": bool(best_pos >= mine_off[zero] + cfg.rate_change),
     }
     other = out["models"]["b" if own == "a" else "a"]
     o_on, o_off = np.array(other["rate_on"]), np.array(other["rate_off"])
@@ -712,7 +734,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train two small LMs with planted differences and check crossdiff finds them",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("--quick", action="store_true", help="about 15 minutes on 2 cores")
+    p.add_argument("--quick", action="store_true", help="smaller and fewer: ~8 min on 2 cores")
     p.add_argument("--seeds", type=int, help="crosscoder seeds per kind (default 5; quick 2)")
     p.add_argument("--kinds", help="comma-separated crosscoder kinds (default dfc,standard)")
     p.add_argument("--features", type=int, help="dictionary size F")
