@@ -29,6 +29,23 @@ from crossdiff.store import reader as reader_mod
 D_A, D_B = 8, 12
 
 
+def doc_rows(i: int, ids: np.ndarray):
+    """Synthetic rows of document i whose activations encode their global row ids."""
+    n = len(ids)
+    spans = np.stack([np.arange(n) * 3, np.arange(n) * 3 + 3], 1)
+    return make_rows(
+        encode(ids, D_A),
+        encode(ids, D_B, scale=2.0),
+        doc_index=i,
+        window=0,
+        content_end=np.arange(1, n + 1) * 3,
+        pos_a=np.arange(n),
+        pos_b=np.arange(n) + 1,
+        span_a=spans,
+        span_b=spans,
+    )
+
+
 def manifest(d_a: int = D_A, d_b: int = D_B, layer_a: int = 1, corpus: str = "c.jsonl") -> Manifest:
     def info(name: str, d: int, layer: int) -> ModelInfo:
         return ModelInfo(
@@ -95,19 +112,7 @@ def fill(
             ids = np.arange(row, row + n)
             w.add_document(doc_record(i, n))
             if n:
-                w.add_rows(
-                    make_rows(
-                        encode(ids, D_A),
-                        encode(ids, D_B, scale=2.0),
-                        doc_index=i,
-                        window=0,
-                        content_end=np.arange(1, n + 1) * 3,
-                        pos_a=np.arange(n),
-                        pos_b=np.arange(n) + 1,
-                        span_a=np.stack([np.arange(n) * 3, np.arange(n) * 3 + 3], 1),
-                        span_b=np.stack([np.arange(n) * 3, np.arange(n) * 3 + 3], 1),
-                    )
-                )
+                w.add_rows(doc_rows(i, ids))
             row += n
             if (i + 1) % commit_every == 0:
                 w.commit_if_full()
@@ -211,19 +216,7 @@ def test_crash_before_commit_loses_only_the_buffer_and_resume_continues(tmp_path
             n = 1 + (i * 7) % 5
             w.add_document(doc_record(i, n))
             ids = np.arange(row, row + n)
-            w.add_rows(
-                make_rows(
-                    encode(ids, D_A),
-                    encode(ids, D_B, scale=2.0),
-                    doc_index=i,
-                    window=0,
-                    content_end=np.arange(1, n + 1) * 3,
-                    pos_a=np.arange(n),
-                    pos_b=np.arange(n) + 1,
-                    span_a=np.stack([np.arange(n) * 3, np.arange(n) * 3 + 3], 1),
-                    span_b=np.stack([np.arange(n) * 3, np.arange(n) * 3 + 3], 1),
-                )
-            )
+            w.add_rows(doc_rows(i, ids))
             row += n
             w.commit_if_full()
         # a half-written shard of the next commit, as a crash during the write leaves it
