@@ -330,3 +330,27 @@ def test_evaluation_leaves_out_huge_norm_pairs(source):
     assert dirty["fve_b"] > clean["fve_b"] - 0.05  # B is not wrecked by A's outliers
     kept = evaluate(cc, ArraySource(x_a, x_b), n_batches=1, batch_size=1024, outlier_factor=None)
     assert kept["fve_b"] < dirty["fve_b"]
+
+
+@pytest.mark.parametrize("skew_row", [None, 7])
+def test_batch_topk_sampled_threshold_path_is_exact(skew_row):
+    """Matrices above 4 x SAMPLE_SIZE entries take the sampled-threshold path; it must return
+    exactly the brute-force set, also when one row owns most of the budget."""
+    from crossdiff.crosscoder.sparse import SAMPLE_SIZE
+
+    g = torch.Generator().manual_seed(1)
+    b, f = 512, 1000  # f is not a power of two: the stride must still visit every column
+    assert b * f > 4 * SAMPLE_SIZE
+    scores = torch.randn(b, f, generator=g).clamp_min(0)
+    if skew_row is not None:
+        scores[skew_row] += 50
+    k_total = 5 * b
+    rows, feats = select_batch_topk(scores, k_total)
+    flat = torch.topk(scores.flatten(), k_total).indices
+    assert set((rows * f + feats).tolist()) == set(flat.tolist())
+    key = rows * f + feats
+    assert torch.equal(key, torch.sort(key).values)
+    # fewer positive entries than the budget: all positives, nothing else
+    sparse = torch.where(torch.rand(b, f, generator=g) < 0.002, scores + 1, torch.zeros(()))
+    rows, feats = select_batch_topk(sparse, k_total)
+    assert rows.numel() == int((sparse > 0).sum())

@@ -247,10 +247,19 @@ class Crosscoder(nn.Module):
         """(B, F) pre-activations: exclusive features see only their model, shared both."""
         p = self.partition
         cd = compute_dtype or self.W_enc_a.dtype
-        ya = (x_a.to(cd) @ self.W_enc_a.to(cd)).float()
-        yb = (x_b.to(cd) @ self.W_enc_b.to(cd)).float()
-        shared = ya[:, p.n_a :] + yb[:, p.n_b :]
-        return torch.cat([ya[:, : p.n_a], yb[:, : p.n_b], shared], dim=1) + self.b_enc.float()
+        ya = x_a.to(cd) @ self.W_enc_a.to(cd)
+        yb = x_b.to(cd) @ self.W_enc_b.to(cd)
+        # one (B, F) output written in place: a cat of the blocks plus a bias add would
+        # allocate three more B x F temporaries, which costs more than the copies themselves
+        pre = torch.empty(
+            x_a.shape[0], self.config.n_features, dtype=torch.float32, device=ya.device
+        )
+        pre[:, : p.n_a] = ya[:, : p.n_a]
+        pre[:, p.n_a : p.n_a + p.n_b] = yb[:, : p.n_b]
+        shared = pre[:, p.n_a + p.n_b :]
+        shared.copy_(ya[:, p.n_a :])
+        shared.add_(yb[:, p.n_b :])
+        return pre.add_(self.b_enc.float())
 
     def _groups(self, k: int) -> list[tuple[slice, int]]:
         """Feature slices that select independently, with their per-sample k."""
@@ -270,7 +279,7 @@ class Crosscoder(nn.Module):
         cfg = self.config
         k = k or cfg.k
         with torch.no_grad():
-            scores = pre.clamp_min(0) * self.selection_weight().float()
+            scores = pre.clamp_min(0).mul_(self.selection_weight().float())
             all_rows, all_feats, mins = [], [], []
             for gi, (sl, kg) in enumerate(self._groups(k)):
                 s = scores[:, sl]
