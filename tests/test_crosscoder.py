@@ -197,9 +197,10 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, source):
     assert torch.equal(o1.recon_a, o2.recon_a)
 
 
-def test_resume_equals_uninterrupted(tmp_path, source):
+@pytest.mark.parametrize("exclusive_init", ["random", "residual"])
+def test_resume_equals_uninterrupted(tmp_path, source, exclusive_init):
     cfg = CrosscoderConfig.dfc(D_A, D_B, F, exclusive=0.1, k=4)
-    tc = quick_train(steps=14, checkpoint_every=4)
+    tc = quick_train(steps=14, checkpoint_every=4, exclusive_init=exclusive_init, init_samples=512)
     full = train_crosscoder(source, cfg, tc, checkpoint_dir=tmp_path / "full", progress=False)
 
     class Stop(Exception):
@@ -354,3 +355,50 @@ def test_batch_topk_sampled_threshold_path_is_exact(skew_row):
     sparse = torch.where(torch.rand(b, f, generator=g) < 0.002, scores + 1, torch.zeros(()))
     rows, feats = select_batch_topk(sparse, k_total)
     assert rows.numel() == int((sparse > 0).sum())
+
+
+def test_residual_init_finds_each_models_own_directions():
+    """exclusive_directions recovers the directions only one model has (not the other
+    model's exclusive ones, not shared ones), and training starts from them."""
+    from crossdiff.crosscoder.init import exclusive_directions
+
+    g = torch.Generator().manual_seed(3)
+    n, d = 8192, 32
+    shared = torch.nn.functional.normalize(torch.randn(40, d, generator=g), dim=1)
+    own = torch.nn.functional.normalize(torch.randn(4, d, generator=g), dim=1)
+    other = torch.nn.functional.normalize(torch.randn(4, d, generator=g), dim=1)
+    mix = torch.linalg.qr(torch.randn(d, d, generator=g))[0]  # B sees everything rotated
+
+    def codes(m: int, p: float) -> torch.Tensor:
+        return (torch.rand(n, m, generator=g) < p) * (0.5 + torch.rand(n, m, generator=g))
+
+    c = codes(40, 0.08)
+    x_a = c @ shared + codes(4, 0.05) @ own + 0.01 * torch.randn(n, d, generator=g)
+    x_b = (c @ shared + codes(4, 0.05) @ other) @ mix + 0.01 * torch.randn(n, d, generator=g)
+    dirs = exclusive_directions(x_a, x_b, 4)
+    assert dirs.shape == (4, d)
+    assert torch.allclose(dirs.norm(dim=1), torch.ones(4), atol=1e-5)
+    cos_own = (dirs @ own.T).max(dim=0).values  # best match of each true direction
+    assert bool((cos_own > 0.95).all()), cos_own
+    assert float((dirs @ other.T).abs().max()) < 0.5
+    assert float((dirs @ shared.T).abs().max()) < 0.8
+    # through the trainer: exclusive decoders start there (before step 1 moves them)
+    cfg = CrosscoderConfig.dfc(d, d, 80, exclusive=0.05, k=4)
+    tc = quick_train(steps=1, lr=1e-12, warmup_steps=0, exclusive_init="residual")
+    cc = train_crosscoder(ArraySource(x_a, x_b), cfg, tc, progress=False)
+    dec = torch.nn.functional.normalize(
+        cc.decoder_weight("a")[list(cc.partition.a_exclusive)], dim=1
+    )
+    assert bool(((dec @ own.T).max(dim=0).values > 0.95).all())
+    paper = quick_train(steps=1, exclusive_init="random")
+    rand = train_crosscoder(ArraySource(x_a, x_b), cfg, paper, progress=False)
+    dec = torch.nn.functional.normalize(
+        rand.decoder_weight("a")[list(rand.partition.a_exclusive)], dim=1
+    )
+    assert not bool(((dec @ own.T).max(dim=0).values > 0.95).all())
+
+
+def test_bad_exclusive_init_is_a_clear_error(source):
+    cfg = CrosscoderConfig.dfc(D_A, D_B, F, k=4)
+    with pytest.raises(CrossdiffError, match="exclusive_init='pca'"):
+        train_crosscoder(source, cfg, quick_train(exclusive_init="pca"), progress=False)

@@ -200,7 +200,7 @@ def check_one(
         train_s = float("nan")  # not trained here
     else:
         cc = train_crosscoder(
-            source, crosscoder_config(bc, kind), train_config(bc, seed), progress=progress
+            source, crosscoder_config(bc, kind), train_config(bc, seed, kind), progress=progress
         ).eval()
         train_s = time.perf_counter() - t0
         if save_dir is not None:

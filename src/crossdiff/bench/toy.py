@@ -30,7 +30,10 @@ from typing import Any
 from crossdiff.bench.toy_data import RECOVERY_COSINE, ToyConfig, ToySource, score_crosscoder
 from crossdiff.errors import CrossdiffError
 
-MODEL_KINDS = ("standard", "dsf", "dfc")
+MODEL_KINDS = ("standard", "dsf", "dfc", "dfc-paper")
+"""``dfc-paper``: the DFC with the paper's random initialisation of the exclusive features
+(``dfc`` starts them at cross-model residual directions, crossdiff's default)."""
+DEFAULT_MODELS = ("standard", "dsf", "dfc")
 
 FULL_N_FEATURES = (1024, 2048, 4096)
 """``--full``: dictionaries from half to twice the 2,048 concepts."""
@@ -57,7 +60,7 @@ class ToyBenchConfig:
     """DSF: fraction of F that are designated shared features."""
     selection_norm: str = "l2"
     """How BatchTopK ranks candidates (see CrosscoderConfig.selection_norm)."""
-    models: tuple[str, ...] = MODEL_KINDS
+    models: tuple[str, ...] = DEFAULT_MODELS
     lr: float = 1e-3
     """Adam learning rate. 1e-4 (the paper's, for 100k steps) is too slow for 2,100 steps."""
     warmup_steps: int = 100
@@ -67,6 +70,9 @@ class ToyBenchConfig:
     decay_fraction: float = 0.2
     aux_alpha: float = 0.03
     aux_k: int | None = None
+    exclusive_init: str = "residual"
+    """DFC: 'residual' (crossdiff's default) or 'random' (the paper); see TrainConfig.
+    ``dfc-paper`` always uses 'random'."""
     dead_window: int | None = None
     """Samples without firing before a feature counts as dead (None: trainer's default)."""
     eval_batches: int = 16
@@ -121,12 +127,12 @@ def crosscoder_config(bc: ToyBenchConfig, kind: str) -> Any:
         return CrosscoderConfig.standard(d_a, d_b, f, **common)
     if kind == "dsf":
         return CrosscoderConfig.dsf(d_a, d_b, f, designated=bc.designated, **common)
-    if kind == "dfc":
+    if kind in ("dfc", "dfc-paper"):
         return CrosscoderConfig.dfc(d_a, d_b, f, exclusive=bc.exclusive, **common)
     raise CrossdiffError(f"unknown model kind {kind!r}; use one of {MODEL_KINDS}")
 
 
-def train_config(bc: ToyBenchConfig, seed: int) -> Any:
+def train_config(bc: ToyBenchConfig, seed: int, kind: str = "dfc") -> Any:
     from crossdiff.crosscoder.train import TrainConfig
 
     return TrainConfig(
@@ -139,6 +145,7 @@ def train_config(bc: ToyBenchConfig, seed: int) -> Any:
         k_anneal_steps=bc.k_anneal_steps,
         aux_alpha=bc.aux_alpha,
         aux_k=bc.aux_k,
+        exclusive_init="random" if kind == "dfc-paper" else bc.exclusive_init,
         dead_window_tokens=bc.dead_window,
         seed=seed,
         device=bc.device,
@@ -156,7 +163,7 @@ def run_one(
     from crossdiff.crosscoder.train import train_crosscoder
 
     cfg = crosscoder_config(bc, kind)
-    tc = train_config(bc, seed)
+    tc = train_config(bc, seed, kind)
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     cc = train_crosscoder(source, cfg, tc, progress=progress)
@@ -313,7 +320,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"the paper's scale: F in {FULL_N_FEATURES}, {FULL_STEPS} steps",
     )
     g.add_argument(
-        "--models", default=",".join(MODEL_KINDS), help="comma-separated subset of standard,dsf,dfc"
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help="comma-separated, from standard,dsf,dfc,dfc-paper (the DFC with the paper's random "
+        "init of exclusive features)",
     )
     g.add_argument("--json-out", default=None, help="write every row and the summary here")
     g.add_argument("--device", default=d.device, help="cpu or cuda (default cpu)")
@@ -356,6 +366,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--k-anneal-steps", type=int, default=d.k_anneal_steps)
     g.add_argument("--aux-alpha", type=float, default=d.aux_alpha)
     g.add_argument("--aux-k", type=int, default=d.aux_k)
+    g.add_argument(
+        "--exclusive-init",
+        choices=["random", "residual"],
+        default=d.exclusive_init,
+        help="how the DFC's exclusive features start (residual: crossdiff's default; random: "
+        "the paper, as in dfc-paper)",
+    )
     g.add_argument(
         "--dead-window",
         type=int,
@@ -427,6 +444,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ToyBenchConfig, list[int
         k_anneal_steps=args.k_anneal_steps,
         aux_alpha=args.aux_alpha,
         aux_k=args.aux_k,
+        exclusive_init=args.exclusive_init,
         dead_window=args.dead_window,
         eval_batches=args.eval_batches,
         cos_threshold=args.cos_threshold,
@@ -461,7 +479,8 @@ def _main(args: argparse.Namespace) -> int:
     print(
         f"crosscoders: {', '.join(bc.models)}; F={'/'.join(map(str, n_features))}, k={bc.k}, "
         f"{bc.steps} steps x {bc.batch_size}, lr {bc.lr:g}, DFC exclusive {bc.exclusive:g}, "
-        f"DSF designated {bc.designated:g}, selection {bc.selection_norm}; seeds {seeds}"
+        f"DSF designated {bc.designated:g}, selection {bc.selection_norm}, "
+        f"exclusive init {bc.exclusive_init}; seeds {seeds}"
     )
     sys.stdout.flush()
     t0 = time.perf_counter()

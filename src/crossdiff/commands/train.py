@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--aux-alpha", type=float)
     t.add_argument("--dead-window", type=int, dest="dead_window_tokens")
     t.add_argument("--l1-coeff", type=float)
+    t.add_argument(
+        "--exclusive-init",
+        choices=["residual", "random"],
+        help="start exclusive features at cross-model residual directions (default) or at "
+        "random (the paper)",
+    )
     t.add_argument("--seed", type=int)
     t.add_argument("--device")
     t.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"])
@@ -62,6 +68,7 @@ def train_config_from_args(args: argparse.Namespace):
         "aux_alpha",
         "dead_window_tokens",
         "l1_coeff",
+        "exclusive_init",
         "seed",
         "device",
         "compute_dtype",
@@ -74,6 +81,7 @@ def train_config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from crossdiff.crosscoder import distributed
     from crossdiff.crosscoder.fit import SUMMARY_FILE, train_on_store
     from crossdiff.errors import CrossdiffError
     from crossdiff.paths import RunPaths
@@ -97,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
         activation=args.activation,
         selection_norm=args.selection_norm,
     )
+    if distributed.env_world_size() > 1:  # under torchrun: rank 0 has written the output
+        rank = distributed.setup(cc.W_enc_a.device.type).rank
+        distributed.shutdown()
+        if rank != 0:
+            return 0
     summary = json.loads((out / SUMMARY_FILE).read_text())
     m = summary["metrics_eval"]
     p = cc.partition

@@ -105,6 +105,10 @@ def train_on_store(
         callback=callback,
     )
     seconds = time.perf_counter() - t0
+    from crossdiff.crosscoder import distributed
+
+    if distributed.env_world_size() > 1 and distributed.setup(cc.W_enc_a.device.type).rank != 0:
+        return cc  # under torchrun: rank 0 evaluates and writes; the weights are identical
     try:
         eval_source, eval_split = store.source("eval"), "eval"
     except CrossdiffError:  # a store too small to hold any eval document

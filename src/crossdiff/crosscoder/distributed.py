@@ -1,0 +1,127 @@
+"""Data-parallel crosscoder training under ``torchrun`` (gloo on CPU, NCCL on GPUs).
+
+Why data parallel and how: a crosscoder at the published size (F = 131,072, widths 4096) fits
+on one GPU, but 100k steps take a day; ranks that each process a slice of every batch and
+average their gradients cut that by the number of GPUs. ``train_crosscoder`` turns this on by
+itself when it runs under ``torchrun`` with more than one process (``WORLD_SIZE > 1``):
+
+- every rank reads the same global batch from the source (same seed, same order), applies
+  the high-norm filter to the *whole* batch (so the filter is the one a single process
+  applies), and keeps rows ``rank, rank + world, ...`` of what remains;
+- BatchTopK selects ``k x rows`` over each rank's slice (not over the global batch), the
+  usual way BatchTopK is data-parallelised; the inference threshold is fed the minimum over
+  ranks, and a feature counts as fired when it fired on any rank;
+- gradients are averaged with one all-reduce per step (a flattened buffer) before clipping, so
+  every rank takes the identical Adam step; weights are broadcast from rank 0 at the start, so
+  ranks cannot drift;
+- rank 0 alone writes checkpoints, logs and the final crosscoder; the others wait at a barrier.
+
+This is what PyTorch's ``DistributedDataParallel`` does for an ordinary module; the explicit
+all-reduce is used because the crosscoder's training step is ``model.loss(...)`` with a custom
+sparse backward, not a ``forward`` call that DDP's hooks are built around.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from crossdiff.errors import CrossdiffError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` as torchrun sets it (1 when not under torchrun)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise CrossdiffError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer; launch with torchrun"
+        ) from None
+
+
+def setup(device_type: str) -> DistInfo | None:
+    """Join (or reuse) the process group when launched with several processes; None alone."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), _local_rank())
+    if env_world_size() <= 1:
+        return None
+    if not dist.is_available():
+        raise CrossdiffError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), _local_rank())
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def rank_device(device: torch.device, info: DistInfo | None) -> torch.device:
+    """One GPU per local rank; CPU ranks share the CPU."""
+    if info is not None and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Every parameter and buffer of rank 0 to all ranks."""
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, src=0)
+
+
+def average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
+    """Mean of the ranks' gradients, in one all-reduce (missing gradients count as zero)."""
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset : offset + n].view_as(g))
+        offset += n
+
+
+def any_fired(fired: torch.Tensor) -> torch.Tensor:
+    """Logical OR of a (F,) bool mask over ranks."""
+    as_int = fired.to(torch.int32)
+    dist.all_reduce(as_int, op=dist.ReduceOp.MAX)
+    return as_int.bool()
+
+
+def min_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Elementwise minimum over ranks (NaN, meaning 'nothing selected', loses to numbers)."""
+    y = torch.where(torch.isnan(x), torch.full_like(x, float("inf")), x).clone()
+    dist.all_reduce(y, op=dist.ReduceOp.MIN)
+    return torch.where(torch.isinf(y), torch.full_like(y, float("nan")), y)
+
+
+def barrier(info: DistInfo | None) -> None:
+    if info is not None:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly (a barrier first), if one was joined. Without it, the
+    first rank to exit can close its sockets under another rank's gloo threads (SIGABRT)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
