@@ -402,3 +402,21 @@ def test_bad_exclusive_init_is_a_clear_error(source):
     cfg = CrosscoderConfig.dfc(D_A, D_B, F, k=4)
     with pytest.raises(CrossdiffError, match="exclusive_init='pca'"):
         train_crosscoder(source, cfg, quick_train(exclusive_init="pca"), progress=False)
+
+
+def test_greedy_seeding_is_chunk_size_independent():
+    """The chunked greedy seeding equals the plain one-candidate-at-a-time greedy."""
+    from crossdiff.crosscoder.init import DEDUPE_COS, _greedy_seeds
+
+    g = torch.Generator().manual_seed(5)
+    base = torch.nn.functional.normalize(torch.randn(12, 8, generator=g), dim=1)
+    dirs = base[torch.randint(0, 12, (200,), generator=g)] + 0.3 * torch.randn(200, 8, generator=g)
+    dirs = torch.nn.functional.normalize(dirs, dim=1)
+    naive: list[torch.Tensor] = []
+    for d in dirs:
+        if len(naive) == 10:
+            break
+        if not naive or float((torch.stack(naive) @ d).max()) <= DEDUPE_COS:
+            naive.append(d)
+    for chunk in (1, 7, 1024):
+        assert torch.equal(_greedy_seeds(dirs, 10, chunk=chunk), torch.stack(naive))

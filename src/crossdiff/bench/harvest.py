@@ -408,7 +408,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer-b", default="middle")
     p.add_argument("--corpus", default="builtin", help="corpus with texts and chats")
     p.add_argument("--prose-docs", type=int, default=60, help="texts for coverage (default 60)")
-    p.add_argument("--chat-docs", type=int, default=60, help="chats for coverage (default 60)")
+    p.add_argument(
+        "--chat-docs",
+        type=int,
+        default=200,
+        help="chats for coverage (default 200: all built-in chats; the first 60 hold a quarter "
+        "of the non-English ones)",
+    )
     p.add_argument("--tokens", type=int, default=5000, help="pairs per harvest round")
     p.add_argument("--repeats", type=int, default=3, help="harvest rounds (default 3)")
     p.add_argument("--max-seq-len", type=int, default=512)

@@ -71,15 +71,7 @@ def exclusive_directions(
     if idx.numel() == 0:
         return x_own.new_zeros(0, x_own.shape[1])
     dirs = res[idx] / norms[idx].unsqueeze(1).clamp_min(1e-12)
-    # greedy seeding in score order: a direction starts a new cluster unless it is close to one
-    centroids: list[torch.Tensor] = []
-    for i in range(dirs.shape[0]):
-        if len(centroids) == n:
-            break
-        if centroids and float((torch.stack(centroids) @ dirs[i]).max()) > DEDUPE_COS:
-            continue
-        centroids.append(dirs[i])
-    c = torch.stack(centroids)
+    c = _greedy_seeds(dirs, n)
     # spherical k-means, weighted by the residual energy present in own
     weight = score.unsqueeze(1)
     mass = torch.zeros(c.shape[0], dtype=c.dtype, device=c.device)
@@ -87,12 +79,39 @@ def exclusive_directions(
         assign = (dirs @ c.T).argmax(1)
         total = torch.zeros_like(c).index_add_(0, assign, dirs * weight)
         mass = torch.zeros_like(mass).index_add_(0, assign, score)
-        alive = total.norm(dim=1) > 0
-        c = torch.where(
-            alive.unsqueeze(1), total / total.norm(dim=1, keepdim=True).clamp_min(1e-12), c
-        )
+        length = total.norm(dim=1, keepdim=True)
+        c = torch.where(length > 0, total / length.clamp_min(1e-12), c)
     order = torch.argsort(mass, descending=True)
     return c[order].to(x_own.dtype)
+
+
+def _greedy_seeds(dirs: torch.Tensor, n: int, chunk: int = 1024) -> torch.Tensor:
+    """Up to ``n`` rows of ``dirs`` (in order) none of which is within DEDUPE_COS of an
+    earlier one. Chunked, so that at the published size (thousands of exclusive features,
+    hundreds of thousands of candidates) it is a few matrix products, not a Python loop over
+    every candidate against every seed."""
+    seeds = dirs.new_zeros(0, dirs.shape[1])
+    for start in range(0, dirs.shape[0], chunk):
+        if seeds.shape[0] >= n:
+            break
+        block = dirs[start : start + chunk]
+        if seeds.shape[0]:
+            block = block[(block @ seeds.T).max(dim=1).values <= DEDUPE_COS]
+        if block.shape[0] == 0:
+            continue
+        close = (block @ block.T) > DEDUPE_COS
+        keep: list[int] = []
+        taken = torch.zeros(block.shape[0], dtype=torch.bool)
+        close_cpu = close.cpu()
+        for i in range(block.shape[0]):
+            if taken[i]:
+                continue
+            keep.append(i)
+            taken |= close_cpu[i]
+            if seeds.shape[0] + len(keep) >= n:
+                break
+        seeds = torch.cat([seeds, block[keep]])
+    return seeds[:n]
 
 
 @torch.no_grad()

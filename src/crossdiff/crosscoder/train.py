@@ -85,8 +85,9 @@ class TrainConfig:
     """How exclusive features start: 'residual' (at directions of what one model has and the
     other does not linearly predict; crosscoder/init.py) or 'random' (the paper). On the toy
     benchmark 'residual' lifts the DFC's exclusive recall from ~0.2 to ~0.7 (BENCHMARKS.md)."""
-    init_samples: int = 16384
-    """Pairs drawn (beyond the training stream) for the 'residual' initialisation."""
+    init_samples: int | None = None
+    """Pairs drawn (beyond the training stream) for the 'residual' initialisation; None =
+    max(16,384, 32 x the larger exclusive block), so every exclusive feature has candidates."""
     seed: int = 0
     """Seeds the weights' initialisation and the data order."""
     device: str = "auto"
@@ -117,7 +118,9 @@ class TrainConfig:
             raise CrossdiffError(
                 f"train exclusive_init={self.exclusive_init!r}: use 'random' or 'residual'"
             )
-        if not isinstance(self.init_samples, int) or self.init_samples < 2:
+        if self.init_samples is not None and (
+            not isinstance(self.init_samples, int) or self.init_samples < 2
+        ):
             raise CrossdiffError(f"train init_samples={self.init_samples!r} must be an int >= 2")
         if self.compute_dtype not in ("auto", "float32", "bfloat16"):
             raise CrossdiffError(
@@ -516,7 +519,9 @@ def _residual_init(model: Crosscoder, source: PairSource, tc: TrainConfig, devic
     this runs only on a fresh start and its result is in every checkpoint)."""
     from crossdiff.crosscoder.init import init_exclusive_from_residuals
 
-    n_batches = -(-tc.init_samples // tc.batch_size)
+    p = model.partition
+    n_samples = tc.init_samples or max(16_384, 32 * max(p.n_a, p.n_b))
+    n_batches = -(-n_samples // tc.batch_size)
     stream = source.batches(tc.batch_size, seed=tc.seed + 7_919)
     xs_a, xs_b = [], []
     for _ in range(n_batches):
