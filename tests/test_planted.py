@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from crossdiff.bench import planted_data as pdata
 from crossdiff.bench.planted_eval import (
@@ -388,3 +389,16 @@ def test_coherence_check():
     assert not coherent(" singers singers singers singers singers singers")
     assert not coherent(" kettle kettle from from from from from from")
     assert not coherent(" the end")
+
+
+def test_probe_auroc_separates_linear_labels_and_not_random_ones():
+    from crossdiff.bench.planted_eval import probe_auroc
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 16, generator=g)
+    y = (x[:, 3] + 0.5 * x[:, 7] > 0.8).numpy().astype(np.int8)
+    select = np.arange(2000) % 2 == 0
+    assert probe_auroc(x, y, select) > 0.97
+    noise = (torch.rand(2000, generator=g) < 0.2).numpy().astype(np.int8)
+    assert abs(probe_auroc(x, noise, select) - 0.5) < 0.06
+    assert np.isnan(probe_auroc(x, np.zeros(2000, dtype=np.int8), select))

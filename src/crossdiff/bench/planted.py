@@ -581,8 +581,11 @@ def run_planted(cfg: PlantedConfig) -> dict[str, Any]:
 
 
 def eval_row_facts(cfg: PlantedConfig, rows: Any, x_a: Any, x_b: Any) -> dict[str, Any]:
-    """Per concept: labelled rows, and the share of positive rows that the high-norm filter
-    would leave out in each model (norm above ``high_norm_factor`` x that model's median)."""
+    """Per concept: labelled rows, the share of positive rows that the high-norm filter
+    would leave out in each model (norm above ``high_norm_factor`` x that model's median),
+    and a linear probe's held-out AUROC on each model's activations (``probe_auroc``)."""
+    from crossdiff.bench.planted_eval import probe_auroc
+
     norms = {"a": x_a.float().norm(dim=1).numpy(), "b": x_b.float().norm(dim=1).numpy()}
     out: dict[str, Any] = {}
     for c in CONCEPTS:
@@ -592,6 +595,8 @@ def eval_row_facts(cfg: PlantedConfig, rows: Any, x_a: Any, x_b: Any) -> dict[st
             high = n > cfg.high_norm_factor * np.median(n) if cfg.high_norm_factor else n < 0
             entry[f"high_norm_{side}"] = float(high[y == 1].mean()) if (y == 1).any() else 0.0
             entry[f"high_norm_{side}_all"] = float(high.mean())
+        for side, x in (("a", x_a), ("b", x_b)):
+            entry[f"probe_auroc_{side}"] = probe_auroc(x.float(), y, rows.select)
         out[c] = entry
     return out
 
@@ -615,6 +620,11 @@ def _cc_key(cfg: PlantedConfig) -> str:
     settings = [cfg.n_features, cfg.k, cfg.exclusive, cfg.steps, cfg.batch_size, cfg.lr]
     if cfg.high_norm_factor != 2.0:  # the default stays out, so older caches remain valid
         settings.append(cfg.high_norm_factor)
+    from crossdiff.crosscoder.train import TrainConfig
+
+    # the trainer's defaults (e.g. exclusive_init) too: a library upgrade gets fresh crosscoders
+    # instead of a "trained with other settings" refusal
+    settings.append(TrainConfig().to_dict())
     blob = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -661,6 +671,11 @@ def format_results(results: dict[str, Any]) -> str:
             )
         else:
             line += "no high-norm filter"
+        if "probe_auroc_a" in f:
+            line += (
+                f"; linear probe, held-out AUROC: on A's activations {f['probe_auroc_a']:.3f}, "
+                f"on B's {f['probe_auroc_b']:.3f}"
+            )
         lines.append(line)
     lines.append(
         f"crosscoders: F={cfg['n_features']}, k={cfg['k']}, {cfg['steps']} steps x "

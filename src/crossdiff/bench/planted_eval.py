@@ -237,3 +237,33 @@ def match_concept(
         float(active[test_labels == 1].mean()),
         float(active[test_labels == 0].mean()),
     )
+
+
+def probe_auroc(
+    x: torch.Tensor, labels: np.ndarray, select: np.ndarray, ridge: float = 1e-2
+) -> float:
+    """Held-out AUROC of a ridge linear probe for ``labels`` on activations ``x``.
+
+    Fitted on the ``select`` rows, scored on the others (labels other than 0/1 ignored). A
+    diagnostic of the labels rather than of any crosscoder: if a probe on a model's raw
+    activations cannot separate the positives, no single feature of a dictionary over them
+    will; if a probe on the model that never learned the concept separates them as well, the
+    labels mark something both models read in the input, which a crosscoder rightly puts in
+    shared features. NaN when a split lacks positives or negatives.
+    """
+    y = np.asarray(labels)
+    fit = select & ((y == 0) | (y == 1))
+    test = ~select & ((y == 0) | (y == 1))
+    if len(set(y[fit].tolist())) < 2 or len(set(y[test].tolist())) < 2:
+        return float("nan")
+    xf = x.double()
+    mean = xf[torch.from_numpy(fit)].mean(0)
+    std = xf[torch.from_numpy(fit)].std(0).clamp_min(1e-6)
+    z = (xf - mean) / std
+    zf = z[torch.from_numpy(fit)]
+    t = torch.from_numpy(y[fit].astype(np.float64)) - float(y[fit].mean())
+    gram = zf.T @ zf
+    lam = ridge * float(torch.diagonal(gram).mean())
+    w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), zf.T @ t)
+    scores = (z[torch.from_numpy(test)] @ w).numpy()
+    return auroc(scores, y[test])
