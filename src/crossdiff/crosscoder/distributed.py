@@ -62,6 +62,8 @@ def setup(device_type: str) -> DistInfo | None:
     if not dist.is_available():
         raise CrossdiffError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
     backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":  # NCCL wants each rank on its own GPU before the group forms
+        torch.cuda.set_device(_local_rank())
     dist.init_process_group(backend=backend)
     return DistInfo(dist.get_rank(), dist.get_world_size(), _local_rank())
 
