@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crossdiff.errors import CrossdiffError
+from crossdiff.errors import CrossdiffError, reject_unknown_fields
 from crossdiff.paths import RunPaths
 
 DEFAULT_PROMPTS = [
@@ -66,10 +66,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CrossdiffError(f"unknown run config keys {unknown}; known keys: {sorted(known)}")
+        reject_unknown_fields(cls, data, "run config keys", list_known=True)
         return cls(**copy.deepcopy(data))
 
 

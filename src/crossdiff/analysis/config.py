@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from crossdiff.errors import CrossdiffError
+from crossdiff.errors import CrossdiffError, reject_unknown_fields
 
 
 @dataclass
@@ -142,8 +142,5 @@ class AnalysisConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnalysisConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CrossdiffError(f"unknown analysis config fields {unknown}")
+        reject_unknown_fields(cls, data, "analysis config fields")
         return cls(**data)

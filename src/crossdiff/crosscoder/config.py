@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from crossdiff.errors import CrossdiffError
+from crossdiff.errors import CrossdiffError, reject_unknown_fields
 
 Activation = Literal["batchtopk", "topk", "relu"]
 SelectionNorm = Literal["l2", "sum", "none"]
@@ -190,10 +190,7 @@ class CrosscoderConfig:
                 f"({CONFIG_VERSION}); upgrade crossdiff"
             )
         data.pop("partition_sizes", None)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CrossdiffError(f"unknown crosscoder config fields {unknown}; is this file ours?")
+        reject_unknown_fields(cls, data, "crosscoder config fields", suffix="; is this file ours?")
         return cls(**data)
 
     def save(self, path: str | Path) -> None:

@@ -35,7 +35,7 @@ import torch
 from crossdiff.crosscoder.config import CrosscoderConfig
 from crossdiff.crosscoder.model import Crosscoder
 from crossdiff.crosscoder.sources import PairSource
-from crossdiff.errors import CrossdiffError
+from crossdiff.errors import CrossdiffError, reject_unknown_fields
 from crossdiff.models.hardware import resolve_device
 
 CHECKPOINT_PREFIX = "step-"
@@ -137,10 +137,7 @@ class TrainConfig:
         data = dict(data)
         if "adam_betas" in data:
             data["adam_betas"] = tuple(data["adam_betas"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CrossdiffError(f"unknown train config fields {unknown}")
+        reject_unknown_fields(cls, data, "train config fields")
         return cls(**data)
 
 
