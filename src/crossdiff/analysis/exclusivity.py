@@ -42,6 +42,7 @@ import torch
 
 from crossdiff.analysis.encoding import encode_batch
 from crossdiff.crosscoder.model import Crosscoder
+from crossdiff.ridge import ridge_solve
 
 
 class CrossMoments:
@@ -100,10 +101,7 @@ def _ridge(
     g_xx: torch.Tensor, g_xy: torch.Tensor, g_yy_trace: float, n: int, rel: float
 ) -> tuple[torch.Tensor, float, float]:
     """Solve (C_xx + lam I) T = C_xy for centered covariances; return T, lam, in-sample FVE."""
-    d = g_xx.shape[0]
-    lam = rel * float(torch.diagonal(g_xx).sum()) / max(d, 1)
-    eye = torch.eye(d, dtype=g_xx.dtype, device=g_xx.device)
-    t = torch.linalg.solve(g_xx + lam * eye, g_xy)
+    t, lam = ridge_solve(g_xx, g_xy, rel)
     # in-sample residual sum of squares: tr(C_yy) - 2 tr(T' C_xy) + tr(T' C_xx T)
     sse = g_yy_trace - 2.0 * float((t * g_xy).sum()) + float((t * (g_xx @ t)).sum())
     fve = 1.0 - sse / g_yy_trace if g_yy_trace > 0 else float("nan")

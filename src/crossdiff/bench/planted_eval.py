@@ -23,6 +23,7 @@ import torch
 
 from crossdiff.bench.planted_data import CONCEPTS, PlantedDoc, check_concept, row_labels
 from crossdiff.errors import CrossdiffError
+from crossdiff.ridge import ridge_solve
 
 
 # ------------------------------------------------------------------------------------------
@@ -257,13 +258,12 @@ def probe_auroc(
     if len(set(y[fit].tolist())) < 2 or len(set(y[test].tolist())) < 2:
         return float("nan")
     xf = x.double()
-    mean = xf[torch.from_numpy(fit)].mean(0)
-    std = xf[torch.from_numpy(fit)].std(0).clamp_min(1e-6)
+    fit_rows = torch.from_numpy(fit)
+    mean = xf[fit_rows].mean(0)
+    std = xf[fit_rows].std(0).clamp_min(1e-6)
     z = (xf - mean) / std
-    zf = z[torch.from_numpy(fit)]
+    zf = z[fit_rows]
     t = torch.from_numpy(y[fit].astype(np.float64)) - float(y[fit].mean())
-    gram = zf.T @ zf
-    lam = ridge * float(torch.diagonal(gram).mean())
-    w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), zf.T @ t)
+    w, _ = ridge_solve(zf.T @ zf, zf.T @ t, ridge)
     scores = (z[torch.from_numpy(test)] @ w).numpy()
     return auroc(scores, y[test])

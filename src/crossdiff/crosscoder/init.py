@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from crossdiff.ridge import ridge_solve
+
 #: Candidate residual directions examined per exclusive feature.
 CANDIDATES_PER_FEATURE = 32
 #: Two directions closer than this cosine are one direction for the greedy seeding.
@@ -42,10 +44,7 @@ def ridge_residual(
     """
     xo = x_own.double() - x_own.double().mean(0)
     xt = x_other.double() - x_other.double().mean(0)
-    gram = xt.T @ xt
-    lam = ridge * float(torch.diagonal(gram).mean())
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    w = torch.linalg.solve(gram + lam * eye, xt.T @ xo)
+    w, _ = ridge_solve(xt.T @ xt, xt.T @ xo, ridge)
     return xo, xo - xt @ w
 
 
