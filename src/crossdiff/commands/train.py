@@ -105,11 +105,10 @@ def run(args: argparse.Namespace) -> int:
         activation=args.activation,
         selection_norm=args.selection_norm,
     )
-    if distributed.env_world_size() > 1:  # under torchrun: rank 0 has written the output
-        rank = distributed.setup(cc.W_enc_a.device.type).rank
-        distributed.shutdown()
-        if rank != 0:
-            return 0
+    rank = distributed.rank()
+    distributed.shutdown()  # under torchrun: waits until rank 0 has written the output
+    if rank != 0:
+        return 0
     summary = json.loads((out / SUMMARY_FILE).read_text())
     m = summary["metrics_eval"]
     p = cc.partition

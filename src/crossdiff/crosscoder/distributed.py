@@ -116,6 +116,11 @@ def min_over_ranks(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isinf(y), torch.full_like(y, float("nan")), y)
 
 
+def rank() -> int:
+    """This process's rank in the joined group; 0 when no group is joined (one process)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def barrier(info: DistInfo | None) -> None:
     if info is not None:
         dist.barrier()

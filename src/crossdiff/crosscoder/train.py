@@ -411,9 +411,7 @@ def train_crosscoder(
     try:
         for step in range(state.step, tc.steps):
             x_a, x_b = next(stream)
-            check_finite(x_a, "a", step)
-            check_finite(x_b, "b", step)
-            x_a, x_b = _filtered(model, x_a, x_b, tc, device)
+            x_a, x_b = _filtered(model, x_a, x_b, tc, device, step)
             n_kept = x_a.shape[0]
             if step == 0:  # fresh run: decoder bias at the geometric median (paper init)
                 with torch.no_grad():
@@ -499,8 +497,10 @@ def train_crosscoder(
     return model
 
 
-def _filtered(model: Crosscoder, x_a, x_b, tc: TrainConfig, device) -> tuple:
-    """A raw batch -> normalized, finite-checked, high-norm-filtered, as the step sees it."""
+def _filtered(model: Crosscoder, x_a, x_b, tc: TrainConfig, device, step: int) -> tuple:
+    """A raw batch -> finite-checked, normalized, high-norm-filtered, as the step sees it."""
+    check_finite(x_a, "a", step)
+    check_finite(x_b, "b", step)
     x_a = model.normalize(x_a.to(device, torch.float32), "a")
     x_b = model.normalize(x_b.to(device, torch.float32), "b")
     if tc.high_norm_factor > 0:
@@ -526,9 +526,7 @@ def _residual_init(model: Crosscoder, source: PairSource, tc: TrainConfig, devic
             x_a, x_b = next(stream)
         except StopIteration:
             break
-        check_finite(x_a, "a", 0)
-        check_finite(x_b, "b", 0)
-        x_a, x_b = _filtered(model, x_a, x_b, tc, device)
+        x_a, x_b = _filtered(model, x_a, x_b, tc, device, 0)
         xs_a.append(x_a)
         xs_b.append(x_b)
     if xs_a:
