@@ -239,6 +239,40 @@ def test_crash_before_commit_loses_only_the_buffer_and_resume_continues(tmp_path
     assert s.verify().ok
 
 
+def test_shards_written_by_other_processes_are_adopted_in_order(tmp_path: Path) -> None:
+    """What a distributed harvest does: ranks write_shard() under their future indices, the
+    one writer adopts them; the store equals one whose writer committed the same documents."""
+    from crossdiff.store import Rows
+    from crossdiff.store.writer import write_shard
+
+    ref = ActivationStore.create(tmp_path / "ref", manifest())
+    fill(ref, 12, shard_rows=1, commit_every=4)  # shards of documents 0-3, 4-7, 8-11
+    s = ActivationStore.create(tmp_path / "s", manifest())
+    infos = []
+    for k in (1, 0, 2):  # written in any order, each by "its rank"
+        docs, rows = [], []
+        row = sum(1 + (i * 7) % 5 for i in range(4 * k))
+        for i in range(4 * k, 4 * k + 4):
+            n = 1 + (i * 7) % 5
+            docs.append(doc_record(i, n))
+            rows.append(doc_rows(i, np.arange(row, row + n)))
+            row += n
+        infos.append((k, write_shard(s.path, k, Rows.concat(rows, D_A, D_B), docs)))
+    infos = [info for _, info in sorted(infos, key=lambda t: t[0])]
+    with s.writer() as w:
+        with pytest.raises(ValueError, match="cannot be listed as shard 0"):
+            w.adopt(infos[1:])  # a hole: shard 1 before shard 0
+        w.adopt(infos[:2])
+        w.adopt(infos[2:])
+        assert w.next_document == 12
+        w.finish("corpus exhausted")
+    got = ActivationStore.open(s.path).manifest
+    want = ActivationStore.open(ref.path).manifest
+    assert got.shards == want.shards  # same bytes, checksums and counts
+    assert got.norm_stats == want.norm_stats and got.norm_scales == want.norm_scales
+    assert ActivationStore.open(s.path).verify().ok
+
+
 def test_two_writers_are_refused(tmp_path: Path) -> None:
     s = ActivationStore.create(tmp_path / "s", manifest())
     with s.writer(), pytest.raises(CrossdiffError, match="another process"):

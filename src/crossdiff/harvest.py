@@ -19,6 +19,17 @@ documents; within a block, windows are sorted by length (so a batch holds window
 length and little padding) and batched; shards are committed only at block boundaries. A
 restart resumes at the first document not committed, which is a block boundary, so it forms
 exactly the batches an uninterrupted run would have formed: same rows, same order, same bits.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the same blocks are dealt out round-robin: in round t,
+rank r runs block ``t * world + r`` (counted from the resume point) through both models and
+writes it as its own shard, named for the manifest index it will get; then the ranks exchange
+each block's document and row counts, and rank 0 alone lists the round's shards in the
+manifest, in corpus order, while the others wait at a barrier. Because every block is the block
+a single process would have run, with the same batches, a distributed store holds the rows a
+single-process one holds, in the same order (bit for bit on CPU in float32); only the shard
+boundaries differ (one shard per block). Rounds are lockstep so the manifest is always a
+prefix of the corpus with no holes: a killed job loses at most its last round, and the next
+run, with any number of ranks, resumes from ``documents_consumed`` like a single process.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +61,9 @@ from crossdiff.store.manifest import RUNTIME_SETTINGS
 if TYPE_CHECKING:
     import torch
 
+    from crossdiff.crosscoder.distributed import DistInfo
     from crossdiff.models import LoadedModel, RenderedText, TokenizedText
+    from crossdiff.store import StoreWriter
 
 REASON_CORPUS = "corpus exhausted"
 REASON_TOKENS = "token budget reached"
@@ -88,7 +101,9 @@ class HarvestConfig:
     """Dtype the models run in: "auto" (bf16 where fast), "float32", "bfloat16", "float16"."""
     device: str = "auto"
     shard_rows: int = 16384
-    """A shard is committed at the first block boundary with at least this many rows."""
+    """A shard is committed at the first block boundary with at least this many rows. Under
+    torchrun with several ranks every block is its own shard (a rank's blocks are not
+    consecutive documents, and a shard holds consecutive documents)."""
     max_documents: int | None = None
     """Read at most this many corpus documents."""
     trust_remote_code: bool = False
@@ -373,6 +388,10 @@ class Harvester:
         self.timings = HarvestTimings()
         self.batch_log: list[tuple[list[list[int]], list[list[int]]]] | None = None
         """Set to a list to record every batch's token ids (benchmarks replay them)."""
+        self.world_size = 1
+        """Ranks the harvest ran on (``timings`` then add up the ranks' work)."""
+        self.wall_seconds: float | None = None
+        """Wall time of a distributed harvest (``timings.total`` sums the ranks' times)."""
 
     def manifest(self) -> Manifest:
         c = self.config
@@ -502,6 +521,138 @@ class Harvester:
             tm.total += time.perf_counter() - start_time
         return store
 
+    def run_ranks(
+        self,
+        store: ActivationStore,
+        docs: Iterable[Any],
+        dist_info: DistInfo,
+        writer: StoreWriter | None,
+        *,
+        on_commit: Callable[[ShardInfo], None] | None = None,
+    ) -> str:
+        """Harvest ``docs`` split over the ranks of a torchrun job; returns why it ended.
+
+        Every rank calls this with the same ``docs`` (positioned at the store's next document)
+        after rank 0 has created or resumed ``store``; ``writer`` is rank 0's (it holds the
+        store's lock) and None on the other ranks. See the module docstring for the rounds.
+        ``on_commit(shard)`` runs on every rank for every shard of a round, once the manifest
+        lists them.
+        """
+        from crossdiff.crosscoder import distributed
+        from crossdiff.store.shard import Rows
+        from crossdiff.store.writer import write_shard
+
+        c = self.config
+        tm = self.timings
+        world, rank = dist_info.world_size, dist_info.rank
+        block_docs = c.batch_size * c.block_batches
+        m = store.manifest
+        n_shards, rows_total, next_doc = len(m.shards), m.rows, m.documents_consumed
+        everyone = HarvestTimings()  # the kept blocks of all ranks, for the progress bar
+        start_time = time.perf_counter()
+        bar = _progress(c, store)
+        reason = REASON_CORPUS
+        try:
+            if c.tokens is not None and rows_total >= c.tokens:
+                reason = REASON_TOKENS
+            else:
+                blocks = _blocks(docs, block_docs, next_doc)
+                while True:
+                    # every rank reads the whole round (cheap: text), and runs only its block
+                    round_blocks = list(itertools.islice(blocks, world))
+                    mine = round_blocks[rank] if rank < len(round_blocks) else []
+                    tokens_before = (tm.tokens_a, tm.tokens_b)
+                    plans, rows = self.run_block(mine) if mine else ([], [])
+                    mine_count = {
+                        "docs": len(plans),
+                        "rows": sum(r.n for r in rows),
+                        "tokens_a": tm.tokens_a - tokens_before[0],
+                        "tokens_b": tm.tokens_b - tokens_before[1],
+                        "content_tokens_a": sum(p.record["content_tokens_a"] for p in plans),
+                        "content_tokens_b": sum(p.record["content_tokens_b"] for p in plans),
+                    }
+                    counts = distributed.all_gather_json(mine_count)
+                    kept, end = plan_round(counts, block_docs, rows_total, c.tokens)
+                    entry = None
+                    if rank < kept:  # blocks past the budget are dropped unwritten
+                        t0 = time.perf_counter()
+                        rows_all = Rows.concat(rows, self.lm_a.d_model, self.lm_b.d_model)
+                        records = [p.record for p in plans]
+                        entry = asdict(write_shard(store.path, n_shards + rank, rows_all, records))
+                        tm.write += time.perf_counter() - t0
+                        tm.documents += mine_count["docs"]
+                        tm.rows += mine_count["rows"]
+                        tm.content_tokens_a += mine_count["content_tokens_a"]
+                        tm.content_tokens_b += mine_count["content_tokens_b"]
+                    entries = distributed.all_gather_json(entry)[:kept]
+                    shards = [ShardInfo(**e) for e in entries]
+                    if writer is not None:
+                        t0 = time.perf_counter()
+                        writer.adopt(shards)
+                        tm.write += time.perf_counter() - t0
+                    distributed.barrier(dist_info)  # the manifest now lists this round's shards
+                    n_shards += kept
+                    rows_total += sum(sh.rows for sh in shards)
+                    if shards:
+                        next_doc = shards[-1].doc_end
+                    for cnt in counts[:kept]:
+                        everyone.rows += cnt["rows"]
+                        everyone.tokens_a += cnt["tokens_a"]
+                        everyone.tokens_b += cnt["tokens_b"]
+                        everyone.content_tokens_a += cnt["content_tokens_a"]
+                        everyone.content_tokens_b += cnt["content_tokens_b"]
+                    if bar is not None:
+                        bar.update(sum(sh.rows for sh in shards))
+                        elapsed = time.perf_counter() - start_time
+                        bar.set_postfix_str(_postfix(everyone, next_doc, elapsed))
+                    if on_commit is not None:
+                        for sh in shards:
+                            on_commit(sh)
+                    if end is not None:
+                        reason = end
+                        break
+            if (
+                reason == REASON_CORPUS
+                and c.max_documents is not None
+                and next_doc >= c.max_documents
+            ):
+                reason = REASON_DOCS
+            if writer is not None:
+                t0 = time.perf_counter()
+                writer.finish(reason, tokens_target=c.tokens)
+                tm.write += time.perf_counter() - t0
+            distributed.barrier(dist_info)  # nobody returns before the store is marked complete
+        finally:
+            if bar is not None:
+                bar.close()
+            tm.total += time.perf_counter() - start_time
+        return reason
+
+
+def plan_round(
+    blocks: list[dict[str, int]], block_docs: int, rows_before: int, tokens: int | None
+) -> tuple[int, str | None]:
+    """How many blocks of a distributed round the store keeps, and whether the harvest ends.
+
+    ``blocks``: the round's blocks in corpus order (= rank order), each with its ``docs`` and
+    ``rows`` counts; ``rows_before``: the rows stored before the round. The blocks kept are the
+    ones a single process would have stored, so a distributed harvest stops exactly where a
+    single one does: up to the first empty block (the corpus ended before it), through the
+    first short block (the corpus ended inside it), and through the first block that brings
+    the store to ``tokens`` rows; later blocks of that round are computed but dropped. Returns
+    (blocks kept, the reason the harvest ends after this round, or None to go on).
+    """
+    rows = rows_before
+    for kept, block in enumerate(blocks):
+        if block["docs"] == 0:
+            return kept, REASON_CORPUS
+        rows += block["rows"]
+        if tokens is not None and rows >= tokens:
+            return kept + 1, REASON_TOKENS
+        if block["docs"] < block_docs:
+            return kept + 1, REASON_CORPUS
+    return len(blocks), None
+
 
 def _progress(config: HarvestConfig, store: ActivationStore):
     if not config.progress:
@@ -565,57 +716,34 @@ def harvest(
     ``on_commit(shard)`` is called after each committed shard (progress hooks; tests raise from
     it to simulate a crash). ``models`` passes already loaded models (A, B) instead of loading
     ``config.model_a`` / ``config.model_b``. Returns the store.
+
+    Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE > 1``) every rank calls this with the
+    same config; the corpus is split over the ranks (module docstring) and each returns the
+    finished store. The process group is joined here (gloo on CPU, NCCL with one GPU per
+    rank) and left joined, as training does; the CLI leaves it at exit.
     """
-    from crossdiff.corpus import load_corpus
-    from crossdiff.models import load_model
+    from crossdiff.crosscoder import distributed
+    from crossdiff.models.hardware import resolve_device
     from crossdiff.store.manifest import MANIFEST_NAME
 
     config.validate()
+    device_type = resolve_device(config.device).type if distributed.env_world_size() > 1 else "cpu"
+    dist_info = distributed.setup(device_type)
+    if dist_info is not None and dist_info.world_size > 1:
+        return _harvest_ranks(config, dist_info, on_commit=on_commit, models=models)
     out = Path(config.out)
     if (out / MANIFEST_NAME).is_file():
         existing = ActivationStore.open(out)
         if _same_request(existing.manifest, config) and _is_done(existing.manifest, config):
-            _say(
-                config,
-                f"store {out} is complete ({existing.manifest.complete_reason}): "
-                f"{existing.n_rows:,} pairs from {existing.n_documents:,} documents; nothing to do",
-            )
+            _say(config, _complete_message(existing))
             return existing
 
-    docs = iter(load_corpus(config.corpus, limit=config.max_documents))
-    first = next(docs, None)
-    if first is None:
-        raise CrossdiffError(
-            f"corpus {config.corpus!r} has no documents; point --corpus at a file or dataset "
-            "with text (see `crossdiff harvest --help`)"
-        )
-    docs = itertools.chain([first], docs)
-
-    if models is None:
-        lm_a = load_model(
-            config.model_a,
-            dtype=config.dtype,
-            device=config.device,
-            trust_remote_code=config.trust_remote_code,
-            cache_dir=config.cache_dir,
-        )
-        lm_b = load_model(
-            config.model_b,
-            dtype=config.dtype,
-            device=config.device,
-            trust_remote_code=config.trust_remote_code,
-            cache_dir=config.cache_dir,
-        )
-    else:
-        lm_a, lm_b = models
+    docs = _open_corpus(config)
+    lm_a, lm_b = models if models is not None else _load_models(config, config.device)
     harvester = Harvester(config, lm_a, lm_b)
     store = ActivationStore.open_or_create(out, harvester.manifest())
     if _is_done(store.manifest, config):
-        _say(
-            config,
-            f"store {out} is complete ({store.manifest.complete_reason}): "
-            f"{store.n_rows:,} pairs; nothing to do",
-        )
+        _say(config, _complete_message(store))
         return store
     skip = store.n_documents
     if skip:
@@ -626,6 +754,145 @@ def harvest(
     harvester.run(store, docs, on_commit=on_commit)
     _say(config, harvest_summary(store, harvester))
     return store
+
+
+def _harvest_ranks(
+    config: HarvestConfig,
+    dist_info: DistInfo,
+    *,
+    on_commit: Callable[[ShardInfo], None] | None,
+    models: tuple[LoadedModel, LoadedModel] | None,
+) -> ActivationStore:
+    """:func:`harvest` on one rank of several: rank 0 decides and commits, all ranks compute.
+
+    Whatever reads or creates the store (is it complete? compatible? whose lock?) is decided by
+    rank 0 alone and broadcast, so ranks cannot disagree (a rank reading the manifest while
+    rank 0 rewrites it) and an error there ends every rank with the same message instead of
+    leaving them waiting at a collective.
+    """
+    import dataclasses
+
+    from crossdiff.crosscoder import distributed
+    from crossdiff.models.hardware import resolve_device
+    from crossdiff.store.manifest import MANIFEST_NAME
+
+    out = Path(config.out)
+    if not dist_info.is_main:  # one progress bar and one summary, from rank 0
+        config = dataclasses.replace(config, progress=False)
+
+    def complete_before_loading() -> bool:  # as a single process: no model loaded for nothing
+        if not (out / MANIFEST_NAME).is_file():
+            return False
+        m = ActivationStore.open(out).manifest
+        return _same_request(m, config) and _is_done(m, config)
+
+    if _on_rank0(complete_before_loading):
+        store = ActivationStore.open(out)
+        _say(config, _complete_message(store))
+        return store
+
+    docs = _open_corpus(config)  # every rank reads the corpus; errors are the same on all
+    if models is not None:
+        lm_a, lm_b = models
+    else:
+        device = distributed.rank_device(resolve_device(config.device), dist_info)
+        lm_a, lm_b = _load_models(config, str(device))
+    harvester = Harvester(config, lm_a, lm_b)
+    owned: dict[str, Any] = {}
+
+    def open_store() -> bool:
+        store = ActivationStore.open_or_create(out, harvester.manifest())
+        if _is_done(store.manifest, config):
+            return True
+        # rank 0 takes the lock and clears stale temporary files before any rank writes
+        owned["writer"] = store.writer(shard_rows=config.shard_rows)
+        owned["store"] = store
+        return False
+
+    if _on_rank0(open_store):
+        store = ActivationStore.open(out)
+        _say(config, _complete_message(store))
+        return store
+    writer: StoreWriter | None = owned.get("writer")
+    store = owned.get("store") or ActivationStore.open(out)
+    world = dist_info.world_size
+    try:
+        skip = store.n_documents
+        if skip:
+            _say(
+                config,
+                f"resuming {out} on {world} ranks: {store.n_rows:,} pairs from {skip:,} "
+                "documents already stored",
+            )
+            docs = itertools.islice(docs, skip, None)
+        harvester.run_ranks(store, docs, dist_info, writer, on_commit=on_commit)
+    finally:
+        if writer is not None:
+            writer.close()
+    every = [HarvestTimings(**t) for t in distributed.all_gather_json(asdict(harvester.timings))]
+    harvester.timings = HarvestTimings(
+        **{f.name: sum(getattr(t, f.name) for t in every) for f in fields(HarvestTimings)}
+    )
+    harvester.wall_seconds = max(t.total for t in every)
+    harvester.world_size = world
+    store.reload()
+    _say(config, harvest_summary(store, harvester))
+    return store
+
+
+def _on_rank0(decide: Callable[[], Any]) -> Any:
+    """``decide()`` on rank 0 only; every rank returns its JSON result or raises its error."""
+    from crossdiff.crosscoder import distributed
+
+    message = None
+    if distributed.rank() == 0:
+        try:
+            message = {"result": decide()}
+        except CrossdiffError as exc:
+            message = {"error": str(exc)}
+        except BaseException as exc:
+            distributed.broadcast_json({"error": f"rank 0 failed: {type(exc).__name__}: {exc}"})
+            raise
+    message = distributed.broadcast_json(message)
+    if "error" in message:
+        raise CrossdiffError(message["error"])
+    return message["result"]
+
+
+def _complete_message(store: ActivationStore) -> str:
+    return (
+        f"store {store.path} is complete ({store.manifest.complete_reason}): "
+        f"{store.n_rows:,} pairs from {store.n_documents:,} documents; nothing to do"
+    )
+
+
+def _open_corpus(config: HarvestConfig) -> Iterator[Any]:
+    """The corpus documents from the first; an empty corpus is a CrossdiffError."""
+    from crossdiff.corpus import load_corpus
+
+    docs = iter(load_corpus(config.corpus, limit=config.max_documents))
+    first = next(docs, None)
+    if first is None:
+        raise CrossdiffError(
+            f"corpus {config.corpus!r} has no documents; point --corpus at a file or dataset "
+            "with text (see `crossdiff harvest --help`)"
+        )
+    return itertools.chain([first], docs)
+
+
+def _load_models(config: HarvestConfig, device: str) -> tuple[LoadedModel, LoadedModel]:
+    from crossdiff.models import load_model
+
+    return tuple(  # type: ignore[return-value]
+        load_model(
+            spec,
+            dtype=config.dtype,
+            device=device,
+            trust_remote_code=config.trust_remote_code,
+            cache_dir=config.cache_dir,
+        )
+        for spec in (config.model_a, config.model_b)
+    )
 
 
 def _say(config: HarvestConfig, text: str) -> None:
@@ -639,7 +906,8 @@ def harvest_summary(store: ActivationStore, harvester: Harvester) -> str:
     m = store.manifest
     cov = m.coverage()
     lm_a, lm_b = harvester.lm_a, harvester.lm_b
-    rate = (tm.tokens_a + tm.tokens_b) / tm.total if tm.total > 0 else 0.0
+    wall = harvester.wall_seconds if harvester.wall_seconds is not None else tm.total
+    rate = (tm.tokens_a + tm.tokens_b) / wall if wall > 0 else 0.0
     overhead = (tm.total - tm.model) / tm.model if tm.model > 0 else math.nan
     lines = [
         f"harvest {m.status} ({m.complete_reason or 'interrupted'}): {m.rows:,} pairs from "
@@ -650,8 +918,9 @@ def harvest_summary(store: ActivationStore, harvester: Harvester) -> str:
         f"{str(lm_b.dtype).removeprefix('torch.')} ({lm_b.dtype_reason}) on {lm_b.device}",
         f"  coverage: {cov['coverage_a']:.1%} of A's content tokens paired, "
         f"{cov['coverage_b']:.1%} of B's; {cov['docs_skipped']} documents skipped",
-        f"  this run: {tm.rows:,} pairs, {tm.documents:,} documents, "
-        f"{tm.tokens_a + tm.tokens_b:,} tokens in {tm.total:.1f}s ({rate:,.0f} tokens/s); "
+        f"  this run{f' ({harvester.world_size} ranks)' if harvester.world_size > 1 else ''}: "
+        f"{tm.rows:,} pairs, {tm.documents:,} documents, "
+        f"{tm.tokens_a + tm.tokens_b:,} tokens in {wall:.1f}s ({rate:,.0f} tokens/s); "
         f"models {tm.model:.1f}s, everything else {overhead:+.1%} on top",
     ]
     scales = store.norm_scales()

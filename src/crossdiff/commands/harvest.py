@@ -34,7 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Run models A and B on the same documents, pair the token positions where both have "
             "read the same text, and store both models' residual stream at those positions "
             "(bf16, sharded, resumable). Rerun the same command to resume an interrupted "
-            "harvest; it reports when the store is complete."
+            "harvest; it reports when the store is complete. Under `torchrun --nproc_per_node "
+            "N -m crossdiff harvest ...` the documents are split over the ranks, each writing "
+            "its own shards into the one store (docs/harvest-store.md)."
         ),
     )
     p.add_argument("--model-a", required=True, help="built-in alias, local folder, .gguf or hub id")
@@ -58,7 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="auto", help="auto (bf16 where fast), float32, bfloat16")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument(
-        "--shard-rows", type=int, default=16384, help="rows per shard, at least (default 16384)"
+        "--shard-rows",
+        type=int,
+        default=16384,
+        help="rows per shard, at least (default 16384; under torchrun each block is a shard)",
     )
     p.add_argument("--max-documents", type=int, default=None, help="read at most N documents")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from hub")
@@ -68,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from crossdiff.crosscoder import distributed
     from crossdiff.harvest import HarvestConfig, harvest
 
     config = HarvestConfig(
@@ -89,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     store = harvest(config)
+    distributed.shutdown()  # under torchrun: leave the process group cleanly (no-op otherwise)
     if store.n_rows == 0:
         raise CrossdiffError(
             f"no aligned pairs were found in {store.n_documents} documents of {args.corpus!r}; "

@@ -19,12 +19,18 @@ itself when it runs under ``torchrun`` with more than one process (``WORLD_SIZE 
 This is what PyTorch's ``DistributedDataParallel`` does for an ordinary module; the explicit
 all-reduce is used because the crosscoder's training step is ``model.loss(...)`` with a custom
 sparse backward, not a ``forward`` call that DDP's hooks are built around.
+
+The harvest (``crossdiff.harvest``) joins the same way and uses :func:`all_gather_json` /
+:func:`broadcast_json` for its small control messages (block sizes, shard entries, rank 0's
+decisions), so ranks agree on every decision without a shared file they would have to poll.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -119,6 +125,54 @@ def min_over_ranks(x: torch.Tensor) -> torch.Tensor:
 def rank() -> int:
     """This process's rank in the joined group; 0 when no group is joined (one process)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _message_device() -> torch.device:
+    """Where collective buffers must live: NCCL only moves CUDA tensors, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _encode(obj: Any, device: torch.device) -> torch.Tensor:
+    data = json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)  # never empty
+
+
+def _decode(buf: torch.Tensor, size: int) -> Any:
+    return json.loads(buf[:size].cpu().numpy().tobytes().decode("utf-8"))
+
+
+def all_gather_json(obj: Any) -> list[Any]:
+    """Every rank's JSON-serializable ``obj``, in rank order (one group must be joined).
+
+    For small control messages. JSON rather than ``all_gather_object``, whose pickles would be
+    the only ones in a package that keeps pickle out of everything it reads.
+    """
+    device = _message_device()
+    buf = _encode(obj, device)
+    world = dist.get_world_size()
+    size = torch.tensor([buf.numel()], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    width = max(int(s) for s in sizes)
+    padded = torch.zeros(width, dtype=torch.uint8, device=device)
+    padded[: buf.numel()] = buf
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return [_decode(p, int(s)) for p, s in zip(parts, sizes)]
+
+
+def broadcast_json(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank (the others' ``obj`` is ignored)."""
+    device = _message_device()
+    buf = _encode(obj, device) if dist.get_rank() == src else None
+    size = torch.tensor([0 if buf is None else buf.numel()], dtype=torch.long, device=device)
+    dist.broadcast(size, src=src)
+    if buf is None:
+        buf = torch.empty(int(size), dtype=torch.uint8, device=device)
+    dist.broadcast(buf, src=src)
+    return _decode(buf, int(size))
 
 
 def barrier(info: DistInfo | None) -> None:

@@ -6,6 +6,11 @@ fsynced, renamed), and only then rewrites the manifest, atomically. Callers comm
 document boundaries, so the manifest's ``documents_consumed`` is always an exact resume point:
 a crash loses at most the uncommitted buffer, which the next run recomputes from the same
 documents. A lock file keeps two writers from appending to one store at once.
+
+A distributed harvest (``crossdiff.harvest`` under ``torchrun``) splits this in two: every rank
+writes its own shards with :func:`write_shard` (the same atomic files, under the manifest index
+the shard will get), and rank 0 alone, holding the one :class:`StoreWriter` and its lock, lists
+them with :meth:`StoreWriter.adopt`. The manifest stays the single commit record either way.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +37,43 @@ LOCK_NAME = ".lock"
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def write_shard(folder: Path, k: int, rows: Rows, docs: list[dict[str, Any]]) -> ShardInfo:
+    """Write ``rows`` as shard ``k`` and ``docs`` as its documents file; return its entry.
+
+    Both files are written atomically (temporary name, fsync, rename), documents first. The
+    shard is not part of the store until a manifest lists the returned entry, so a crash before
+    that leaves an unlisted file the next run overwrites. ``docs`` are consecutive documents,
+    and ``rows`` belong to them.
+    """
+    if not docs:
+        raise ValueError("a shard needs at least one document")
+    doc_start = docs[0]["index"]
+    doc_end = docs[-1]["index"] + 1
+    if [d["index"] for d in docs] != list(range(doc_start, doc_end)):
+        raise ValueError("a shard's documents must be consecutive")
+    data = shard_bytes(rows, doc_start, doc_end)
+    docs_data = "".join(
+        json.dumps(d, ensure_ascii=False, separators=(",", ":")) + "\n" for d in docs
+    ).encode("utf-8")
+    shard_path = folder / shard_file_name(k)
+    docs_path = folder / docs_file_name(k)
+    atomic_write_bytes(docs_path, docs_data)
+    atomic_write_bytes(shard_path, data)
+    return ShardInfo(
+        file=shard_path.name,
+        rows=rows.n,
+        sha256=sha256_bytes(data),
+        bytes=len(data),
+        doc_start=doc_start,
+        doc_end=doc_end,
+        docs_file=docs_path.name,
+        docs_sha256=sha256_bytes(docs_data),
+        content_tokens_a=int(sum(d.get("content_tokens_a", 0) for d in docs)),
+        content_tokens_b=int(sum(d.get("content_tokens_b", 0) for d in docs)),
+        docs_skipped=int(sum(1 for d in docs if d.get("skipped"))),
+    )
 
 
 class StoreWriter:
@@ -63,9 +106,7 @@ class StoreWriter:
         self._samples_a: list[np.ndarray] = []
         self._samples_b: list[np.ndarray] = []
         for shard in m.shards:  # resume: the statistics' samples come back from the shards
-            cols = read_columns(store.path / shard.file, ("norm_a", "norm_b"))
-            self._samples_a.append(shard_sample(cols["norm_a"].numpy()))
-            self._samples_b.append(shard_sample(cols["norm_b"].numpy()))
+            self._load_samples(shard)
 
     # -- context manager ---------------------------------------------------------------
     def __enter__(self) -> StoreWriter:
@@ -131,41 +172,54 @@ class StoreWriter:
         if not self._docs:
             return None
         store, m = self.store, self.store.manifest
-        k = len(m.shards)
         rows = Rows.concat(self._rows, m.d_a, m.d_b)
-        doc_start = self._docs[0]["index"]
-        doc_end = self._docs[-1]["index"] + 1
-        data = shard_bytes(rows, doc_start, doc_end)
-        docs_data = "".join(
-            json.dumps(d, ensure_ascii=False, separators=(",", ":")) + "\n" for d in self._docs
-        ).encode("utf-8")
-        shard_path = store.path / shard_file_name(k)
-        docs_path = store.path / docs_file_name(k)
-        atomic_write_bytes(docs_path, docs_data)
-        atomic_write_bytes(shard_path, data)
-        info = ShardInfo(
-            file=shard_path.name,
-            rows=rows.n,
-            sha256=sha256_bytes(data),
-            bytes=len(data),
-            doc_start=doc_start,
-            doc_end=doc_end,
-            docs_file=docs_path.name,
-            docs_sha256=sha256_bytes(docs_data),
-            content_tokens_a=int(sum(d.get("content_tokens_a", 0) for d in self._docs)),
-            content_tokens_b=int(sum(d.get("content_tokens_b", 0) for d in self._docs)),
-            docs_skipped=int(sum(1 for d in self._docs if d.get("skipped"))),
-        )
+        info = write_shard(store.path, len(m.shards), rows, self._docs)
         self._samples_a.append(shard_sample(rows.meta["norm_a"]))
         self._samples_b.append(shard_sample(rows.meta["norm_b"]))
         m.shards.append(info)
+        self._save_in_progress()
+        self._rows, self._docs, self._pending_rows = [], [], 0
+        return info
+
+    def adopt(self, shards: list[ShardInfo]) -> None:
+        """List shards other processes wrote with :func:`write_shard` (a distributed harvest).
+
+        They must continue the store: shard ``k`` named for its manifest index, documents
+        starting where the store's end. Their norm columns are read back from the files for the
+        statistics (the same per-shard sample a single writer takes), then the manifest is
+        saved once for all of them. Checksums are the writers' (``store verify`` re-hashes).
+        """
+        if self._docs:
+            raise ValueError("commit() the buffered rows before adopting other shards")
+        if not shards:
+            return
+        m = self.store.manifest
+        for info in shards:
+            k = len(m.shards)
+            if info.file != shard_file_name(k) or info.docs_file != docs_file_name(k):
+                raise ValueError(f"shard {info.file} cannot be listed as shard {k}")
+            if info.doc_start != m.documents_consumed or info.doc_end <= info.doc_start:
+                raise ValueError(
+                    f"shard {info.file} holds documents [{info.doc_start}, {info.doc_end}), "
+                    f"the store ends at document {m.documents_consumed}"
+                )
+            self._load_samples(info)
+            m.shards.append(info)
+        self._next_doc = m.documents_consumed
+        self._save_in_progress()
+
+    def _load_samples(self, shard: ShardInfo) -> None:
+        cols = read_columns(self.store.path / shard.file, ("norm_a", "norm_b"))
+        self._samples_a.append(shard_sample(cols["norm_a"].numpy()))
+        self._samples_b.append(shard_sample(cols["norm_b"].numpy()))
+
+    def _save_in_progress(self) -> None:
+        m = self.store.manifest
         self._update_stats()
         m.status = "in_progress"
         m.complete_reason = None
         m.updated = now_iso()
-        m.save(store.path)
-        self._rows, self._docs, self._pending_rows = [], [], 0
-        return info
+        m.save(self.store.path)
 
     def _update_stats(self) -> None:
         m = self.store.manifest
