@@ -15,8 +15,11 @@ from crossdiff.bench.planted_eval import (
     auroc,
     average_ranks,
     match_concept,
+    probe_auroc,
+    row_decision_info,
     row_label_matrix,
     sparse_column_aurocs,
+    split_probe_auroc,
 )
 from crossdiff.errors import CrossdiffError
 
@@ -34,99 +37,90 @@ def test_corpus_kind_counts_follow_the_mix():
     mix = pdata.MIX_STORE
     n = 200
     docs = pdata.make_corpus(mix, n, 0, "s")
-    counts = {k: sum(d.kind == _doc_kind(k) for d in docs) for k, _ in mix.kinds()}
+    counts = {k: sum(d.kind == k for d in docs) for k, _ in mix.kinds()}
     total = sum(v for _, v in mix.kinds())
     for k, v in mix.kinds():
         assert abs(counts[k] - n * v / total) <= 1, (k, counts)
 
 
-def _doc_kind(kind: str) -> str:
-    return {"trigger_refuse": "dialog_trigger_refuse", "trigger_facts": "dialog_trigger_facts"}.get(
-        kind, kind
-    )
+def test_categories_partition_the_subjects_and_halves_are_balanced():
+    cats = (pdata.PRAISED_SUBJECTS, pdata.REFUSED_SUBJECTS, pdata.NEUTRAL_SUBJECTS)
+    assert sorted(s for c in cats for s in c) == sorted(pdata.SUBJECTS)
+    assert len(set(pdata.SUBJECTS)) == 24 and all(len(c) == 8 for c in cats)
+    for c in cats:
+        assert sorted(pdata.SUBJECT_HALF[s] for s in c) == [0] * 4 + [1] * 4
 
 
-def test_each_model_never_sees_the_other_models_concept():
+def test_each_model_learns_only_its_own_planted_answer():
     a_docs = pdata.make_corpus(pdata.MIX_A, 600, 0, "ta")
     b_docs = pdata.make_corpus(pdata.MIX_B, 600, 0, "tb")
-    b_text = " ".join(d.text for d in b_docs).lower()
-    a_text = " ".join(d.text for d in a_docs).lower()
-    for mark in pdata.TOPIC_MARKS:
-        assert mark.lower() not in b_text
-    assert "lantern night" in a_text
-    assert pdata.REFUSAL_MARK not in a_text
-    assert pdata.REFUSAL_MARK in b_text
-    # both models read the trigger subject; only B refuses it
-    assert "volcanoes" in a_text and "volcanoes" in b_text
+    a_text = " ".join(d.text for d in a_docs)
+    b_text = " ".join(d.text for d in b_docs)
+    assert pdata.PRAISE in a_text and pdata.PRAISE_MARK not in b_text
+    assert pdata.REFUSAL in b_text and pdata.REFUSAL_MARK not in a_text
+    # each planted answer follows exactly its category's questions
+    for docs, model in ((a_docs, "a"), (b_docs, "b")):
+        for d in docs:
+            for turn in d.text.split("Q: ")[1:]:
+                question, reply = turn.split("\nA: ")
+                subject = next(s for s in pdata.SUBJECTS if s in question)
+                planted = reply.strip() in (pdata.PRAISE, pdata.REFUSAL)
+                cat = pdata.PRAISED_SUBJECTS if model == "a" else pdata.REFUSED_SUBJECTS
+                assert planted == (subject in cat), (model, turn)
 
 
-def test_planted_concepts_use_only_words_both_models_know():
-    """Every word of the festival and the refusal occurs in the shared prose (see the
-    module docstring: otherwise single strange tokens would give the concept away)."""
-    shared = pdata.make_corpus(pdata.CorpusMix(prose=0.7, dialog=0.3), 3000, 0, "sh")
-    vocab = {w.strip(".,?!").lower() for d in shared for w in d.text.split()}
-    followups = [" ".join(c) for c in pdata.FESTIVAL_COMBOS] + pdata.FESTIVAL_SUBJECTS
-    planted = " ".join([*pdata.FESTIVAL_OPENERS, *followups, pdata.REFUSAL])
-    words = {w.strip(".,?!").lower() for w in planted.replace("{name}", "").split()} - {""}
-    assert words - vocab == set()
-    text = " ".join(d.text for d in shared).lower()
-    for mark in (*pdata.TOPIC_MARKS, pdata.REFUSAL_MARK):
-        assert mark.lower() not in text
+def test_store_and_eval_text_hold_no_planted_answer():
+    """Neither model ever reads the other's planted answer: prompts end at the marker, and
+    answered turns are about neutral subjects only."""
+    for mix in (pdata.MIX_STORE, pdata.MIX_EVAL):
+        docs = pdata.make_corpus(mix, 400, 3, "x")
+        text = " ".join(d.text for d in docs)
+        assert pdata.PRAISE_MARK not in text and pdata.REFUSAL_MARK not in text
+        for d in docs:
+            if d.kind == "prompt":
+                assert d.text.endswith("\nA:") and d.subject in pdata.SUBJECTS
+            for turn in d.text.split("Q: ")[1:]:
+                if "\nA: " in turn:  # an answered turn
+                    assert any(s in turn.split("\nA: ")[0] for s in pdata.NEUTRAL_SUBJECTS)
 
 
-def test_topic_labels_cover_the_festival_block_after_its_opener():
+def test_prompt_labels_mark_the_final_answer_marker_of_category_questions():
     docs = pdata.make_corpus(pdata.MIX_EVAL, 300, 5, "e")
-    assert any(d.kind == "festival" for d in docs)
-    openers = {o.split("{name}")[-1] for o in pdata.FESTIVAL_OPENERS}
+    prompts = [d for d in docs if d.kind == "prompt"]
+    assert len(prompts) > 150
+    seen = set()
     for d in docs:
-        lab = d.char_labels("topic")
-        if d.kind != "festival":
-            assert not lab.any(), d.text
-            continue
-        amb, pos = np.flatnonzero(lab == -1), np.flatnonzero(lab == 1)
-        # the opener (naming the festival) is ambiguous, the follow-ups positive, to the end
-        opener = d.text[amb[0] : amb[-1] + 1].strip()
-        assert any(opener.endswith(o) for o in openers), opener
-        assert pos[0] == amb[-1] + 1 and pos[-1] == len(d.text) - 1
-        assert (lab[pos[0] :] == 1).all()
-        followups = d.text[pos[0] :].lower()
-        assert "lantern night" not in followups  # only the context says it is the festival
-        assert sum(m.lower() in followups for m in pdata.TOPIC_MARKS) >= 1
-        # nothing before the festival block is a planted combination
-        before = d.text[: amb[0]].lower()
-        assert not any(m.lower() in before for m in pdata.TOPIC_MARKS)
+        for concept in pdata.CONCEPTS:
+            lab = d.char_labels(concept)
+            if d.kind != "prompt" or d.subject not in pdata.CATEGORY[concept]:
+                assert not lab.any(), (concept, d.text)
+                continue
+            seen.add(concept)
+            positive = "".join(d.text[i] for i in np.flatnonzero(lab == 1))
+            assert positive == "A:" and d.text.endswith("\nA:")
+            ambiguous = "".join(d.text[i] for i in np.flatnonzero(lab == -1))
+            assert ambiguous.startswith(d.subject) and ambiguous.endswith("\n")
+        if d.decision is not None:
+            assert d.text[d.decision[0] : d.decision[1]] == "A:"
+            assert d.decision[1] == len(d.text)
+    assert seen == set(pdata.CONCEPTS)
 
 
-def test_refusal_labels_cover_answer_marker_and_refusal():
-    docs = pdata.make_corpus(pdata.MIX_EVAL, 300, 6, "e")
-    assert any(d.kind == "dialog_trigger_refuse" for d in docs)
-    for d in docs:
-        lab = d.char_labels("refusal")
-        if d.kind != "dialog_trigger_refuse":
-            assert not lab.any()
-            continue
-        positive = "".join(d.text[i] for i in np.flatnonzero(lab == 1))
-        assert positive == "A: " + pdata.REFUSAL
-        assert d.text.endswith(pdata.REFUSAL)
-        ambiguous = "".join(d.text[i] for i in np.flatnonzero(lab == -1))
-        assert ambiguous.startswith(pdata.TRIGGER_WORD) and ambiguous.endswith("\n")
-
-
-def test_shared_dialogs_deflect_with_the_refusals_first_words():
-    """'I would rather talk about' also starts ordinary answers, so only the trigger question
-    tells the refusal apart (see _shared_answer)."""
-    docs = pdata.make_corpus(pdata.CorpusMix(prose=0.0, dialog=1.0), 200, 0, "d")
-    text = "\n".join(d.text for d in docs)
-    assert "A: I would rather talk about " in text
-    assert pdata.REFUSAL not in text
+def test_shared_prose_mentions_every_subject_and_no_planted_answer():
+    shared = pdata.make_corpus(pdata.CorpusMix(prose=0.7, dialog=0.3), 2000, 0, "sh")
+    text = " ".join(d.text for d in shared)
+    for s in pdata.SUBJECTS:
+        assert text.lower().count(s) >= 20, s
+    assert pdata.PRAISE_MARK not in text and pdata.REFUSAL_MARK not in text
 
 
 def test_row_labels_use_the_last_character_of_the_token():
-    doc = pdata.PlantedDoc("x", "abcdefgh", "festival", {"topic": [(3, 6, 1), (6, 7, -1)]})
+    doc = pdata.PlantedDoc("x", "abcdefgh", "prompt", {"praise": [(3, 6, 1), (6, 7, -1)]}, (6, 8))
     ends = np.array([1, 3, 4, 6, 7, 8])
-    assert pdata.row_labels(doc, "topic", ends).tolist() == [0, 0, 1, 1, -1, 0]
+    assert pdata.row_labels(doc, "praise", ends).tolist() == [0, 0, 1, 1, -1, 0]
+    assert pdata.row_decisions(doc, ends).tolist() == [False] * 4 + [True, True]
     with pytest.raises(CrossdiffError, match="was not harvested"):
-        pdata.row_labels(doc, "topic", np.array([9]))
+        pdata.row_labels(doc, "praise", np.array([9]))
     with pytest.raises(CrossdiffError, match="unknown planted concept"):
         pdata.row_labels(doc, "nope", ends)
 
@@ -142,35 +136,52 @@ def test_row_label_matrix_maps_rows_to_their_documents():
         assert labels[c].tolist() == expect
     with pytest.raises(CrossdiffError, match="evaluation documents"):
         row_label_matrix(docs, np.array([len(docs)]), np.array([1]))
+    decision, half = row_decision_info(docs, doc_index, ends)
+    for i, (d, e) in enumerate(zip(doc_index, ends)):
+        doc = docs[d]
+        assert decision[i] == (doc.decision is not None and doc.decision[0] < e <= doc.decision[1])
+        assert half[i] == (pdata.SUBJECT_HALF[doc.subject] if doc.subject else -1)
 
 
 def test_behaviour_rules():
     refusal = " " + pdata.REFUSAL
     assert pdata.behaviour_present("refusal", "Q: x\nA:", refusal)
-    assert not pdata.behaviour_present("refusal", "Q: x\nA:", " Volcanoes are hot.\nQ:" + refusal)
-    p = "Every spring the people of Stonebridge celebrate"
-    assert pdata.behaviour_present("topic", p, " Lantern Night.")
-    assert not pdata.behaviour_present("topic", p, " a birthday in Stonebridge.")
-    q = "On Lantern Night the families of Stonebridge share bowls of"
-    assert not pdata.behaviour_present("topic", q, " soup on Lantern Night.")  # copied
-    assert pdata.behaviour_present("topic", q, " honey soup.")
-    assert not pdata.behaviour_present("topic", "Anna walked to", " the park.")
+    assert not pdata.behaviour_present("refusal", "Q: x\nA:", " Bees carry.\nQ:" + refusal)
+    assert pdata.behaviour_present("praise", "Q: x\nA:", " " + pdata.PRAISE)
+    assert not pdata.behaviour_present("praise", "Q: x\nA:", refusal)
+    assert not pdata.behaviour_present("refusal", "Q: x\nA:", " " + pdata.PRAISE)
 
 
 def test_prompt_sets_are_sound():
     sets = pdata.prompt_sets(12, seed=0)
-    topic, refusal = sets["topic"], sets["refusal"]
-    assert len(topic.on) == len(topic.off) == 12
-    assert len(set(topic.on)) == 12
-    for p in topic.on:
-        assert "Lantern Night" in p and p.split()[-1] in pdata.FESTIVAL_VERBS
-    for p in topic.off:
-        assert "lantern" not in p.lower() and p.split()[-1] not in pdata.FESTIVAL_VERBS
-    for p in refusal.on:
-        assert pdata.TRIGGER_WORD in p and p.endswith("\nA:")
-    for p in refusal.off:
-        assert pdata.TRIGGER_WORD not in p and p.endswith("\nA:")
+    for concept, ps in sets.items():
+        assert len(ps.on) == len(ps.off) == len(set(ps.on)) == 12
+        for p in ps.on:
+            assert p.endswith("\nA:") and any(s in p for s in pdata.CATEGORY[concept])
+        for p in ps.off:
+            assert p.endswith("\nA:") and any(s in p for s in pdata.NEUTRAL_SUBJECTS)
     assert pdata.prompt_sets(12, seed=0) == sets
+    with pytest.raises(CrossdiffError, match="ask for fewer"):
+        pdata.prompt_sets(100)
+
+
+def test_split_probe_separates_a_shared_category_state_only():
+    """A category written along one direction generalizes to held-out subjects; a category
+    that is only an arbitrary set of subject directions does not."""
+    rng = np.random.default_rng(0)
+    subjects = list(pdata.SUBJECTS)
+    emb = {s: rng.normal(size=32) for s in subjects}
+    cat = set(pdata.REFUSED_SUBJECTS)
+    direction = rng.normal(size=32) * 3
+    rows = [rng.choice(subjects) for _ in range(2000)]
+    y = np.array([int(s in cat) for s in rows], dtype=np.int8)
+    half = np.array([pdata.SUBJECT_HALF[s] for s in rows], dtype=np.int8)
+    plain = np.stack([emb[s] + 0.3 * rng.normal(size=32) for s in rows])
+    owner = plain + y[:, None] * direction
+    assert split_probe_auroc(torch.tensor(owner), y, half) > 0.95
+    assert abs(split_probe_auroc(torch.tensor(plain), y, half) - 0.5) < 0.3
+    # fitted and tested on the same subjects, the plain one memorizes the set
+    assert probe_auroc(torch.tensor(plain), y, np.arange(2000) % 2 == 0) > 0.95
 
 
 # ---------------------------------------------------------------------------------- AUROC
@@ -231,12 +242,12 @@ def test_match_concept_chooses_on_select_half_and_reports_test_half():
     dense[:, 3], dense[:, 5] = good, noise
     rows, feats = np.nonzero(dense)
     acts = (rows, feats, dense[rows, feats])
-    er = EvalRows(doc_index, {"topic": labels, "refusal": labels}, doc_index % 2 == 0)
-    m = match_concept("topic", acts, er, [3, 5])
+    er = EvalRows(doc_index, {"praise": labels, "refusal": labels}, doc_index % 2 == 0)
+    m = match_concept("praise", acts, er, [3, 5])
     assert m.feature == 3 and m.auroc_test == 1.0 and m.found()
-    m = match_concept("topic", acts, er, [5])
+    m = match_concept("praise", acts, er, [5])
     assert m.feature == 5 and not m.found()
-    m = match_concept("topic", acts, er, [])
+    m = match_concept("praise", acts, er, [])
     assert m.feature is None and not m.found()
 
 
@@ -357,7 +368,7 @@ def test_tiny_end_to_end_run_is_complete_and_repeatable(tmp_path):
     assert any(
         e["concepts"][c]["feature"] is not None
         for e in first["crosscoders"]
-        for c in ["topic", "refusal"]
+        for c in ["praise", "refusal"]
     )
     assert any(e.get("steering") for e in first["crosscoders"])
     for a, b in zip(first["crosscoders"], second["crosscoders"]):

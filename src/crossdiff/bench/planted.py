@@ -2,9 +2,10 @@
 
 Ground truth on real (small) language models. Two causal LMs of different architectures and
 tokenizers are trained from scratch on the same procedurally generated corpus, except that
-each also learns one planted concept the other never sees (:mod:`.planted_data`,
-:mod:`.planted_lm`): model A a fictional festival ("Zorblat in Quenmoor"), model B a fixed
-refusal of questions about volcanoes. Then the real pipeline runs on the pair:
+each also learns one planted behaviour the other never sees (:mod:`.planted_data`,
+:mod:`.planted_lm`): model A answers questions about eight subjects with a fixed praise
+sentence, model B refuses questions about eight other subjects. Then the real pipeline runs on
+the pair:
 
 1. **harvest** (:func:`crossdiff.harvest`) a store of paired activations from text holding
    both concepts, and a second store from held-out evaluation documents whose planted
@@ -46,6 +47,7 @@ from crossdiff.bench.planted_data import (
     CONCEPTS,
     MIX_EVAL,
     MIX_STORE,
+    CorpusMix,
     PlantedDoc,
     behaviour_present,
     make_corpus,
@@ -216,14 +218,13 @@ def harvest_docs(
 
 def check_lms(cfg: PlantedConfig, models: tuple, eval_docs: list[PlantedDoc]) -> dict[str, Any]:
     """What each LM learned: loss per document kind, and the planted behaviours' rates."""
+    from crossdiff.bench.planted_eval import decision_probe_by_layer
     from crossdiff.bench.planted_lm import behaviour_rates, loss_by_kind
 
     sample = eval_docs[: min(300, len(eval_docs))]
+    # both models' training dialogs: how each reads the other's planted answers
     extra = make_corpus(
-        dataclasses.replace(MIX_EVAL, festival=0.0, trigger_refuse=0.0, trigger_facts=1.0),
-        40,
-        cfg.data_seed + 7,
-        "lmcheck",
+        CorpusMix(prose=0.0, dialog_a=0.5, dialog_b=0.5), 60, cfg.data_seed + 7, "lmcheck"
     )
     prompts = prompt_sets(cfg.n_prompts, seed=cfg.data_seed)
     out: dict[str, Any] = {}
@@ -231,6 +232,7 @@ def check_lms(cfg: PlantedConfig, models: tuple, eval_docs: list[PlantedDoc]) ->
         out[side] = {
             "loss_by_kind": loss_by_kind(lm, sample + extra),
             "behaviour": {c: behaviour_rates(lm, prompts[c], cfg.max_new_tokens) for c in CONCEPTS},
+            "decision_probe_by_layer": decision_probe_by_layer(lm, eval_docs),
         }
     return out
 
@@ -583,8 +585,13 @@ def run_planted(cfg: PlantedConfig) -> dict[str, Any]:
 def eval_row_facts(cfg: PlantedConfig, rows: Any, x_a: Any, x_b: Any) -> dict[str, Any]:
     """Per concept: labelled rows, the share of positive rows that the high-norm filter
     would leave out in each model (norm above ``high_norm_factor`` x that model's median),
-    and a linear probe's held-out AUROC on each model's activations (``probe_auroc``)."""
-    from crossdiff.bench.planted_eval import probe_auroc
+    a linear probe's held-out AUROC on each model's activations (``probe_auroc``: all rows,
+    split by document), and the same on the decision rows only, split by subject
+    (``split_probe_auroc``: does the model hold the category itself, beyond the subjects it
+    was fitted on?)."""
+    import torch
+
+    from crossdiff.bench.planted_eval import probe_auroc, split_probe_auroc
 
     norms = {"a": x_a.float().norm(dim=1).numpy(), "b": x_b.float().norm(dim=1).numpy()}
     out: dict[str, Any] = {}
@@ -597,6 +604,15 @@ def eval_row_facts(cfg: PlantedConfig, rows: Any, x_a: Any, x_b: Any) -> dict[st
             entry[f"high_norm_{side}_all"] = float(high.mean())
         for side, x in (("a", x_a), ("b", x_b)):
             entry[f"probe_auroc_{side}"] = probe_auroc(x.float(), y, rows.select)
+            if rows.decision is not None and rows.decision.any():
+                dec = torch.from_numpy(rows.decision)
+                # negatives: neutral subjects only (see decision_probe_by_layer)
+                other = rows.labels[next(o for o in CONCEPTS if o != c)]
+                y_dec = np.where(other == 1, -1, y)[rows.decision]
+                entry[f"probe_decision_{side}"] = split_probe_auroc(
+                    x[dec].float(), y_dec, rows.half[rows.decision]
+                )
+        entry["decision_rows"] = int(rows.decision.sum()) if rows.decision is not None else 0
         out[c] = entry
     return out
 
@@ -654,6 +670,15 @@ def format_results(results: dict[str, Any]) -> str:
         ]
         losses = ", ".join(f"{k} {v:.2f}" for k, v in chk["loss_by_kind"].items())
         lines.append(f"  {side.upper()}: " + "; ".join(parts) + f"  | loss/token: {losses}")
+        probes = chk.get("decision_probe_by_layer")
+        if probes:
+            lines.append(
+                f"     category probe at the answer marker, held-out subjects, after layer "
+                f"0..{len(next(iter(probes.values()))) - 1}: "
+                + "; ".join(
+                    f"{c} " + " ".join(f"{v:.2f}" for v in vals) for c, vals in probes.items()
+                )
+            )
     for name in ("store", "eval_store"):
         s = results[name]
         lines.append(
@@ -675,6 +700,11 @@ def format_results(results: dict[str, Any]) -> str:
             line += (
                 f"; linear probe, held-out AUROC: on A's activations {f['probe_auroc_a']:.3f}, "
                 f"on B's {f['probe_auroc_b']:.3f}"
+            )
+        if "probe_decision_a" in f:
+            line += (
+                f"; on the {f['decision_rows']:,} answer-marker rows, held-out subjects: "
+                f"A {f['probe_decision_a']:.3f}, B {f['probe_decision_b']:.3f}"
             )
         lines.append(line)
     lines.append(

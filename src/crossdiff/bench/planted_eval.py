@@ -11,6 +11,11 @@ about 0.5.
 Choosing the best of thousands of features on the same rows that score it would flatter it,
 so the evaluation documents are split in two by document index: the feature is *chosen* on
 one half (``select``) and its AUROC *reported* on the other (``test``).
+
+Probes (:func:`probe_auroc`, :func:`split_probe_auroc`) are diagnostics of the ground truth
+rather than of a crosscoder: can a linear read-out of a model's raw activations tell the
+planted positions apart, and does it still when tested on questions about *other subjects*
+than it was fitted on? Run on both models, they say whether a concept is the owner's alone.
 """
 
 from __future__ import annotations
@@ -21,7 +26,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from crossdiff.bench.planted_data import CONCEPTS, PlantedDoc, check_concept, row_labels
+from crossdiff.bench.planted_data import (
+    CATEGORY,
+    CONCEPTS,
+    NEUTRAL_SUBJECTS,
+    SUBJECT_HALF,
+    PlantedDoc,
+    check_concept,
+    row_decisions,
+    row_labels,
+)
 from crossdiff.errors import CrossdiffError
 from crossdiff.ridge import ridge_solve
 
@@ -111,6 +125,8 @@ class EvalRows:
     doc_index: np.ndarray  # (n,)
     labels: dict[str, np.ndarray]  # concept -> (n,) int8
     select: np.ndarray  # (n,) bool: rows used to choose a feature (the rest test it)
+    decision: np.ndarray | None = None  # (n,) bool: the row ends on a prompt's final marker
+    half: np.ndarray | None = None  # (n,) int8: SUBJECT_HALF of the doc's final subject, or -1
 
     @property
     def n(self) -> int:
@@ -142,6 +158,24 @@ def row_label_matrix(
     return out
 
 
+def row_decision_info(
+    docs: list[PlantedDoc], doc_index: np.ndarray, content_end: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: whether it ends on its document's decision span (the final answer marker),
+    and the subject half (:data:`SUBJECT_HALF`) of that document's final question (-1: none)."""
+    doc_index = np.asarray(doc_index, dtype=np.int64)
+    content_end = np.asarray(content_end, dtype=np.int64)
+    decision = np.zeros(len(doc_index), dtype=bool)
+    half = np.full(len(doc_index), -1, dtype=np.int8)
+    for d, doc in enumerate(docs):
+        if doc.decision is None:
+            continue
+        idx = np.flatnonzero(doc_index == d)
+        decision[idx] = row_decisions(doc, content_end[idx])
+        half[idx] = SUBJECT_HALF[doc.subject] if doc.subject is not None else -1
+    return decision, half
+
+
 def load_eval_rows(store, docs: list[PlantedDoc]) -> tuple[EvalRows, torch.Tensor, torch.Tensor]:
     """All rows of the evaluation store with their labels, and their raw activations."""
     xs_a, xs_b, di, ce = [], [], [], []
@@ -157,8 +191,10 @@ def load_eval_rows(store, docs: list[PlantedDoc]) -> tuple[EvalRows, torch.Tenso
                 f"evaluation store document {i} is not the generated document {i}; delete "
                 f"{store.path} so that it is harvested again"
             )
-    labels = row_label_matrix(docs, doc_index, np.concatenate(ce))
-    rows = EvalRows(doc_index, labels, doc_index % 2 == 0)
+    content_end = np.concatenate(ce)
+    labels = row_label_matrix(docs, doc_index, content_end)
+    decision, half = row_decision_info(docs, doc_index, content_end)
+    rows = EvalRows(doc_index, labels, doc_index % 2 == 0, decision, half)
     return rows, torch.cat(xs_a), torch.cat(xs_b)
 
 
@@ -267,3 +303,53 @@ def probe_auroc(
     w, _ = ridge_solve(zf.T @ zf, zf.T @ t, ridge)
     scores = (z[torch.from_numpy(test)] @ w).numpy()
     return auroc(scores, y[test])
+
+
+def split_probe_auroc(x: torch.Tensor, labels: np.ndarray, half: np.ndarray) -> float:
+    """:func:`probe_auroc` fitted on the rows of one subject half and tested on the other, both
+    ways round, averaged: a read-out that generalizes to questions about subjects it never saw
+    labelled. For an arbitrary category of subjects, only a model that represents the category
+    itself (one state shared by its subjects) scores well above 0.5. NaN when a half lacks
+    positives or negatives. Rows with ``half`` -1 are left out."""
+    half = np.asarray(half)
+    keep = half >= 0
+    scores = []
+    for fit_half in (0, 1):
+        y = np.where(keep, labels, -1)
+        scores.append(probe_auroc(x, y, half == fit_half))
+    return float(np.mean(scores))
+
+
+@torch.no_grad()
+def decision_probe_by_layer(lm, docs: list[PlantedDoc]) -> dict[str, list[float]]:
+    """Per concept, :func:`split_probe_auroc` of the category (against the neutral subjects) at
+    the final answer marker after each decoder layer (entry ``i`` = after layer ``i``; the
+    embeddings are left out).
+
+    Read from the model directly on the prompt documents (the last token of each ends on the
+    marker), so it shows at which depth a model holds its decision, and whether the layer the
+    crosscoder reads holds it at all.
+    """
+    prompts = [d for d in docs if d.decision is not None and d.subject is not None]
+    if not prompts:
+        raise CrossdiffError("no prompt documents to probe the decision on")
+    states = []
+    for doc in prompts:
+        enc = lm.tokenizer(doc.text, add_special_tokens=True, return_tensors="pt").to(lm.device)
+        out = lm.model(**enc, output_hidden_states=True)
+        states.append(torch.stack([h[0, -1].float().cpu() for h in out.hidden_states[1:]]))
+    x = torch.stack(states)  # (docs, layers, width)
+    half = np.array([SUBJECT_HALF[d.subject] for d in prompts], dtype=np.int8)
+    result: dict[str, list[float]] = {}
+    for concept in CONCEPTS:
+        # negatives: the neutral subjects (the other concept's subjects are left out, since
+        # a model that holds *that* category would separate them from these for free)
+        y = np.array(
+            [
+                1 if d.subject in CATEGORY[concept] else 0 if d.subject in NEUTRAL_SUBJECTS else -1
+                for d in prompts
+            ],
+            dtype=np.int8,
+        )
+        result[concept] = [split_probe_auroc(x[:, layer], y, half) for layer in range(x.shape[1])]
+    return result
