@@ -506,20 +506,25 @@ class Harvester:
                         if c.tokens is not None and rows_total >= c.tokens:
                             reason = REASON_TOKENS
                             break
-                if (
-                    reason == REASON_CORPUS
-                    and c.max_documents is not None
-                    and writer.next_document >= c.max_documents
-                ):
-                    reason = REASON_DOCS
-                t0 = time.perf_counter()
-                writer.finish(reason, tokens_target=c.tokens)
-                tm.write += time.perf_counter() - t0
+                self._finish(writer, reason, writer.next_document)
         finally:
             if bar is not None:
                 bar.close()
             tm.total += time.perf_counter() - start_time
         return store
+
+    def _end_reason(self, reason: str, next_doc: int) -> str:
+        """A corpus that 'ran out' at ``--max-documents`` stopped at the document limit."""
+        limit = self.config.max_documents
+        if reason == REASON_CORPUS and limit is not None and next_doc >= limit:
+            return REASON_DOCS
+        return reason
+
+    def _finish(self, writer: StoreWriter, reason: str, next_doc: int) -> None:
+        """Mark the store complete (the last partial shard is committed) and time it."""
+        t0 = time.perf_counter()
+        writer.finish(self._end_reason(reason, next_doc), tokens_target=self.config.tokens)
+        self.timings.write += time.perf_counter() - t0
 
     def run_ranks(
         self,
@@ -611,16 +616,9 @@ class Harvester:
                     if end is not None:
                         reason = end
                         break
-            if (
-                reason == REASON_CORPUS
-                and c.max_documents is not None
-                and next_doc >= c.max_documents
-            ):
-                reason = REASON_DOCS
+            reason = self._end_reason(reason, next_doc)
             if writer is not None:
-                t0 = time.perf_counter()
-                writer.finish(reason, tokens_target=c.tokens)
-                tm.write += time.perf_counter() - t0
+                self._finish(writer, reason, next_doc)
             distributed.barrier(dist_info)  # nobody returns before the store is marked complete
         finally:
             if bar is not None:

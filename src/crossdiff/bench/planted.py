@@ -101,8 +101,10 @@ class PlantedConfig:
     """Steer the matched features of the first N seeds of each kind."""
     n_prompts: int = 16
     """Prompts per set (behaviour expected / not expected) for the LM check and steering."""
-    alphas: tuple[float, ...] = (-8.0, -4.0, 0.0, 4.0, 8.0)
-    """Steering strengths in units of the feature's s_max (METHOD.md §5)."""
+    alphas: tuple[float, ...] = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0)
+    """Steering strengths in units of the feature's s_max (METHOD.md §5). The small ones are
+    there because these tiny LMs break down ("cities cities cities ...") at |alpha| >= 4,
+    which the coherence guard then leaves out."""
     max_new_tokens: int = 16
     """Greedy tokens generated per prompt."""
     rate_change: float = 0.3
