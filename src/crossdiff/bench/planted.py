@@ -124,7 +124,7 @@ class PlantedConfig:
 
     @classmethod
     def quick(cls) -> PlantedConfig:
-        """About 8 minutes on 2 cores (smaller LMs, store and crosscoders, 2 seeds)."""
+        """About 6 minutes on 2 idle cores (smaller LMs, store and crosscoders, 2 seeds)."""
         return cls(
             lms=PairSpec.quick(),
             store_docs=3000,
@@ -781,7 +781,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train two small LMs with planted differences and check crossdiff finds them",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("--quick", action="store_true", help="smaller and fewer: ~8 min on 2 cores")
+    p.add_argument("--quick", action="store_true", help="smaller and fewer: ~6 min on 2 cores")
     p.add_argument("--seeds", type=int, help="crosscoder seeds per kind (default 5; quick 2)")
     p.add_argument("--kinds", help="comma-separated crosscoder kinds (default dfc,standard)")
     p.add_argument("--features", type=int, help="dictionary size F")
