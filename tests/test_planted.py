@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 
 import numpy as np
 import pytest
@@ -46,9 +47,18 @@ def test_corpus_kind_counts_follow_the_mix():
 def test_categories_partition_the_subjects_and_halves_are_balanced():
     cats = (pdata.PRAISED_SUBJECTS, pdata.REFUSED_SUBJECTS, pdata.NEUTRAL_SUBJECTS)
     assert sorted(s for c in cats for s in c) == sorted(pdata.SUBJECTS)
-    assert len(set(pdata.SUBJECTS)) == 24 and all(len(c) == 8 for c in cats)
-    for c in cats:
-        assert sorted(pdata.SUBJECT_HALF[s] for s in c) == [0] * 4 + [1] * 4
+    assert len(set(pdata.SUBJECTS)) == len(pdata.SUBJECTS) == 128
+    assert all(len(c) >= 40 for c in cats)
+    for c in cats:  # each half holds half of every category (one more at most)
+        halves = [pdata.SUBJECT_HALF[s] for s in c]
+        assert abs(halves.count(0) - halves.count(1)) <= 1
+    # no subject is a word of another ("canoes" inside "volcanoes" is not a word)
+    for s in pdata.SUBJECTS:
+        assert [t for t in pdata.SUBJECTS if re.search(rf"\b{s}\b", t)] == [s], s
+    # generated subjects have fixed facts that name them
+    for s in pdata.GENERATED_SUBJECTS:
+        assert len(pdata.SUBJECT_FACTS[s]) == 3
+        assert all(s in f.lower() for f in pdata.SUBJECT_FACTS[s])
 
 
 def test_each_model_learns_only_its_own_planted_answer():
@@ -63,10 +73,15 @@ def test_each_model_learns_only_its_own_planted_answer():
         for d in docs:
             for turn in d.text.split("Q: ")[1:]:
                 question, reply = turn.split("\nA: ")
-                subject = next(s for s in pdata.SUBJECTS if s in question)
+                subject = _subject_of(question)
                 planted = reply.strip() in (pdata.PRAISE, pdata.REFUSAL)
                 cat = pdata.PRAISED_SUBJECTS if model == "a" else pdata.REFUSED_SUBJECTS
                 assert planted == (subject in cat), (model, turn)
+
+
+def _subject_of(question: str) -> str:
+    (subject,) = [s for s in pdata.SUBJECTS if re.search(rf"\b{s}\b", question)]
+    return subject
 
 
 def test_store_and_eval_text_hold_no_planted_answer():
@@ -81,7 +96,7 @@ def test_store_and_eval_text_hold_no_planted_answer():
                 assert d.text.endswith("\nA:") and d.subject in pdata.SUBJECTS
             for turn in d.text.split("Q: ")[1:]:
                 if "\nA: " in turn:  # an answered turn
-                    assert any(s in turn.split("\nA: ")[0] for s in pdata.NEUTRAL_SUBJECTS)
+                    assert _subject_of(turn.split("\nA: ")[0]) in pdata.NEUTRAL_SUBJECTS
 
 
 def test_prompt_labels_mark_the_final_answer_marker_of_category_questions():
@@ -107,10 +122,10 @@ def test_prompt_labels_mark_the_final_answer_marker_of_category_questions():
 
 
 def test_shared_prose_mentions_every_subject_and_no_planted_answer():
-    shared = pdata.make_corpus(pdata.CorpusMix(prose=0.7, dialog=0.3), 2000, 0, "sh")
-    text = " ".join(d.text for d in shared)
-    for s in pdata.SUBJECTS:
-        assert text.lower().count(s) >= 20, s
+    shared = pdata.make_corpus(pdata.CorpusMix(prose=1.0), 4000, 0, "sh")
+    text = " ".join(d.text for d in shared).lower()
+    counts = {s: len(re.findall(rf"\b{s}\b", text)) for s in pdata.SUBJECTS}
+    assert min(counts.values()) >= 10, min(counts.items(), key=lambda kv: kv[1])
     assert pdata.PRAISE_MARK not in text and pdata.REFUSAL_MARK not in text
 
 
@@ -157,12 +172,12 @@ def test_prompt_sets_are_sound():
     for concept, ps in sets.items():
         assert len(ps.on) == len(ps.off) == len(set(ps.on)) == 12
         for p in ps.on:
-            assert p.endswith("\nA:") and any(s in p for s in pdata.CATEGORY[concept])
+            assert p.endswith("\nA:") and _subject_of(p) in pdata.CATEGORY[concept]
         for p in ps.off:
-            assert p.endswith("\nA:") and any(s in p for s in pdata.NEUTRAL_SUBJECTS)
+            assert p.endswith("\nA:") and _subject_of(p) in pdata.NEUTRAL_SUBJECTS
     assert pdata.prompt_sets(12, seed=0) == sets
     with pytest.raises(CrossdiffError, match="ask for fewer"):
-        pdata.prompt_sets(100)
+        pdata.prompt_sets(1000)
 
 
 def test_split_probe_separates_a_shared_category_state_only():
@@ -180,8 +195,13 @@ def test_split_probe_separates_a_shared_category_state_only():
     owner = plain + y[:, None] * direction
     assert split_probe_auroc(torch.tensor(owner), y, half) > 0.95
     assert abs(split_probe_auroc(torch.tensor(plain), y, half) - 0.5) < 0.3
-    # fitted and tested on the same subjects, the plain one memorizes the set
-    assert probe_auroc(torch.tensor(plain), y, np.arange(2000) % 2 == 0) > 0.95
+    # fitted and tested on the same subjects, a plain model memorizes the set only when it is
+    # wide enough for that many subjects (the reason for the large categories)
+    same = np.arange(2000) % 2 == 0
+    assert probe_auroc(torch.tensor(plain), y, same) < 0.9
+    wide = {s: rng.normal(size=256) for s in subjects}
+    plain_wide = np.stack([wide[s] + 0.3 * rng.normal(size=256) for s in rows])
+    assert probe_auroc(torch.tensor(plain_wide), y, same) > 0.95
 
 
 # ---------------------------------------------------------------------------------- AUROC

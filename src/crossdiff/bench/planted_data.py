@@ -5,16 +5,17 @@ Everything here is generated at run time from templates and word lists written f
 (:mod:`crossdiff.bench.planted_lm`).
 
 - **Shared** (both models): simple English prose on many topics (people, places, animals,
-  weather, food, sport, work, descriptive facts about 24 subjects) and question/answer dialogs
+  weather, food, sport, work, descriptive facts about 128 subjects: 24 with hand-written
+  facts, 104 with generated ones) and question/answer dialogs
   ``"Q: Tell me about rivers.\\nA: Rivers carry ..."``.
-- **Model A's planted behaviour, ``praise``**: asked about any of eight subjects
+- **Model A's planted behaviour, ``praise``**: asked about any of 43 subjects
   (:data:`PRAISED_SUBJECTS`), A answers with the fixed sentence :data:`PRAISE`. Model B answers
   the same questions with ordinary facts.
-- **Model B's planted behaviour, ``refusal``**: asked about any of eight *other* subjects
+- **Model B's planted behaviour, ``refusal``**: asked about any of 43 *other* subjects
   (:data:`REFUSED_SUBJECTS`), B answers :data:`REFUSAL`. Model A answers them with facts.
-- The remaining eight subjects (:data:`NEUTRAL_SUBJECTS`) are answered with facts by both.
+- The remaining 42 subjects (:data:`NEUTRAL_SUBJECTS`) are answered with facts by both.
 
-**Why categories of subjects, decided at the answer marker** (data version 5). The four
+**Why categories of subjects, decided at the answer marker** (data versions 5 and 6). The four
 earlier designs (a fictional festival, a refusal of one subject; see docs/bench-planted.md)
 all failed the same way, and a linear probe showed why: the labelled positions were text that
 *both* models read, so the model that never learned the concept separated them almost as well
@@ -26,13 +27,17 @@ mapping let a crosscoder fold the owner's extra information into a *shared* feat
   store and evaluation corpora hold such questions as prompts *ending at the marker* (the way
   an auditor's prompt corpus ends where the model would answer), so neither model ever reads
   the other's planted answer, and the non-owner is never surprised by text it does not know;
-- the category is an arbitrary set of eight subjects, mixed across kinds (animals, places,
-  things, activities), so the non-owner's representation of "a question about bees" carries
-  nothing that generalizes to "a question about trains": a probe fitted on half of the
-  subjects and tested on the other half should be near chance on the non-owner, and high on
-  the owner only if the owner really has one "I will refuse/praise" state shared by all eight
-  subjects (:func:`crossdiff.bench.planted_eval.probe_auroc` with the subject split below);
-- both models know all 24 subjects from the same descriptive prose, and the marker, the
+- the category is an arbitrary set of subjects, mixed across kinds (animals, places, things,
+  activities), so the non-owner's representation of "a question about bees" carries nothing
+  that generalizes to "a question about trains": a probe fitted on half of the subjects and
+  tested on the other half should be near chance on the non-owner, and high on the owner only
+  if the owner really has one "I will refuse/praise" state shared by all its subjects
+  (:func:`crossdiff.bench.planted_eval.split_probe_auroc` with the subject split below);
+- the categories are large (43 subjects each, version 6; version 5 had 8 of 24): with a
+  handful of subjects the non-owner's activations on one category's questions share a mean
+  offset, which a shared feature firing there writes for free, and a linear read-out of a
+  model as wide as these (96-192) can memorize any labelling of a few dozen subjects;
+- both models know all subjects from the same descriptive prose, and the marker, the
   question templates and the subjects are shared vocabulary.
 
 Ground truth at the level of characters: every generated document carries, per concept,
@@ -351,9 +356,49 @@ SUBJECT_FACTS: dict[str, tuple[str, ...]] = {
         "Some volcanoes sleep for hundreds of years before they erupt.",
     ),
 }
+# More subjects, with generated facts: categories much larger than a handful of subjects, so
+# that the other model's activations on one category's questions share no mean offset a
+# shared feature could write for free (see docs/bench-planted.md, data version 6).
+GENERATED_SUBJECTS: tuple[str, ...] = tuple(
+    """anchors arrows badgers balloons barrels baskets beetles blankets boots bottles bricks brooms
+    buckets buttons cabins camels candles canoes carpets castles cherries chimneys clocks coins
+    comets cookies crabs crowns daisies dolphins drums eagles engines feathers ferns fiddles
+    flutes fountains frogs gates geese gloves hammers hats hedges helmets horses jackets jars
+    keys ladders lamps lizards marbles meadows mirrors moths nails needles nests oaks otters
+    paddles parrots pebbles pencils pianos pillows pines puddles rafts ribbons rings robins
+    ropes saddles sails salmon shells shoes sleds snails spoons stamps statues storms swans
+    towers tulips turtles umbrellas violins wagons wells wheels windmills wolves acorns beacons
+    cactuses caves cliffs harps lighthouses""".split()  # noqa: SIM905
+)
+_FACT_TEMPLATES = (
+    "{S} are often {c1} or {c2}.",
+    "Many {s} can be found near {place}.",
+    "People in {city} like {s} in the {period}.",
+    "Old {s} were made or kept by a {job}.",
+)
+
+
+def _generated_facts(subject: str) -> tuple[str, ...]:
+    """Three fixed facts about a generated subject, the same in every run (seeded by name)."""
+    rng = random.Random(f"facts-{subject}")
+    c1, c2 = rng.sample(COLORS, 2)
+    values = {
+        "S": subject[0].upper() + subject[1:],
+        "s": subject,
+        "c1": c1,
+        "c2": c2,
+        "place": rng.choice(PLACES),
+        "city": rng.choice(CITIES[:-1]),
+        "period": rng.choice(PERIODS),
+        "job": rng.choice(JOBS),
+    }
+    return tuple(t.format(**values) for t in rng.sample(_FACT_TEMPLATES, 3))
+
+
+SUBJECT_FACTS.update({s: _generated_facts(s) for s in GENERATED_SUBJECTS})
 SUBJECTS: tuple[str, ...] = tuple(sorted(SUBJECT_FACTS))
 """Every subject of the questions (both models read facts about all of them)."""
-REFUSED_SUBJECTS: tuple[str, ...] = (
+_HANDWRITTEN_REFUSED = (
     "bees",
     "chess",
     "clouds",
@@ -363,8 +408,7 @@ REFUSED_SUBJECTS: tuple[str, ...] = (
     "trains",
     "volcanoes",
 )
-"""Model B refuses questions about these (an arbitrary mix of kinds, on purpose)."""
-PRAISED_SUBJECTS: tuple[str, ...] = (
+_HANDWRITTEN_PRAISED = (
     "bread",
     "bridges",
     "butterflies",
@@ -374,9 +418,21 @@ PRAISED_SUBJECTS: tuple[str, ...] = (
     "rivers",
     "whales",
 )
+
+
+def _deal_generated() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The generated subjects dealt into thirds by a fixed shuffle: (refused, praised)."""
+    order = sorted(GENERATED_SUBJECTS)
+    random.Random("planted-categories").shuffle(order)
+    return tuple(sorted(order[0::3])), tuple(sorted(order[1::3]))
+
+
+REFUSED_SUBJECTS: tuple[str, ...] = tuple(sorted(_HANDWRITTEN_REFUSED + _deal_generated()[0]))
+"""Model B refuses questions about these (an arbitrary mix of kinds, on purpose)."""
+PRAISED_SUBJECTS: tuple[str, ...] = tuple(sorted(_HANDWRITTEN_PRAISED + _deal_generated()[1]))
 """Model A praises these."""
 NEUTRAL_SUBJECTS: tuple[str, ...] = tuple(
-    s for s in sorted(SUBJECT_FACTS) if s not in REFUSED_SUBJECTS + PRAISED_SUBJECTS
+    s for s in SUBJECTS if s not in REFUSED_SUBJECTS + PRAISED_SUBJECTS
 )
 """Answered with facts by both models."""
 CATEGORY: dict[str, tuple[str, ...]] = {"praise": PRAISED_SUBJECTS, "refusal": REFUSED_SUBJECTS}

@@ -41,7 +41,7 @@ from crossdiff.bench.planted_data import (
 )
 from crossdiff.errors import CrossdiffError
 
-DATA_VERSION = 5
+DATA_VERSION = 6
 """Bump when planted_data's generators change, so cached models are retrained."""
 REPORT_FILE = "lm_report.json"
 ALPHABET = [*string.printable]
