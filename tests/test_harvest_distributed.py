@@ -285,7 +285,7 @@ def test_killed_rank_loses_nothing_and_two_ranks_resume_to_the_same_store(
 
 def test_plan_round_keeps_what_one_process_keeps() -> None:
     def blocks(*spec: tuple[int, int]) -> list[dict[str, int]]:
-        return [{"docs": d, "rows": r} for d, r in spec]
+        return [{"documents": d, "rows": r} for d, r in spec]
 
     full = (BLOCK, 10)
     assert plan_round(blocks(full, full), BLOCK, 0, None) == (2, None)

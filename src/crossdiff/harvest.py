@@ -299,6 +299,21 @@ class HarvestTimings:
     content_tokens_a: int = 0  # content tokens of the windows processed (coverage denominators)
     content_tokens_b: int = 0
 
+    def add(self, counts: dict[str, int]) -> None:
+        """Add a block's counts (:func:`_block_counts`, named like these fields)."""
+        for name, value in counts.items():
+            setattr(self, name, getattr(self, name) + value)
+
+
+def _block_counts(plans: list[Any], rows: list[Any]) -> dict[str, int]:
+    """What one harvested block adds to the store: documents, rows, content tokens."""
+    return {
+        "documents": len(plans),
+        "rows": sum(r.n for r in rows),
+        "content_tokens_a": sum(p.record["content_tokens_a"] for p in plans),
+        "content_tokens_b": sum(p.record["content_tokens_b"] for p in plans),
+    }
+
 
 def _pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
@@ -491,14 +506,12 @@ class Harvester:
                                 writer.add_rows(rows[k])
                                 rows_total += rows[k].n
                                 k += 1
-                        tm.documents += len(plans)
-                        tm.rows += sum(r.n for r in rows)
-                        tm.content_tokens_a += sum(p.record["content_tokens_a"] for p in plans)
-                        tm.content_tokens_b += sum(p.record["content_tokens_b"] for p in plans)
+                        counts = _block_counts(plans, rows)
+                        tm.add(counts)
                         shard = writer.commit_if_full()
                         tm.write += time.perf_counter() - t0
                         if bar is not None:
-                            bar.update(sum(r.n for r in rows))
+                            bar.update(counts["rows"])
                             elapsed = time.perf_counter() - start_time
                             bar.set_postfix_str(_postfix(tm, writer.next_document, elapsed))
                         if shard is not None and on_commit is not None:
@@ -506,7 +519,7 @@ class Harvester:
                         if c.tokens is not None and rows_total >= c.tokens:
                             reason = REASON_TOKENS
                             break
-                self._finish(writer, reason, writer.next_document)
+                self._finish(writer, self._end_reason(reason, writer.next_document))
         finally:
             if bar is not None:
                 bar.close()
@@ -520,10 +533,10 @@ class Harvester:
             return REASON_DOCS
         return reason
 
-    def _finish(self, writer: StoreWriter, reason: str, next_doc: int) -> None:
+    def _finish(self, writer: StoreWriter, reason: str) -> None:
         """Mark the store complete (the last partial shard is committed) and time it."""
         t0 = time.perf_counter()
-        writer.finish(self._end_reason(reason, next_doc), tokens_target=self.config.tokens)
+        writer.finish(reason, tokens_target=self.config.tokens)
         self.timings.write += time.perf_counter() - t0
 
     def run_ranks(
@@ -568,15 +581,14 @@ class Harvester:
                     mine = round_blocks[rank] if rank < len(round_blocks) else []
                     tokens_before = (tm.tokens_a, tm.tokens_b)
                     plans, rows = self.run_block(mine) if mine else ([], [])
-                    mine_count = {
-                        "docs": len(plans),
-                        "rows": sum(r.n for r in rows),
-                        "tokens_a": tm.tokens_a - tokens_before[0],
-                        "tokens_b": tm.tokens_b - tokens_before[1],
-                        "content_tokens_a": sum(p.record["content_tokens_a"] for p in plans),
-                        "content_tokens_b": sum(p.record["content_tokens_b"] for p in plans),
-                    }
-                    counts = distributed.all_gather_json(mine_count)
+                    mine_count = _block_counts(plans, rows)
+                    counts = distributed.all_gather_json(
+                        {
+                            **mine_count,
+                            "tokens_a": tm.tokens_a - tokens_before[0],
+                            "tokens_b": tm.tokens_b - tokens_before[1],
+                        }
+                    )
                     kept, end = plan_round(counts, block_docs, rows_total, c.tokens)
                     entry = None
                     if rank < kept:  # blocks past the budget are dropped unwritten
@@ -585,10 +597,7 @@ class Harvester:
                         records = [p.record for p in plans]
                         entry = asdict(write_shard(store.path, n_shards + rank, rows_all, records))
                         tm.write += time.perf_counter() - t0
-                        tm.documents += mine_count["docs"]
-                        tm.rows += mine_count["rows"]
-                        tm.content_tokens_a += mine_count["content_tokens_a"]
-                        tm.content_tokens_b += mine_count["content_tokens_b"]
+                        tm.add(mine_count)  # its tokens were counted by run_block
                     entries = distributed.all_gather_json(entry)[:kept]
                     shards = [ShardInfo(**e) for e in entries]
                     if writer is not None:
@@ -601,11 +610,7 @@ class Harvester:
                     if shards:
                         next_doc = shards[-1].doc_end
                     for cnt in counts[:kept]:
-                        everyone.rows += cnt["rows"]
-                        everyone.tokens_a += cnt["tokens_a"]
-                        everyone.tokens_b += cnt["tokens_b"]
-                        everyone.content_tokens_a += cnt["content_tokens_a"]
-                        everyone.content_tokens_b += cnt["content_tokens_b"]
+                        everyone.add(cnt)
                     if bar is not None:
                         bar.update(sum(sh.rows for sh in shards))
                         elapsed = time.perf_counter() - start_time
@@ -618,7 +623,7 @@ class Harvester:
                         break
             reason = self._end_reason(reason, next_doc)
             if writer is not None:
-                self._finish(writer, reason, next_doc)
+                self._finish(writer, reason)
             distributed.barrier(dist_info)  # nobody returns before the store is marked complete
         finally:
             if bar is not None:
@@ -632,7 +637,7 @@ def plan_round(
 ) -> tuple[int, str | None]:
     """How many blocks of a distributed round the store keeps, and whether the harvest ends.
 
-    ``blocks``: the round's blocks in corpus order (= rank order), each with its ``docs`` and
+    ``blocks``: the round's blocks in corpus order (= rank order), each with its ``documents`` and
     ``rows`` counts; ``rows_before``: the rows stored before the round. The blocks kept are the
     ones a single process would have stored, so a distributed harvest stops exactly where a
     single one does: up to the first empty block (the corpus ended before it), through the
@@ -642,12 +647,12 @@ def plan_round(
     """
     rows = rows_before
     for kept, block in enumerate(blocks):
-        if block["docs"] == 0:
+        if block["documents"] == 0:
             return kept, REASON_CORPUS
         rows += block["rows"]
         if tokens is not None and rows >= tokens:
             return kept + 1, REASON_TOKENS
-        if block["docs"] < block_docs:
+        if block["documents"] < block_docs:
             return kept + 1, REASON_CORPUS
     return len(blocks), None
 
