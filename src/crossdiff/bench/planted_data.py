@@ -424,12 +424,13 @@ def _deal_generated() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The generated subjects dealt into thirds by a fixed shuffle: (refused, praised)."""
     order = sorted(GENERATED_SUBJECTS)
     random.Random("planted-categories").shuffle(order)
-    return tuple(sorted(order[0::3])), tuple(sorted(order[1::3]))
+    return tuple(order[0::3]), tuple(order[1::3])
 
 
-REFUSED_SUBJECTS: tuple[str, ...] = tuple(sorted(_HANDWRITTEN_REFUSED + _deal_generated()[0]))
+_GENERATED_REFUSED, _GENERATED_PRAISED = _deal_generated()
+REFUSED_SUBJECTS: tuple[str, ...] = tuple(sorted(_HANDWRITTEN_REFUSED + _GENERATED_REFUSED))
 """Model B refuses questions about these (an arbitrary mix of kinds, on purpose)."""
-PRAISED_SUBJECTS: tuple[str, ...] = tuple(sorted(_HANDWRITTEN_PRAISED + _deal_generated()[1]))
+PRAISED_SUBJECTS: tuple[str, ...] = tuple(sorted(_HANDWRITTEN_PRAISED + _GENERATED_PRAISED))
 """Model A praises these."""
 NEUTRAL_SUBJECTS: tuple[str, ...] = tuple(
     s for s in SUBJECTS if s not in REFUSED_SUBJECTS + PRAISED_SUBJECTS

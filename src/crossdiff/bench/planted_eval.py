@@ -20,7 +20,7 @@ than it was fitted on? Run on both models, they say whether a concept is the own
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,26 +133,33 @@ class EvalRows:
         return int(self.doc_index.shape[0])
 
 
-def row_label_matrix(
-    docs: list[PlantedDoc], doc_index: np.ndarray, content_end: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Label of every row for every concept (see :func:`planted_data.row_labels`)."""
+def _rows_by_document(
+    docs: list[PlantedDoc], doc_index: np.ndarray
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(document, indices of its rows) for every document with rows; one sort, not a scan of
+    all rows per document. Rows naming a document that does not exist raise."""
     doc_index = np.asarray(doc_index, dtype=np.int64)
-    content_end = np.asarray(content_end, dtype=np.int64)
     if doc_index.size and (doc_index.min() < 0 or doc_index.max() >= len(docs)):
         raise CrossdiffError(
             f"rows name documents up to {int(doc_index.max())} but only {len(docs)} evaluation "
             "documents exist; the evaluation store was not harvested from them"
         )
-    out = {c: np.zeros(len(doc_index), dtype=np.int8) for c in CONCEPTS}
     order = np.argsort(doc_index, kind="stable")
     sorted_docs = doc_index[order]
     starts = np.searchsorted(sorted_docs, np.arange(len(docs)))
     ends = np.searchsorted(sorted_docs, np.arange(len(docs)), "right")
     for d, (lo, hi) in enumerate(zip(starts, ends)):
-        if lo == hi:
-            continue
-        idx = order[lo:hi]
+        if lo < hi:
+            yield d, order[lo:hi]
+
+
+def row_label_matrix(
+    docs: list[PlantedDoc], doc_index: np.ndarray, content_end: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Label of every row for every concept (see :func:`planted_data.row_labels`)."""
+    content_end = np.asarray(content_end, dtype=np.int64)
+    out = {c: np.zeros(len(doc_index), dtype=np.int8) for c in CONCEPTS}
+    for d, idx in _rows_by_document(docs, doc_index):
         for c in CONCEPTS:
             out[c][idx] = row_labels(docs[d], c, content_end[idx])
     return out
@@ -163,16 +170,15 @@ def row_decision_info(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per row: whether it ends on its document's decision span (the final answer marker),
     and the subject half (:data:`SUBJECT_HALF`) of that document's final question (-1: none)."""
-    doc_index = np.asarray(doc_index, dtype=np.int64)
     content_end = np.asarray(content_end, dtype=np.int64)
     decision = np.zeros(len(doc_index), dtype=bool)
     half = np.full(len(doc_index), -1, dtype=np.int8)
-    for d, doc in enumerate(docs):
-        if doc.decision is None:
-            continue
-        idx = np.flatnonzero(doc_index == d)
-        decision[idx] = row_decisions(doc, content_end[idx])
-        half[idx] = SUBJECT_HALF[doc.subject] if doc.subject is not None else -1
+    for d, idx in _rows_by_document(docs, doc_index):
+        doc = docs[d]
+        if doc.decision is not None:
+            decision[idx] = row_decisions(doc, content_end[idx])
+        if doc.subject is not None:
+            half[idx] = SUBJECT_HALF[doc.subject]
     return decision, half
 
 
