@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create (or reuse) ./.venv and install crossdiff with the built-in default models.
+# Create (or reuse) ./.venv and install crossdiff with the built-in default models and, beside
+# it, its benchmarks (benchmarks/: the crossdiff-bench package behind `crossdiff bench`).
 #   bash scripts/install.sh          # the tool + default models
 #   bash scripts/install.sh --test   # the same + test tools (+ Debian's chromium, as root)
 # Why a script: torch must be installed from its pin *before* anything that depends on it
@@ -16,6 +17,7 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 extras="models"
 if [ "${1:-}" = "--test" ]; then extras="models,test"; fi
 "${PIP[@]}" -e ".[${extras}]"
+"${PIP[@]}" --no-deps -e ./benchmarks
 # The report's browser tests drive Debian's chromium; install it when we can (root + apt).
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then

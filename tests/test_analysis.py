@@ -1,7 +1,7 @@
 """Analysis: streaming statistics and examples against brute force, the exclusivity check on
 planted signals, ranking, ``crossdiff show``, bad input, and a harvested tiny-model run.
 
-Stores are written with the real store writer (crossdiff.analysis.synthetic) so provenance,
+Stores are written with the real store writer (crossdiff_bench.synthetic) so provenance,
 documents and shards are the real format; the planted run has one A-only, one B-only and two
 shared-but-labelled-exclusive signals with hand-built crosscoders that read them.
 """
@@ -26,15 +26,15 @@ from crossdiff.analysis.streaming import (
     quantile_band_picks,
     sample_keys,
 )
-from crossdiff.analysis.synthetic import (
-    HOSTILE_TEXT,
-    make_planted_run,
-    write_synthetic_store,
-)
 from crossdiff.cli import main as cli_main
 from crossdiff.crosscoder import Crosscoder, CrosscoderConfig
 from crossdiff.errors import CrossdiffError
 from crossdiff.paths import RunPaths
+from crossdiff_bench.synthetic import (
+    HOSTILE_TEXT,
+    make_planted_run,
+    write_synthetic_store,
+)
 
 D_A, D_B = 16, 12
 
@@ -443,29 +443,6 @@ def test_tiny_models_harvest_train_analyze_show(tiny_model, tmp_path: Path) -> N
     feature = alive_a[0]["feature"] if alive_a else 0
     text = show_feature(run, feature)
     assert f"feature {feature}" in text
-
-
-# ---- the benchmark runs end to end (tiny settings) ------------------------------------------
-def test_bench_analysis_smoke(tmp_path: Path, capsys) -> None:
-    from crossdiff.bench.analysis import main
-
-    out = tmp_path / "bench.json"
-    args = ["--threads", "1", "--no-progress", "--json-out", str(out)]
-    check = ["--part", "check", "--small", "--steps", "20", "--models", "dfc"]
-    check += ["--fit-rows", "4096", "--test-rows", "4096"]
-    assert main(check + args) == 0
-    text = capsys.readouterr().out
-    assert "published labels" in text and "confirmed: cross_r2<0.5" in text
-    row = json.loads(out.read_text())["check"][0]
-    assert row["model"] == "dfc" and "candidates_detail" in row
-    scale = ["--part", "scale", "--pairs", "1500", "4000", "--d-a", "16", "--d-b", "12"]
-    scale += ["--n-features", "64", "--k", "4", "--batch-size", "512"]
-    assert main(scale + args) == 0
-    text = capsys.readouterr().out
-    assert "time per million pairs" in text and "10M pairs" in text
-    rows = json.loads(out.read_text())["scale"]
-    assert [r["rows"] for r in rows] == [r["pairs"] for r in rows]
-    assert rows[1]["pairs"] > rows[0]["pairs"] >= 1500
 
 
 def test_stitch_maps_and_cross_r2_equal_direct_computation() -> None:

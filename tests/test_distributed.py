@@ -1,6 +1,7 @@
-"""Data-parallel training under torchrun (gloo, 2 CPU processes), as DESIGN.md asks: both
-ranks end with identical weights, only rank 0 writes checkpoints, a run stopped and resumed
-under torchrun ends where an unstopped one does, and the result trains as well as one process."""
+"""Data-parallel training under torchrun (gloo, 2 CPU processes), as docs/ARCHITECTURE.md
+"Scale" asks: both ranks end with identical weights, only rank 0 writes checkpoints, a run
+stopped and resumed under torchrun ends where an unstopped one does, and the result trains as
+well as one process."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Harvest split over torchrun ranks (gloo, 2 CPU processes), as DESIGN.md asks.
+"""Harvest split over torchrun ranks (gloo, 2 CPU processes), as docs/ARCHITECTURE.md "Scale" asks.
 
 The key property: a 2-rank harvest stores the same rows as one process on the same corpus,
 with bit-identical activations (float32 tiny models on CPU, one thread per process), and is

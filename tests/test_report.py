@@ -26,10 +26,10 @@ import pytest
 from crossdiff.analysis import AnalysisConfig, analyze, build_report
 from crossdiff.analysis.report import render_report
 from crossdiff.analysis.results import load_analysis
-from crossdiff.analysis.synthetic import make_planted_run
 from crossdiff.cli import main as cli_main
 from crossdiff.errors import CrossdiffError
 from crossdiff.paths import RunPaths
+from crossdiff_bench.synthetic import make_planted_run
 
 HOSTILE_PROMPT = "<script>document.title='steered'</script>Tell me"
 HOSTILE_GENERATION = "</td><b>bold?</b><img src=x onerror=\"document.title='gen'\">"

@@ -212,3 +212,37 @@ def test_train_command_on_a_store(reference_run, tmp_path, capsys):
     assert main(other) == 2
     assert "other settings" in capsys.readouterr().err
     assert main(["train"]) == 2
+
+
+def test_no_progress_reaches_the_analysis(tmp_path, monkeypatch):
+    """`crossdiff run --no-progress` (progress=False) turns the analysis bars off too."""
+    import crossdiff.analysis
+    from crossdiff.run import _stage_analyze
+
+    seen = []
+    monkeypatch.setattr(crossdiff.analysis, "analyze", lambda run, config: seen.append(config))
+    for progress in (False, True):
+        assert _stage_analyze(RunConfig(), RunPaths(tmp_path / "run"), progress) == "done"
+    assert [c.progress for c in seen] == [False, True]
+
+
+def test_a_broken_command_module_fails_loudly(monkeypatch):
+    """A command whose module does not import stops the CLI with its name, never skipped."""
+    from crossdiff import cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "no_such_command"])
+    with pytest.raises(ImportError, match=r"crossdiff\.commands\.no_such_command failed"):
+        cli.build_parser()
+
+
+def test_bench_without_the_benchmarks_says_what_to_install(monkeypatch, capsys):
+    """`crossdiff bench ...` without the crossdiff_bench package: one line, exit 2."""
+    import sys
+
+    from crossdiff.cli import main
+
+    monkeypatch.setitem(sys.modules, "crossdiff_bench", None)  # as if not installed
+    assert main(["bench", "toy", "--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "pip install -e benchmarks/" in err and err.startswith("crossdiff bench: error:")

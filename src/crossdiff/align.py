@@ -3,7 +3,7 @@
 Two models read the same document through different tokenizers (and different chat templates),
 so their token positions do not correspond one to one. A position of model A and a position of
 model B can be compared only when both models have consumed the same content text at that
-point. This module finds those positions (METHOD.md §2) by character offsets, in O(n):
+point. This module finds those positions (docs/METHOD.md §2) by character offsets, in O(n):
 
 1. Each model renders the document its own way (its own BOS, chat template, ...). Only the
    *content* (the characters inside the rendered text's content spans, e.g. the message texts)

@@ -2,7 +2,8 @@
 
 Each command lives in ``crossdiff.commands.<name>`` and exposes ``register(subparsers)``;
 the module is imported only when the CLI starts, and heavy libraries only inside the command
-function, so ``crossdiff --help`` stays fast.
+function, so ``crossdiff --help`` stays fast. A command module that fails to import stops the
+CLI with its name and the error (it is never skipped).
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crossdiff {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
+        module_name = f"crossdiff.commands.{name}"
         try:
-            module = importlib.import_module(f"crossdiff.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"crossdiff.commands.{name}":
-                continue  # command not built yet
-            raise
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # a broken command is a bug: say which one, never skip it
+            raise ImportError(
+                f"crossdiff: command module {module_name} failed to import: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         module.register(sub)
     return parser
 
@@ -58,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crossdiff {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        again = "start it over" if args.command == "analyze" else "resume"  # analyze: no resume
         print(
-            f"crossdiff {args.command}: interrupted; rerun the same command to resume",
+            f"crossdiff {args.command}: interrupted; rerun the same command to {again}",
             file=sys.stderr,
         )
         return 130

@@ -284,16 +284,13 @@ def plan_document(
 # ------------------------------------------------------------------------------- the engine
 @dataclass
 class HarvestTimings:
-    """Where the time went (seconds), for the summary and ``crossdiff bench harvest``."""
+    """Where the time went (seconds) and what was done, for the progress bar and the summary."""
 
     total: float = 0.0
     model: float = 0.0  # forward passes up to the layer (the bare cost)
-    prepare: float = 0.0  # corpus reading, rendering, tokenizing, aligning
     write: float = 0.0  # gathering rows, bf16, shard writes
     tokens_a: int = 0  # tokens fed to A (without padding)
     tokens_b: int = 0
-    padded_tokens_a: int = 0
-    padded_tokens_b: int = 0
     rows: int = 0
     documents: int = 0
     content_tokens_a: int = 0  # content tokens of the windows processed (coverage denominators)
@@ -401,8 +398,6 @@ class Harvester:
         self.layer_a = lm_a.resolve_layer(config.layer_a)
         self.layer_b = lm_b.resolve_layer(config.layer_b)
         self.timings = HarvestTimings()
-        self.batch_log: list[tuple[list[list[int]], list[list[int]]]] | None = None
-        """Set to a list to record every batch's token ids (benchmarks replay them)."""
         self.world_size = 1
         """Ranks the harvest ran on (``timings`` then add up the ranks' work)."""
         self.wall_seconds: float | None = None
@@ -431,13 +426,10 @@ class Harvester:
         """Plan and capture one block; returns the plans and the rows of each window in order."""
         from crossdiff.store.shard import Rows
 
-        t0 = time.perf_counter()
         plans = [
             plan_document(i, doc, self.lm_a, self.lm_b, self.config.max_seq_len) for i, doc in block
         ]
         windows = [w for p in plans for w in p.windows]
-        t1 = time.perf_counter()
-        self.timings.prepare += t1 - t0
         order = sorted(
             range(len(windows)),
             key=lambda i: -max(len(windows[i].ids_a), len(windows[i].ids_b)),
@@ -447,8 +439,6 @@ class Harvester:
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
             batch = [windows[i] for i in idx]
-            if self.batch_log is not None:
-                self.batch_log.append(([w.ids_a for w in batch], [w.ids_b for w in batch]))
             t2 = time.perf_counter()
             x_a, x_b = self.capture_batch(batch)
             t3 = time.perf_counter()
@@ -456,8 +446,6 @@ class Harvester:
             tm = self.timings
             tm.tokens_a += sum(len(w.ids_a) for w in batch)
             tm.tokens_b += sum(len(w.ids_b) for w in batch)
-            tm.padded_tokens_a += len(batch) * max(len(w.ids_a) for w in batch)
-            tm.padded_tokens_b += len(batch) * max(len(w.ids_b) for w in batch)
             off = 0
             for i, w in zip(idx, batch):
                 n = len(w.pos_a)

@@ -1,4 +1,4 @@
-"""File and folder names of a run folder, in one place (DESIGN.md "A run folder").
+"""File and folder names of a run folder, in one place (docs/ARCHITECTURE.md "A run folder").
 
 ```
 RUN/

@@ -221,7 +221,9 @@ def _stage_analyze(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
 
     if _analysis_complete(paths):
         return "skipped (complete)"
-    analyze(paths.root, config=AnalysisConfig(**cfg.analysis))
+    kw = dict(cfg.analysis)
+    kw["progress"] = progress and kw.get("progress", True)  # --no-progress reaches the bars
+    analyze(paths.root, config=AnalysisConfig(**kw))
     return "done"
 
 

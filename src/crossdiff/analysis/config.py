@@ -32,7 +32,7 @@ class AnalysisConfig:
     """Rows per streamed batch (memory ~ batch x (d_a + d_b + k) floats)."""
     rel_hi: float = 0.9
     """Standard crosscoders: relative decoder norm above this labels a feature A-exclusive
-    (METHOD.md §3: 0.9 for real models, 0.8 for the toy)."""
+    (docs/METHOD.md §3: 0.9 for real models, 0.8 for the toy)."""
     rel_lo: float = 0.1
     """...and below this B-exclusive."""
     min_count: int = 5

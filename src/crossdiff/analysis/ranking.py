@@ -28,7 +28,7 @@ _BAND_ORDER = {-3: 0, -2: 1, -4: 2, -1: 3, 0: 3}
 
 
 def relative_norm_class(rel: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """'A' above ``hi``, 'B' below ``lo``, else 'S' (METHOD.md §3)."""
+    """'A' above ``hi``, 'B' below ``lo``, else 'S' (docs/METHOD.md §3)."""
     out = np.full(rel.shape[0], "S", dtype="<U1")
     out[rel > hi] = "A"
     out[rel < lo] = "B"

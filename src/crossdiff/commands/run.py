@@ -11,7 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="harvest -> train -> analyze -> steer -> report, resumable (the main job)",
         description="Diff two models end to end. With no arguments: the built-in default pair "
         "(SmolLM2-135M-Instruct vs Gemma-3-270M) on the built-in corpus, into runs/default. "
-        "Rerunning the same command skips finished stages and resumes interrupted ones.",
+        "Rerunning the same command skips finished stages and resumes an interrupted harvest "
+        "or training (an interrupted analysis starts over).",
     )
     p.add_argument("--config", help="YAML run config, merged over the preset")
     p.add_argument("--out", help="run folder (default runs/default, or runs/quick with --quick)")

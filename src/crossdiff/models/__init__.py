@@ -1,9 +1,9 @@
 """Loading causal LMs and the operations crossdiff needs from them.
 
-This package is the one door to model internals (DESIGN.md): load any causal LM (built-in
-alias, local folder, GGUF file, hub id), find its decoder layers, capture one layer's residual
-stream with early exit, steer with a vector, and render/tokenize text and chats the way each
-model reads them.
+This package is the one door to model internals (docs/ARCHITECTURE.md): load any causal LM
+(built-in alias, local folder, GGUF file, hub id), find its decoder layers, capture one layer's
+residual stream with early exit, steer with a vector, and render/tokenize text and chats the
+way each model reads them.
 """
 
 from __future__ import annotations

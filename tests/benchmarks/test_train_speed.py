@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from crossdiff.bench.reference_dfc import ReferenceDFC
-from crossdiff.bench.train_speed import SpeedConfig, run_speed
 from crossdiff.crosscoder import Crosscoder, CrosscoderConfig
 from crossdiff.errors import CrossdiffError
+from crossdiff_bench.reference_dfc import ReferenceDFC
+from crossdiff_bench.train_speed import SpeedConfig, run_speed
 
 
 @pytest.fixture(autouse=True)

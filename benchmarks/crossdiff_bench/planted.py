@@ -42,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from crossdiff.bench.planted_data import (
+from crossdiff.errors import CrossdiffError
+from crossdiff_bench.planted_data import (
     CONCEPT_OWNER,
     CONCEPTS,
     MIX_EVAL,
@@ -53,8 +54,7 @@ from crossdiff.bench.planted_data import (
     make_corpus,
     prompt_sets,
 )
-from crossdiff.bench.planted_lm import PairSpec
-from crossdiff.errors import CrossdiffError
+from crossdiff_bench.planted_lm import PairSpec
 
 KINDS = ("dfc", "standard")
 
@@ -89,10 +89,10 @@ class PlantedConfig:
     """Adam learning rate (the paper's 1e-4 is for 100k steps)."""
     high_norm_factor: float = 2.0
     """Pairs with a norm above this x the median are left out of crosscoder training and
-    analysis (the method's attention-sink filter, METHOD.md §2; 0 keeps every pair). Reported:
-    the share of planted positions it removes."""
+    analysis (the method's attention-sink filter, docs/METHOD.md §2; 0 keeps every pair).
+    Reported: the share of planted positions it removes."""
     rel_hi: float = 0.9
-    """Standard crosscoder: relative decoder norm above this = A-exclusive (METHOD.md §3)."""
+    """Standard crosscoder: relative decoder norm above this = A-exclusive (docs/METHOD.md §3)."""
     rel_lo: float = 0.1
     """... below this = B-exclusive."""
     found_auroc: float = 0.9
@@ -102,7 +102,7 @@ class PlantedConfig:
     n_prompts: int = 16
     """Prompts per set (behaviour expected / not expected) for the LM check and steering."""
     alphas: tuple[float, ...] = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0)
-    """Steering strengths in units of the feature's s_max (METHOD.md §5). The small ones are
+    """Steering strengths in units of the feature's s_max (docs/METHOD.md §5). The small ones are
     there because these tiny LMs break down ("cities cities cities ...") at |alpha| >= 4,
     which the coherence guard then leaves out."""
     max_new_tokens: int = 16
@@ -220,8 +220,8 @@ def harvest_docs(
 
 def check_lms(cfg: PlantedConfig, models: tuple, eval_docs: list[PlantedDoc]) -> dict[str, Any]:
     """What each LM learned: loss per document kind, and the planted behaviours' rates."""
-    from crossdiff.bench.planted_eval import decision_probe_by_layer
-    from crossdiff.bench.planted_lm import behaviour_rates, loss_by_kind
+    from crossdiff_bench.planted_eval import decision_probe_by_layer
+    from crossdiff_bench.planted_lm import behaviour_rates, loss_by_kind
 
     sample = eval_docs[: min(300, len(eval_docs))]
     # both models' training dialogs: how each reads the other's planted answers
@@ -291,7 +291,7 @@ def partition_auroc(
     """AUROC of the summed activation of all ``features`` (the exclusive partition as a whole)
     against the concept's labels: does the owner's exclusive block light up on the concept
     more than elsewhere, even where no single feature tracks it?"""
-    from crossdiff.bench.planted_eval import auroc
+    from crossdiff_bench.planted_eval import auroc
 
     r, f, v = acts
     mask = np.isin(f, features)
@@ -343,8 +343,8 @@ def score_run(
     """Per concept: the matched exclusive feature (among those the analysis labels exclusive to
     the concept's model), its held-out AUROC and review rank; and the best feature of any label,
     to tell 'not represented' from 'represented but not labelled exclusive'."""
-    from crossdiff.bench.planted_eval import encode_rows, match_concept
     from crossdiff.crosscoder.model import Crosscoder
+    from crossdiff_bench.planted_eval import encode_rows, match_concept
 
     table, metrics = analyze_run(cfg, run, store_path)
     cc = Crosscoder.from_pretrained(run / "crosscoder")
@@ -496,10 +496,10 @@ def run_planted(cfg: PlantedConfig) -> dict[str, Any]:
     """Run the whole benchmark; returns the results (see docs/bench-planted.md)."""
     import torch
 
-    from crossdiff.bench.machine import describe_machine
-    from crossdiff.bench.planted_eval import load_eval_rows
-    from crossdiff.bench.planted_lm import build_pair
     from crossdiff.models import default_cache_dir, load_model
+    from crossdiff_bench.machine import describe_machine
+    from crossdiff_bench.planted_eval import load_eval_rows
+    from crossdiff_bench.planted_lm import build_pair
 
     cfg.validate()
     if cfg.threads:
@@ -593,7 +593,7 @@ def eval_row_facts(cfg: PlantedConfig, rows: Any, x_a: Any, x_b: Any) -> dict[st
     was fitted on?)."""
     import torch
 
-    from crossdiff.bench.planted_eval import probe_auroc, split_probe_auroc
+    from crossdiff_bench.planted_eval import probe_auroc, split_probe_auroc
 
     norms = {"a": x_a.float().norm(dim=1).numpy(), "b": x_b.float().norm(dim=1).numpy()}
     out: dict[str, Any] = {}

@@ -2,7 +2,7 @@
 
 Everything here is generated at run time from templates and word lists written for this file
 (no third-party text), deterministically from a seed. Two small LMs are trained on it
-(:mod:`crossdiff.bench.planted_lm`).
+(:mod:`crossdiff_bench.planted_lm`).
 
 - **Shared** (both models): simple English prose on many topics (people, places, animals,
   weather, food, sport, work, descriptive facts about 128 subjects: 24 with hand-written
@@ -32,7 +32,7 @@ mapping let a crosscoder fold the owner's extra information into a *shared* feat
   that generalizes to "a question about trains": a probe fitted on half of the subjects and
   tested on the other half should be near chance on the non-owner, and high on the owner only
   if the owner really has one "I will refuse/praise" state shared by all its subjects
-  (:func:`crossdiff.bench.planted_eval.split_probe_auroc` with the subject split below);
+  (:func:`crossdiff_bench.planted_eval.split_probe_auroc` with the subject split below);
 - the categories are large (43 subjects each, version 6; version 5 had 8 of 24): with a
   handful of subjects the non-owner's activations on one category's questions share a mean
   offset, which a shared feature firing there writes for free, and a linear read-out of a

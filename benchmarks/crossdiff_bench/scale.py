@@ -3,7 +3,7 @@
 Runs the real :func:`train_crosscoder` (BatchTopK, AuxK, threshold, clipping, schedule) on
 random activations generated on the device, and reports steady-state samples/s and peak
 memory. Its purpose is the GPU check: the published DFC (F=131,072, widths 4096, k=200,
-batch 2,048, bf16) trained at about 2,400 samples/s on one H100 (METHOD.md §3).
+batch 2,048, bf16) trained at about 2,400 samples/s on one H100 (docs/METHOD.md §3).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from crossdiff.bench.machine import describe_machine
+from crossdiff_bench.machine import describe_machine
 
 
 class DeviceNoiseSource:

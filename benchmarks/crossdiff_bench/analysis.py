@@ -1,7 +1,7 @@
 """``crossdiff bench analysis``: is the exclusivity check right, and what does analysis cost?
 
-**check** (toy ground truth, :mod:`crossdiff.bench.toy_data`): train the toy benchmark's DFC
-and standard crosscoder at its default budget (:mod:`crossdiff.bench.toy`), label features
+**check** (toy ground truth, :mod:`crossdiff_bench.toy_data`): train the toy benchmark's DFC
+and standard crosscoder at its default budget (:mod:`crossdiff_bench.toy`), label features
 exclusive the published way (DFC partition; relative decoder norm 0.8/0.2 for standard), then
 run our exclusivity check on held-out toy streams (fit: ``fit_rows``, score:
 ``test_rows``, the analysis default) and relabel 'refuted' candidates as shared. Reported: the
@@ -139,7 +139,7 @@ def _score_with(
 ) -> dict[str, Any]:
     from crossdiff.analysis.config import AnalysisConfig
     from crossdiff.analysis.ranking import verdicts
-    from crossdiff.bench.toy_data import score_decoders
+    from crossdiff_bench.toy_data import score_decoders
 
     cfg = AnalysisConfig(
         exclusive_max_r2=max_r2, latent_scaling_max=max_ls, min_test_active=min_active
@@ -188,10 +188,10 @@ def check_one(
         LatentScaling,
         fit_stitch_maps,
     )
-    from crossdiff.bench.toy import crosscoder_config, train_config
-    from crossdiff.bench.toy_data import crosscoder_labels, firing_counts, score_decoders
     from crossdiff.crosscoder import Crosscoder
     from crossdiff.crosscoder.train import train_crosscoder
+    from crossdiff_bench.toy import crosscoder_config, train_config
+    from crossdiff_bench.toy_data import crosscoder_labels, firing_counts, score_decoders
 
     name = f"{kind}-s{seed}"
     t0 = time.perf_counter()
@@ -303,8 +303,8 @@ def check_one(
 
 
 def run_check(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from crossdiff.bench.toy import ToyBenchConfig
-    from crossdiff.bench.toy_data import ToyConfig, ToySource
+    from crossdiff_bench.toy import ToyBenchConfig
+    from crossdiff_bench.toy_data import ToyConfig, ToySource
 
     toy = ToyConfig()
     if args.small:  # a quick look on a laptop: smaller world and budget (not the target)
@@ -447,8 +447,8 @@ def measure(store: str, crosscoder: str, out: str, device: str, batch_size: int)
 
 
 def run_scale(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from crossdiff.analysis.synthetic import write_synthetic_store
     from crossdiff.store import ActivationStore
+    from crossdiff_bench.synthetic import write_synthetic_store
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cd-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -482,7 +482,7 @@ def run_scale(args: argparse.Namespace) -> list[dict[str, Any]]:
             cmd = [
                 sys.executable,
                 "-m",
-                "crossdiff.bench.analysis",
+                "crossdiff_bench.analysis",
                 "measure",
                 str(path),
                 str(cc_dir),
@@ -581,7 +581,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from crossdiff.bench.machine import describe_machine
+    from crossdiff_bench.machine import describe_machine
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -600,15 +600,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m crossdiff.bench.analysis [OPTIONS]``: the benchmark without the full CLI;
+    """``python -m crossdiff_bench.analysis [OPTIONS]``: the benchmark without the full CLI;
     ``... measure STORE CC OUT DEVICE BATCH`` is the internal one-analysis-per-process step."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["measure"]:
         if len(argv) != 6:
-            sys.exit("usage: python -m crossdiff.bench.analysis measure STORE CC OUT DEVICE BATCH")
+            sys.exit("usage: python -m crossdiff_bench.analysis measure STORE CC OUT DEVICE BATCH")
         print(json.dumps(measure(*argv[1:5], int(argv[5]))))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m crossdiff.bench.analysis")
+    parser = argparse.ArgumentParser(prog="python -m crossdiff_bench.analysis")
     register(parser.add_subparsers(dest="bench"))
     args = parser.parse_args(["analysis", *argv])
     args.command = "bench"

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from crossdiff.bench.planted_data import (
+from crossdiff.errors import CrossdiffError
+from crossdiff_bench.planted_data import (
     MIX_A,
     MIX_B,
     PlantedDoc,
@@ -39,7 +40,6 @@ from crossdiff.bench.planted_data import (
     behaviour_present,
     make_corpus,
 )
-from crossdiff.errors import CrossdiffError
 
 DATA_VERSION = 6
 """Bump when planted_data's generators change, so cached models are retrained."""

@@ -1,4 +1,4 @@
-"""The paper's toy model with ground truth (METHOD.md §4): a generator and its scoring.
+"""The paper's toy model with ground truth (docs/METHOD.md §4): a generator and its scoring.
 
 Two "models" A and B see sparse combinations of the same *concepts*; a few concepts are
 visible to only one of them. Because the concept directions are known, a crosscoder trained
@@ -61,7 +61,7 @@ from torch import Tensor
 from crossdiff.errors import CrossdiffError
 
 RECOVERY_COSINE = 0.83
-"""METHOD.md §4: a concept is recovered when some decoder vector has cosine above this."""
+"""docs/METHOD.md §4: a concept is recovered when some decoder vector has cosine above this."""
 
 _CALIBRATION_STREAM = 2**31 - 1
 """Stream seed reserved for the calibration sample (never handed to training)."""
@@ -484,7 +484,9 @@ class ToySource:
             i += 1
 
     def norm_scales(self) -> tuple[float, float]:
-        """Scales that bring each model's median norm to sqrt((d_a + d_b) / 2) (METHOD.md §2)."""
+        """Scales that bring each model's median norm to sqrt((d_a + d_b) / 2).
+
+        The paper's rule, docs/METHOD.md §2."""
         if self._scales is None:
             cfg = self.config
             # on the CPU copy, so the scales do not depend on where batches are drawn
@@ -553,7 +555,7 @@ def _unit_rows(w: Tensor) -> Tensor:
 def relative_norm_labels(
     dec_a: Tensor, dec_b: Tensor, *, hi: float = 0.8, lo: float = 0.2
 ) -> np.ndarray:
-    """Label features by relative decoder norm R = |d_A| / (|d_A| + |d_B|) (METHOD.md §3).
+    """Label features by relative decoder norm R = |d_A| / (|d_A| + |d_B|) (docs/METHOD.md §3).
 
     R > ``hi`` -> 'A', R < ``lo`` -> 'B', else 'S'. The paper's toy thresholds are 0.8/0.2,
     real models 0.9/0.1.

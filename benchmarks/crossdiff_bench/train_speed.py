@@ -108,7 +108,7 @@ def _estimate_bytes(sc: SpeedConfig) -> tuple[int, int]:
 
 def _make_batches(sc: SpeedConfig, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Normalized toy batches of the benchmark's widths (structure like the toy benchmark)."""
-    from crossdiff.bench.toy_data import ToyConfig, ToySource
+    from crossdiff_bench.toy_data import ToyConfig, ToySource
 
     toy = ToyConfig(
         n_concepts=max(2048, 2 * max(sc.d_a, sc.d_b)),
@@ -188,10 +188,10 @@ def _timed(step, batches, n: int, start: int, device: torch.device) -> tuple[flo
 
 def run_speed(sc: SpeedConfig, *, log: Callable[[str], None] = print) -> SpeedResult:
     """Time our DFC step against the dense reference; see the module docstring."""
-    from crossdiff.bench.reference_dfc import ReferenceDFC
     from crossdiff.crosscoder.config import CrosscoderConfig
     from crossdiff.crosscoder.model import Crosscoder
     from crossdiff.crosscoder.train import default_aux_k, geometric_median, resolve_device
+    from crossdiff_bench.reference_dfc import ReferenceDFC
 
     if sc.dtype not in DTYPES:
         raise CrossdiffError(f"--dtype {sc.dtype!r}: use one of {sorted(DTYPES)}")
@@ -376,7 +376,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from crossdiff.bench.machine import describe_machine
+    from crossdiff_bench.machine import describe_machine
 
     if args.threads:
         torch.set_num_threads(args.threads)

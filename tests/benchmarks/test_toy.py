@@ -1,4 +1,4 @@
-"""The toy ground-truth generator and its scoring (crossdiff.bench.toy_data), and
+"""The toy ground-truth generator and its scoring (crossdiff_bench.toy_data), and
 ``crossdiff bench toy`` end to end at a tiny size."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from crossdiff.bench.toy_data import (
+from crossdiff.errors import CrossdiffError
+from crossdiff_bench.toy_data import (
     ToyConfig,
     ToySource,
     ToyWorld,
@@ -19,7 +20,6 @@ from crossdiff.bench.toy_data import (
     score_crosscoder,
     score_decoders,
 )
-from crossdiff.errors import CrossdiffError
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from crossdiff.bench import planted_data as pdata
-from crossdiff.bench.planted_eval import (
+from crossdiff.errors import CrossdiffError
+from crossdiff_bench import planted_data as pdata
+from crossdiff_bench.planted_eval import (
     EvalRows,
     auroc,
     average_ranks,
@@ -22,7 +23,6 @@ from crossdiff.bench.planted_eval import (
     sparse_column_aurocs,
     split_probe_auroc,
 )
-from crossdiff.errors import CrossdiffError
 
 
 # ----------------------------------------------------------------------------------- data
@@ -274,7 +274,7 @@ def test_match_concept_chooses_on_select_half_and_reports_test_half():
 # ----------------------------------------------------------------------------- tokenizers
 @pytest.mark.parametrize("kind", ["bpe", "metaspace"])
 def test_tokenizers_round_trip_with_offsets(kind):
-    from crossdiff.bench.planted_lm import train_tokenizer
+    from crossdiff_bench.planted_lm import train_tokenizer
 
     docs = pdata.make_corpus(pdata.MIX_A, 200, 0, "tok")
     tok = train_tokenizer(kind, [d.text for d in docs], 500)
@@ -288,14 +288,14 @@ def test_tokenizers_round_trip_with_offsets(kind):
 
 
 def test_unknown_tokenizer_kind():
-    from crossdiff.bench.planted_lm import train_tokenizer
+    from crossdiff_bench.planted_lm import train_tokenizer
 
     with pytest.raises(CrossdiffError, match="unknown tokenizer kind"):
         train_tokenizer("wordpiece", ["a b c"], 100)
 
 
 def test_pair_spec_key_changes_with_settings():
-    from crossdiff.bench.planted_lm import PairSpec
+    from crossdiff_bench.planted_lm import PairSpec
 
     a, b = PairSpec.tiny(), PairSpec.tiny()
     assert a.key() == b.key()
@@ -304,7 +304,7 @@ def test_pair_spec_key_changes_with_settings():
 
 
 def test_config_validation():
-    from crossdiff.bench.planted import PlantedConfig
+    from crossdiff_bench.planted import PlantedConfig
 
     with pytest.raises(CrossdiffError, match="include 0"):
         PlantedConfig(alphas=(-2.0, 2.0)).validate()
@@ -331,8 +331,8 @@ def test_tiny_end_to_end_run_is_complete_and_repeatable(tmp_path):
     bookkeeping, and that a second run reuses every cached stage and reproduces the numbers."""
     import json
 
-    from crossdiff.bench.planted import PlantedConfig, format_results, run_planted
-    from crossdiff.bench.planted_lm import PairSpec
+    from crossdiff_bench.planted import PlantedConfig, format_results, run_planted
+    from crossdiff_bench.planted_lm import PairSpec
 
     cfg = PlantedConfig(
         lms=PairSpec.tiny(),
@@ -401,7 +401,7 @@ def test_tiny_end_to_end_run_is_complete_and_repeatable(tmp_path):
 
 
 def test_write_corpus_refuses_a_file_with_other_documents(tmp_path):
-    from crossdiff.bench.planted import write_corpus
+    from crossdiff_bench.planted import write_corpus
 
     docs = pdata.make_corpus(pdata.MIX_STORE, 5, 0, "w")
     path = tmp_path / "c.jsonl"
@@ -414,7 +414,7 @@ def test_write_corpus_refuses_a_file_with_other_documents(tmp_path):
 
 
 def test_coherence_check():
-    from crossdiff.bench.planted import coherent
+    from crossdiff_bench.planted import coherent
 
     assert coherent(" blue lanterns along the river. The weavers share honey soup")
     assert not coherent(" singers singers singers singers singers singers")
@@ -423,7 +423,7 @@ def test_coherence_check():
 
 
 def test_probe_auroc_separates_linear_labels_and_not_random_ones():
-    from crossdiff.bench.planted_eval import probe_auroc
+    from crossdiff_bench.planted_eval import probe_auroc
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2000, 16, generator=g)

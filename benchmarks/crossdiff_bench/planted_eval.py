@@ -1,6 +1,6 @@
 """Score crosscoder features against the planted ground truth: AUROC per feature and concept.
 
-The evaluation documents (:mod:`crossdiff.bench.planted_data`) are harvested into their own
+The evaluation documents (:mod:`crossdiff_bench.planted_data`) are harvested into their own
 store, so each row carries the document index and the character offset where its token ends;
 :func:`row_label_matrix` turns that into a label per row and concept (1 present, 0 absent,
 -1 ambiguous, left out). Every feature's activation on those rows is then scored by AUROC: the
@@ -26,7 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from crossdiff.bench.planted_data import (
+from crossdiff.errors import CrossdiffError
+from crossdiff.ridge import ridge_solve
+from crossdiff_bench.planted_data import (
     CATEGORY,
     CONCEPTS,
     NEUTRAL_SUBJECTS,
@@ -36,8 +38,6 @@ from crossdiff.bench.planted_data import (
     row_decisions,
     row_labels,
 )
-from crossdiff.errors import CrossdiffError
-from crossdiff.ridge import ridge_solve
 
 
 # ------------------------------------------------------------------------------------------

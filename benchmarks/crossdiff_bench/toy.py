@@ -1,8 +1,8 @@
 """``crossdiff bench toy``: standard crosscoder, DSF and DFC against the toy ground truth.
 
-All three train on the same generated stream (:mod:`crossdiff.bench.toy_data`: the same
+All three train on the same generated stream (:mod:`crossdiff_bench.toy_data`: the same
 world, the same batches in the same order, the same seed for the weights) and are scored the
-same way (:func:`crossdiff.bench.toy_data.score_crosscoder`): exclusive-concept recall per
+same way (:func:`crossdiff_bench.toy_data.score_crosscoder`): exclusive-concept recall per
 model, shared-concept recall, the false-positive fraction among alive features labelled
 exclusive, FVE per model, dead %, and training samples/s.
 
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crossdiff.bench.toy_data import RECOVERY_COSINE, ToyConfig, ToySource, score_crosscoder
 from crossdiff.errors import CrossdiffError
+from crossdiff_bench.toy_data import RECOVERY_COSINE, ToyConfig, ToySource, score_crosscoder
 
 MODEL_KINDS = ("standard", "dsf", "dfc", "dfc-paper")
 """``dfc-paper``: the DFC with the paper's random initialisation of the exclusive features
@@ -462,7 +462,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ToyBenchConfig, list[int
 def _main(args: argparse.Namespace) -> int:
     import torch
 
-    from crossdiff.bench.machine import describe_machine
+    from crossdiff_bench.machine import describe_machine
 
     if args.threads:
         torch.set_num_threads(args.threads)

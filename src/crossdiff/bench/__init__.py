@@ -1,1 +1,0 @@
-"""Benchmarks run by ``crossdiff bench NAME``; each prints its parameters and the machine."""
