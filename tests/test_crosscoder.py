@@ -285,7 +285,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path, source):
         train_crosscoder(
             ArraySource(x_a, x_b),
             CrosscoderConfig.dfc(D_A, D_B, F, k=4),
-            quick_train(normalize=False),
+            quick_train(normalization="none"),
             progress=False,
         )
     cc = Crosscoder(CrosscoderConfig.dfc(D_A, D_B, F, k=4))
@@ -420,3 +420,132 @@ def test_greedy_seeding_is_chunk_size_independent():
             naive.append(d)
     for chunk in (1, 7, 1024):
         assert torch.equal(_greedy_seeds(dirs, 10, chunk=chunk), torch.stack(naive))
+
+
+# ---- the centred normalization (issue: both models' features come alive) -----------------------
+def offset_data(n: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """paired_data with a large constant offset on model B (like Gemma-3's mean vector)."""
+    x_a, x_b = paired_data(n)
+    g = torch.Generator().manual_seed(5)
+    return x_a + 0.1 * torch.randn(D_A, generator=g), x_b + 6.0 * torch.randn(D_B, generator=g)
+
+
+def test_centred_training_removes_the_mean_and_balances_the_loss():
+    x_a, x_b = offset_data()
+    src = ArraySource(x_a, x_b)
+    cc = train_crosscoder(
+        src, CrosscoderConfig.dfc(D_A, D_B, F, k=4), quick_train(), progress=False
+    )
+    assert cc.config.centered
+    mom = src.moments()
+    torch.testing.assert_close(cc.mean_b, torch.from_numpy(mom.mean_b).float())
+    assert mom.gamma("b") > 3 * mom.gamma("a")  # the offset dominates B
+    with torch.no_grad():
+        za, zb = cc.normalize(x_a, "a"), cc.normalize(x_b, "b")
+        keep = cc.inlier_mask(za, zb)
+        var_a = (za[keep] - za[keep].mean(0)).pow(2).sum(1).mean()
+        var_b = (zb[keep] - zb[keep].mean(0)).pow(2).sum(1).mean()
+    assert float(var_a / (var_a + var_b)) == pytest.approx(0.5, abs=0.05)
+    # the paper's median scaling leaves B's variation light in the loss
+    med = train_crosscoder(
+        src,
+        CrosscoderConfig.dfc(D_A, D_B, F, k=4),
+        quick_train(normalization="median"),
+        progress=False,
+    )
+    assert not med.config.centered
+    with torch.no_grad():
+        za, zb = med.normalize(x_a, "a"), med.normalize(x_b, "b")
+        share_b = (zb - zb.mean(0)).pow(2).sum(1).mean() / (
+            (za - za.mean(0)).pow(2).sum(1).mean() + (zb - zb.mean(0)).pow(2).sum(1).mean()
+        )
+    assert float(share_b) < 0.25
+
+
+def test_centred_fve_in_raw_space_equals_the_reported_one():
+    from crossdiff.crosscoder.metrics import evaluate
+
+    x_a, x_b = offset_data(2048)
+    src = ArraySource(x_a, x_b)
+    cc = train_crosscoder(
+        src, CrosscoderConfig.dfc(D_A, D_B, F, k=4), quick_train(), progress=False
+    )
+    reported = evaluate(cc, src, n_batches=1, batch_size=2048, outlier_factor=None)
+    with torch.no_grad():
+        out = cc(cc.normalize(x_a, "a"), cc.normalize(x_b, "b"))
+        raw = {"a": cc.denormalize(out.recon_a, "a"), "b": cc.denormalize(out.recon_b, "b")}
+    for m, x in (("a", x_a), ("b", x_b)):
+        x = x.double()
+        fve = 1 - (x - raw[m].double()).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+        # one batch of 2048 = every row once (a permutation): the same rows in both numbers
+        assert float(fve) == pytest.approx(reported[f"fve_{m}"], abs=1e-4)
+
+
+def test_centred_steering_direction_is_the_raw_decoder_row():
+    """A feature's unit of activation moves the raw reconstruction by its raw decoder row:
+    the mean is an offset, so steering adds the same raw direction, however it was centred."""
+    x_a, x_b = offset_data(1024)
+    cc = train_crosscoder(
+        ArraySource(x_a, x_b), CrosscoderConfig.dfc(D_A, D_B, F, k=4), quick_train(), progress=False
+    )
+    f = cc.encode(cc.normalize(x_a[:8], "a"), cc.normalize(x_b[:8], "b")).detach()
+    feature = cc.partition.shared.start
+    g = f.clone()
+    g[:, feature] += 2.5
+    with torch.no_grad():
+        before = [cc.denormalize(r, m) for r, m in zip(cc.decode(f), "ab")]
+        after = [cc.denormalize(r, m) for r, m in zip(cc.decode(g), "ab")]
+    for m, b, a in zip("ab", before, after):
+        want = 2.5 * cc.decoder_weight(m, raw_scale=True)[feature]
+        torch.testing.assert_close(a - b, want.expand_as(a), rtol=1e-4, atol=1e-4)
+        # the raw direction does not depend on the offset
+        torch.testing.assert_close(
+            cc.decoder_weight(m, raw_scale=True)[feature],
+            cc.decoder_weight(m)[feature] / cc.scale(m),
+        )
+
+
+def test_crosscoders_saved_before_centring_load_and_behave_unchanged(tmp_path, source):
+    """An old folder: config.json without 'centered', weights without mean buffers."""
+    import json
+
+    cc = train_crosscoder(
+        source,
+        CrosscoderConfig.dfc(D_A, D_B, F, k=4),
+        quick_train(normalization="median"),
+        progress=False,
+    )
+    cc.save_pretrained(tmp_path / "old")
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    cfg.pop("centered")
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    from safetensors.torch import load_file
+
+    assert not any(
+        k.startswith("mean_") for k in load_file(str(tmp_path / "old/model.safetensors"))
+    )
+    old = Crosscoder.from_pretrained(tmp_path / "old")
+    assert not old.config.centered
+    x_a, x_b = paired_data(64, seed=3)
+    torch.testing.assert_close(old.normalize(x_a, "a"), x_a * cc.config.scale_a)
+    assert same(
+        old.encode(old.normalize(x_a, "a"), old.normalize(x_b, "b")),
+        cc.encode(cc.normalize(x_a, "a"), cc.normalize(x_b, "b")),
+    )
+    # and a legacy train config ('normalize': true) reads as the paper's median scaling
+    legacy = TrainConfig().to_dict()
+    legacy.pop("normalization")
+    legacy["normalize"] = True
+    assert TrainConfig.from_dict(legacy).normalization == "median"
+
+
+def test_centred_save_load_keeps_the_means(tmp_path, source):
+    x_a, x_b = offset_data(1024)
+    cc = train_crosscoder(
+        ArraySource(x_a, x_b), CrosscoderConfig.dfc(D_A, D_B, F, k=4), quick_train(), progress=False
+    )
+    cc.save_pretrained(tmp_path / "cc")
+    back = Crosscoder.from_pretrained(tmp_path / "cc")
+    assert back.config.centered
+    assert same(back.mean_b, cc.mean_b.cpu())
+    assert same(back.normalize(x_b, "b"), cc.normalize(x_b, "b"))

@@ -236,22 +236,30 @@ def test_feature_reader_matches_encode(activation, calibrated):
     assert any(float(FeatureReader(cc, f)(x_a, x_b).max()) > 0 for f in range(N_FEATURES))
 
 
-def test_clamp_replaces_the_feature_and_keeps_the_error():
+@pytest.mark.parametrize("centered", [False, True])
+def test_clamp_replaces_the_feature_and_keeps_the_error(centered):
     cc = _crosscoder("relu", False)
     feature = SHARED
     reader = FeatureReader(cc, feature)
     scale = 0.7
     cc.config.scale_a = scale
+    if centered:  # a centred crosscoder reads (raw - mean) x scale
+        cc.config.centered = True
+        cc.mean_a.copy_(torch.randn(64, generator=torch.Generator().manual_seed(3)) * 2)
+
+    def norm(x):
+        return cc.normalize(x, "a")
+
     d_raw = cc.decoder_weight("a", raw_scale=True)[feature].detach()
     hidden = torch.randn(3, 5, 64) * 4
     targets = [0.0, 2.0, 7.5]
-    out = clamp_fn(reader, "a", scale, d_raw, targets)(hidden)
+    out = clamp_fn(reader, "a", norm, d_raw, targets)(hidden)
     for r, target in enumerate(targets):
-        f = cc.encode(hidden[r] * scale, torch.zeros(5, 48))[:, feature]
+        f = cc.encode(norm(hidden[r]), torch.zeros(5, 48))[:, feature]
         want = hidden[r] + (target - f)[:, None] * d_raw
         torch.testing.assert_close(out[r], want, rtol=1e-5, atol=1e-5)
     # the decoded difference in normalized space is exactly the replaced feature's part
-    f_all = cc.encode(hidden[2] * scale, torch.zeros(5, 48))
+    f_all = cc.encode(norm(hidden[2]), torch.zeros(5, 48))
     f_new = f_all.clone()
     f_new[:, feature] = targets[2]
     recon_old, _ = cc.decode(f_all)

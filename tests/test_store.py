@@ -414,3 +414,79 @@ def test_create_refuses_a_non_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(CrossdiffError, match="not empty"):
         ActivationStore.create(folder, manifest())
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def _numpy_moments(store: ActivationStore):
+    xs_a, xs_b, na, nb = [], [], [], []
+    for x_a, x_b, meta in store.iter_rows(1000):
+        xs_a.append(x_a.double().numpy())
+        xs_b.append(x_b.double().numpy())
+        na.append(meta["norm_a"])
+        nb.append(meta["norm_b"])
+    xa, xb = np.concatenate(xs_a), np.concatenate(xs_b)
+    na, nb = np.concatenate(na), np.concatenate(nb)
+    st = store.manifest.norm_stats
+    keep = (na <= 2 * st["a"]["median"]) & (nb <= 2 * st["b"]["median"])
+    return xa[keep], xb[keep], keep
+
+
+def test_moments_are_the_inlier_rows_mean_and_centred_second_moment(tmp_path: Path) -> None:
+    from crossdiff.store.moments import MOMENTS_FILE
+
+    store = ActivationStore.create(tmp_path / "store", manifest())
+    fill(store, 40)
+    fill(store, 2, first_row=60_000)  # two documents of huge-norm rows (> 2x the median)
+    store = ActivationStore.open(tmp_path / "store")
+    assert (store.path / MOMENTS_FILE).is_file()  # written when the harvest finished
+    xa, xb, keep = _numpy_moments(store)
+    assert 0 < keep.sum() < keep.size  # the rule leaves some high-norm rows out
+    mom = store.moments()
+    assert mom.rows == keep.sum()
+    np.testing.assert_allclose(mom.mean_a, xa.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(mom.mean_b, xb.mean(0), rtol=1e-9)
+    want = ((xb - xb.mean(0)) ** 2).sum(1).mean()
+    assert mom.msq_centered_b == pytest.approx(want, rel=1e-9)
+    sa, sb = mom.centered_scales()
+    target = (D_A + D_B) / 2
+    assert sa**2 * mom.msq_centered_a == pytest.approx(target)
+    assert sb**2 * mom.msq_centered_b == pytest.approx(target)
+    assert mom.loss_share(sa, sb, centered=True) == pytest.approx((0.5, 0.5))
+    assert mom.gamma("a") == pytest.approx(
+        np.linalg.norm(xa.mean(0)) / math.sqrt(((xa - xa.mean(0)) ** 2).sum(1).mean())
+    )
+    assert store.verify().ok  # the cache is not reported as a stray file
+
+
+def test_moments_cache_resumes_and_follows_the_store(store: ActivationStore, monkeypatch) -> None:
+    from crossdiff.store import moments as moments_mod
+
+    full = store.moments()
+    # an interrupted pass: keep only the first shards' partial sums in the cache
+    parts = moments_mod._load_cache(
+        store.path / moments_mod.MOMENTS_FILE, moments_mod._limits(store)
+    )
+    first = [s.sha256 for s in store.manifest.shards[:2]]
+    moments_mod._save_cache(
+        store.path / moments_mod.MOMENTS_FILE,
+        moments_mod._limits(store),
+        {k: parts[k] for k in first},
+    )
+    read = []
+    import crossdiff.store.shard as shard_mod
+
+    orig = shard_mod.read_columns
+
+    def counting(path, cols):
+        read.append(Path(path).name)
+        return orig(path, cols)
+
+    monkeypatch.setattr(shard_mod, "read_columns", counting)
+    again = store.moments()
+    assert len(read) == len([s for s in store.manifest.shards if s.rows]) - 2
+    np.testing.assert_allclose(again.mean_a, full.mean_a, rtol=1e-12)
+    read.clear()
+    store.moments()  # complete cache: nothing read
+    assert read == []
+    # a damaged cache is recomputed, never trusted
+    (store.path / moments_mod.MOMENTS_FILE).write_bytes(b"garbage")
+    np.testing.assert_allclose(store.moments().mean_b, full.mean_b, rtol=1e-12)

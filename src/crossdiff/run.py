@@ -351,6 +351,19 @@ def summarize(out: str | Path, examples_per_model: int = 3) -> str:
             lines.append(
                 f"  {name.replace('_', ' ')}: {part['size']} features, {part['alive']} alive"
             )
+    diag = meta.get("diagnostics") or {}
+    if diag.get("loss_share_b") is not None:
+        gammas = (
+            f"; gamma |mean|/|std| A {diag['gamma_a']:.2f}  B {diag['gamma_b']:.2f}"
+            if "gamma_a" in diag
+            else ""
+        )
+        lines.append(
+            f"normalization {diag.get('normalization')}: loss share A "
+            f"{1 - diag['loss_share_b']:.0%}  B {diag['loss_share_b']:.0%}{gammas}"
+        )
+    for w in diag.get("warnings") or []:
+        lines.append(f"WARNING: {w}")
     top = top_exclusive_features(out, examples_per_model)
     for klass, feats in top.items():
         model = meta.get("models", {}).get(klass.lower(), {}).get("model_id", klass)

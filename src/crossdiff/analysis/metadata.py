@@ -26,6 +26,44 @@ def versions() -> dict[str, str]:
     return {"crossdiff": __version__, "torch": torch.__version__, "pyarrow": pyarrow.__version__}
 
 
+def diagnostics(
+    store: Any, cc: Crosscoder, fve: dict[str, Any], partitions: dict[str, Any]
+) -> dict[str, Any]:
+    """What tells a lopsided diff: each model's outlier ratio gamma = |mean| / |std| and
+    offset share (store moments), its share of the loss weight under this crosscoder's
+    normalization, and the warnings of ``crosscoder.metrics.lopsided_warnings``."""
+    from crossdiff.crosscoder.metrics import lopsided_warnings
+    from crossdiff.errors import CrossdiffError
+
+    out: dict[str, Any] = {"normalization": "centered" if cc.config.centered else "scaled"}
+    try:
+        mom = store.moments()
+        out.update(mom.summary())
+        out["loss_share_b_median_scaling"] = _median_share(store, mom)
+    except CrossdiffError:
+        pass
+    share = fve.get("loss_share_b")
+    out["loss_share_b"] = share
+
+    def dead(name: str) -> float | None:
+        part = partitions.get(name) or {}
+        return 1.0 - part["alive"] / part["size"] if part.get("size") else None
+
+    out["warnings"] = lopsided_warnings(
+        share,
+        dead("a_exclusive"),
+        dead("b_exclusive"),
+        normalization="centered" if cc.config.centered else "median",
+    )
+    return out
+
+
+def _median_share(store: Any, mom: Any) -> float | None:
+    """B's loss share had the paper's median scaling been used (for comparison)."""
+    scales = store.norm_scales()
+    return None if scales is None else mom.loss_share(*scales, centered=False)[1]
+
+
 def build_meta(
     store: Any,
     cc: Crosscoder,
@@ -102,8 +140,10 @@ def build_meta(
             "threshold_calibrated": threshold_calibrated(cc),
             "scale_a": cc.config.scale_a,
             "scale_b": cc.config.scale_b,
+            "centered": cc.config.centered,
         },
         "eval": fve,
+        "diagnostics": diagnostics(store, cc, fve, partitions),
         "dead_fraction": float(1.0 - alive.mean()),
         "partitions": partitions,
         "classes": classes,

@@ -123,6 +123,24 @@ def _summary(meta: dict[str, Any]) -> str:
         f"({e(_fmt(ev.get('rows')))} rows), L0 {e(_fmt(ev.get('l0')))}</td>"
         f"<td>dead {e(_fmt(100 * float(meta.get('dead_fraction', float('nan')))))}%</td></tr>"
     )
+    diag = meta.get("diagnostics") or {}
+    if diag.get("loss_share_b") is not None:
+        share_b = float(diag["loss_share_b"])
+        gam = (
+            f"gamma |mean|/|std|: A {_fmt(diag.get('gamma_a'), 2)}, "
+            f"B {_fmt(diag.get('gamma_b'), 2)}"
+            if "gamma_a" in diag
+            else ""
+        )
+        rows.append(
+            f"<tr><td>Balance</td><td>{e(diag.get('normalization'))} normalization</td>"
+            f"<td>share of the loss weight: A {e(_fmt(100 * (1 - share_b), 1))}%, "
+            f"B {e(_fmt(100 * share_b, 1))}%</td><td>{e(gam)}</td></tr>"
+        )
+    warn_html = "".join(
+        f'<p class="warning"><strong>Warning:</strong> {e(w)}</p>'
+        for w in diag.get("warnings") or []
+    )
     part_rows = []
     for name, p in meta.get("partitions", {}).items():
         if not p.get("size"):
@@ -169,7 +187,9 @@ def _summary(meta: dict[str, Any]) -> str:
         if check.get(key):
             notes.append(f"{key.capitalize()}: {check[key]}")
     return (
-        '<section id="summary"><h2>Summary</h2><table class="summary">'
+        '<section id="summary"><h2>Summary</h2>'
+        + warn_html
+        + '<table class="summary">'
         + "".join(rows)
         + '</table><div class="cards"><div><h3>Partitions</h3><table><thead><tr><th>partition'
         "</th><th>size</th><th>alive</th><th>near-dead</th><th>activations</th></tr></thead>"

@@ -46,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start exclusive features at cross-model residual directions (default) or at "
         "random (the paper)",
     )
+    t.add_argument(
+        "--normalization",
+        choices=["centered", "median", "none"],
+        help="'centered' (default: remove each model's mean, equal centred variance) or "
+        "'median' (the paper: equal median norm, no centring)",
+    )
     t.add_argument("--seed", type=int)
     t.add_argument("--device")
     t.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"])
@@ -69,6 +75,7 @@ def train_config_from_args(args: argparse.Namespace):
         "dead_window_tokens",
         "l1_coeff",
         "exclusive_init",
+        "normalization",
         "seed",
         "device",
         "compute_dtype",

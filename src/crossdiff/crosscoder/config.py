@@ -59,10 +59,16 @@ class CrosscoderConfig:
     """Initial norm of every decoder row of every model (paper: 0.4); the encoder starts as the
     decoder transposed. The same for standard, DFC and DSF, so they start comparable."""
     scale_a: float = 1.0
-    """Multiply model A's raw activations by this before encoding (the store's normalization
-    scale: median norm -> sqrt((d_a + d_b) / 2)). Decoded outputs are in the same scaled space."""
+    """Multiply model A's (centred, if ``centered``) raw activations by this before encoding:
+    the 'centered' normalization brings the root mean squared centred norm, the 'median' one
+    the median norm, to sqrt((d_a + d_b) / 2). Decoded outputs are in the same scaled space."""
     scale_b: float = 1.0
     """Same for model B."""
+    centered: bool = False
+    """Subtract each model's per-dimension mean (the buffers ``mean_a``/``mean_b`` saved with
+    the weights) before scaling: normalized = (raw - mean) x scale (the ``centered``
+    normalization, ``TrainConfig.normalization``). False for crosscoders saved before it
+    existed and for the paper's ``median`` scaling: normalized = raw x scale."""
     model_a: str | None = None
     """Optional: the model A this crosscoder was trained on (id), for provenance."""
     model_b: str | None = None

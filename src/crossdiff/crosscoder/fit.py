@@ -120,8 +120,21 @@ def train_on_store(
         batch_size=min(train.batch_size, 4096),
     )
     cc.save_pretrained(out)
+    from crossdiff.crosscoder.metrics import lopsided_warnings
+
+    warnings = lopsided_warnings(
+        metrics.get("loss_share_b"),
+        metrics.get("dead_frac_a") if cc.partition.n_a else None,
+        metrics.get("dead_frac_b") if cc.partition.n_b else None,
+        normalization=train.normalization,
+    )
+    if progress:
+        for w in warnings:
+            print(f"warning: {w}")
     summary = {
         "metrics_eval": metrics,
+        "normalization": train.normalization,
+        "warnings": warnings,
         "metrics_split": eval_split,
         "train_seconds": seconds,
         "train_config": train.to_dict(),
@@ -136,8 +149,9 @@ def train_on_store(
 
 
 def _comparable(config: CrosscoderConfig) -> dict[str, Any]:
-    """The config as requested (scales are filled in by training, so left out)."""
+    """The config as requested (scales and centring are filled in by training, so left out)."""
     d = dataclasses.asdict(config)
     d.pop("scale_a")
     d.pop("scale_b")
+    d.pop("centered", None)
     return json.loads(json.dumps(d))

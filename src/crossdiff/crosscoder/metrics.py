@@ -7,6 +7,10 @@
 - L0: mean active features per sample (inference mode: the learned BatchTopK threshold).
 - Dead fraction per partition: features that never fired on the evaluated rows.
 - Per-model decoder norms and the relative norm per feature.
+- Loss share: each model's share of the summed variance of the normalized rows, i.e. of the
+  loss of predicting the mean, which is the weight its variation has in training. With the
+  paper's median scaling a model with a large constant offset (Gemma-3-270M) gets ~10% and its
+  exclusive features die; :func:`lopsided_warnings` names that, and the cure.
 """
 
 from __future__ import annotations
@@ -65,11 +69,14 @@ def evaluate(
         "rows": float(n_rows),
         "outlier_frac": 1.0 - n_rows / max(n_seen, 1),
     }
+    variances = {}
     for m in ("a", "b"):
         # total variance = sum ||x||^2 - n ||mean||^2
-        var = float(total[m]) - float(sums[m].pow(2).sum()) / max(n_rows, 1)
+        var = float(total[m]) - float(sums[m].pow(2).sum()) / max(n_rows, 1) if n_rows else 0.0
+        variances[m] = var
         result[f"fve_{m}"] = 1.0 - sse[m] / max(var, 1e-12)
         result[f"mse_{m}"] = sse[m] / max(n_rows, 1)
+    result["loss_share_b"] = variances["b"] / max(variances["a"] + variances["b"], 1e-12)
     result["l0"] = active / max(n_rows, 1)
     p = cc.partition
     dead = (~fired).cpu()
@@ -90,3 +97,42 @@ def relative_norm(cc: Crosscoder) -> torch.Tensor:
 def decoder_norms(cc: Crosscoder) -> torch.Tensor:
     """(F, 2) per-model decoder norms."""
     return cc.decoder_norms().detach()
+
+
+LOSS_SHARE_MIN = 0.25
+"""Below this share of the loss weight a model's features have too little to win."""
+DEAD_BLOCK_MAX = 0.5
+"""An exclusive block with more than this fraction dead is reported."""
+
+
+def lopsided_warnings(
+    loss_share_b: float | None,
+    dead_a: float | None,
+    dead_b: float | None,
+    *,
+    normalization: str | None = None,
+) -> list[str]:
+    """Plain-language warnings for a one-sided diff: a model whose variation carries under a
+    quarter of the loss, or an exclusive block more than half dead, with cause and fix."""
+    out: list[str] = []
+    fix = (
+        "train with the 'centered' normalization (the default; --normalization centered)"
+        if normalization != "centered"
+        else "train longer or with a larger aux_alpha / shorter dead window"
+    )
+    if loss_share_b is not None:
+        for m, share in (("A", 1 - loss_share_b), ("B", loss_share_b)):
+            if share < LOSS_SHARE_MIN:
+                out.append(
+                    f"model {m} carries only {share:.0%} of the loss weight (its variation is "
+                    f"light after scaling, e.g. a large constant offset), so its features have "
+                    f"little loss to win; {fix}"
+                )
+    for m, dead in (("A", dead_a), ("B", dead_b)):
+        if dead is not None and dead > DEAD_BLOCK_MAX:
+            out.append(
+                f"{dead:.0%} of model {m}'s exclusive features are dead: its list of "
+                f"candidates is mostly empty, not evidence that {m} has nothing of its own; "
+                f"{fix}"
+            )
+    return out

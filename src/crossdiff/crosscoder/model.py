@@ -8,9 +8,12 @@ write x̂_B: there is no weight through which it could (METHOD.md §3, DFC).
 Layout (see :mod:`crossdiff.crosscoder.partition`): feature indices are
 ``[A-exclusive | B-exclusive | shared (… | designated shared)]``.
 
-All methods work on *normalized* activations (raw x multiplied by ``config.scale_m``);
-:meth:`Crosscoder.normalize` applies the scale, and :meth:`decoder_weight` can return the
-decoder in the model's own (raw) scale for steering.
+All methods work on *normalized* activations: ``(raw - mean_m) x scale_m`` for a centred
+crosscoder (``config.centered``; the means are buffers saved with the weights), ``raw x
+scale_m`` otherwise. :meth:`Crosscoder.normalize` maps raw to normalized,
+:meth:`Crosscoder.denormalize` maps a reconstruction back to the raw space (the mean goes back
+as an explicit offset), and :meth:`decoder_weight` can return the decoder in the model's own
+(raw) scale for steering: a direction, which the offset does not change.
 """
 
 from __future__ import annotations
@@ -109,6 +112,10 @@ class Crosscoder(nn.Module):
         self.b_dec_b = nn.Parameter(torch.zeros(config.d_b))
         # BatchTopK inference threshold per group (main, designated); NaN = not calibrated.
         self.register_buffer("threshold", torch.full((2,), float("nan")))
+        # Per-dimension means removed before scaling (centred crosscoders only: persistent
+        # then, so they are saved; absent from files of uncentred ones, which load unchanged).
+        self.register_buffer("mean_a", torch.zeros(config.d_a), persistent=config.centered)
+        self.register_buffer("mean_b", torch.zeros(config.d_b), persistent=config.centered)
         self.register_buffer("local_a", p.local_index("a"), persistent=False)
         self.register_buffer("local_b", p.local_index("b"), persistent=False)
         self.reset_parameters(seed)
@@ -212,15 +219,36 @@ class Crosscoder(nn.Module):
         Training drops pairs above 2x the batch median (METHOD.md §2); evaluation and analysis
         use this batch-independent form of the same rule, so that the few huge-norm positions
         (e.g. SmolLM2's first token, ~130x the median) neither dominate FVE nor become every
-        feature's top example. With ``TrainConfig.normalize=False`` the scales are 1 and the
+        feature's top example. With ``TrainConfig.normalization='none'`` the scales are 1 and the
         reference norm is only nominal.
         """
         ref = factor * math.sqrt((self.config.d_a + self.config.d_b) / 2)
         return (x_a.norm(dim=1) <= ref) & (x_b.norm(dim=1) <= ref)
 
+    def offset(self, m: str) -> torch.Tensor:
+        """(d_m,) the raw-space mean removed before scaling (zeros if not centred)."""
+        return self.mean_a if check_model(m) == "a" else self.mean_b
+
+    @torch.no_grad()
+    def set_offsets(self, mean_a: torch.Tensor, mean_b: torch.Tensor) -> None:
+        """Set the raw-space means of a centred crosscoder (done once, before training)."""
+        if not self.config.centered:
+            raise CrossdiffError("set_offsets needs a centred crosscoder (config.centered=True)")
+        self.mean_a.copy_(torch.as_tensor(mean_a, dtype=torch.float32))
+        self.mean_b.copy_(torch.as_tensor(mean_b, dtype=torch.float32))
+
     def normalize(self, x: torch.Tensor, m: str) -> torch.Tensor:
         """Raw activations of model m -> the normalized space the crosscoder works in."""
+        if self.config.centered:
+            return (x - self.offset(m).to(x.dtype)) * self.scale(m)
         return x * self.scale(m)
+
+    def denormalize(self, x: torch.Tensor, m: str) -> torch.Tensor:
+        """Normalized vectors (e.g. a reconstruction) of model m -> its raw activation space."""
+        out = x / self.scale(m)
+        if self.config.centered:
+            out = out + self.offset(m).to(out.dtype)
+        return out
 
     # ---- encoding ------------------------------------------------------------------------
     def _check_inputs(self, x_a: torch.Tensor, x_b: torch.Tensor) -> None:

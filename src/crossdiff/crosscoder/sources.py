@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from crossdiff.errors import CrossdiffError
+from crossdiff.store.moments import Moments, moments_of_arrays
 
 
 @runtime_checkable
@@ -35,6 +36,13 @@ class PairSource(Protocol):
     def norm_scales(self) -> tuple[float, float] | None:
         """Scales that bring each model's median norm to sqrt((d_a + d_b) / 2), if known."""
         ...
+
+
+def source_moments(source: PairSource) -> Moments | None:
+    """The source's activation moments when it can give them exactly (a store, an array
+    source), else None (the trainer then estimates them from a sample)."""
+    fn = getattr(source, "moments", None)
+    return fn() if callable(fn) else None
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -69,12 +77,19 @@ class ArraySource:
         self.x_a, self.x_b = x_a, x_b
         self.d_a, self.d_b = int(x_a.shape[1]), int(x_b.shape[1])
         self._scales = scales
+        self._moments: Moments | None = None
 
     def __len__(self) -> int:
         return int(self.x_a.shape[0])
 
     def norm_scales(self) -> tuple[float, float] | None:
         return self._scales
+
+    def moments(self) -> Moments:
+        """Exact moments of the arrays (inlier rule as for a store), computed once."""
+        if self._moments is None:
+            self._moments = moments_of_arrays(self.x_a, self.x_b)
+        return self._moments
 
     def batches(
         self, batch_size: int, *, seed: int = 0, skip: int = 0

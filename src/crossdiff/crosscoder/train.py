@@ -34,14 +34,19 @@ import torch
 
 from crossdiff.crosscoder.config import CrosscoderConfig
 from crossdiff.crosscoder.model import Crosscoder
-from crossdiff.crosscoder.sources import PairSource
+from crossdiff.crosscoder.sources import PairSource, source_moments
 from crossdiff.errors import CrossdiffError, reject_unknown_fields
 from crossdiff.models.hardware import resolve_device
+from crossdiff.store.moments import Moments, moments_of_arrays
 
 CHECKPOINT_PREFIX = "step-"
 TRAIN_STATE_FILE = "train_state.safetensors"
 TRAIN_META_FILE = "train_state.json"
 LOG_FILE = "train_log.jsonl"
+NORMALIZATIONS = ("centered", "median", "none")
+LOSS_SHARE_WARNING = 0.25
+"""Warn when one model carries less than this share of the loss weight (its variation is too
+light for its features to win anything; the cure is the 'centered' normalization)."""
 
 
 @dataclass
@@ -77,10 +82,14 @@ class TrainConfig:
     """Clip the global gradient norm to this (0 disables)."""
     high_norm_factor: float = 2.0
     """Drop pairs whose norm exceeds this x the batch median (0 disables)."""
-    normalize: bool = True
-    """Set the crosscoder's scales from the source (or estimate them) before training."""
+    normalization: str = "centered"
+    """How both models' activations are put on one scale before training (set from the
+    source, or estimated from a sample): 'centered' (default: subtract each model's mean,
+    then scale its root mean squared centred norm to sqrt((d_a + d_b) / 2), so both models'
+    variation weighs equally in the loss; store/moments.py), 'median' (the paper: one scalar
+    per model bringing its median norm there, no centring) or 'none'."""
     scale_estimate_batches: int = 8
-    """Batches used to estimate median norms when the source does not provide scales."""
+    """Batches used to estimate the normalization when the source does not provide it."""
     exclusive_init: str = "residual"
     """How exclusive features start: 'residual' (at directions of what one model has and the
     other does not linearly predict; crosscoder/init.py) or 'random' (the paper). On the toy
@@ -122,6 +131,11 @@ class TrainConfig:
             not isinstance(self.init_samples, int) or self.init_samples < 2
         ):
             raise CrossdiffError(f"train init_samples={self.init_samples!r} must be an int >= 2")
+        if self.normalization not in NORMALIZATIONS:
+            raise CrossdiffError(
+                f"train normalization={self.normalization!r}: use one of "
+                f"{', '.join(map(repr, NORMALIZATIONS))}"
+            )
         if self.compute_dtype not in ("auto", "float32", "bfloat16"):
             raise CrossdiffError(
                 f"compute_dtype={self.compute_dtype!r}: use 'auto', 'float32' or 'bfloat16'"
@@ -137,6 +151,8 @@ class TrainConfig:
         data = dict(data)
         if "adam_betas" in data:
             data["adam_betas"] = tuple(data["adam_betas"])
+        if "normalize" in data and "normalization" not in data:  # saved before 'centered'
+            data["normalization"] = "median" if data.pop("normalize") else "none"
         reject_unknown_fields(cls, data, "train config fields")
         return cls(**data)
 
@@ -192,6 +208,34 @@ def check_finite(x: torch.Tensor, model: str, step: int) -> None:
             f"batch at step {step} has {bad} NaN/inf values in model {model.upper()}'s "
             f"activations; check the data (for a store: crossdiff store verify PATH)"
         )
+
+
+def estimate_moments(source: PairSource, tc: TrainConfig) -> Moments:
+    """Activation moments from ``scale_estimate_batches`` batches (a source without exact ones)."""
+    it = source.batches(tc.batch_size, seed=tc.seed + 10_007)
+    xs_a, xs_b = [], []
+    for _, (xa, xb) in zip(range(tc.scale_estimate_batches), it):
+        xs_a.append(xa.float())
+        xs_b.append(xb.float())
+    return moments_of_arrays(torch.cat(xs_a), torch.cat(xs_b))
+
+
+def normalization_for(
+    source: PairSource, config: CrosscoderConfig, tc: TrainConfig
+) -> tuple[CrosscoderConfig, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The crosscoder config with its scales (and the means, when centred) for ``tc``."""
+    if tc.normalization == "none":
+        return dataclasses.replace(config, scale_a=1.0, scale_b=1.0, centered=False), None
+    if tc.normalization == "median":
+        scales = source.norm_scales() or estimate_scales(source, tc)
+        config = dataclasses.replace(
+            config, scale_a=float(scales[0]), scale_b=float(scales[1]), centered=False
+        )
+        return config, None
+    moments = source_moments(source) or estimate_moments(source, tc)
+    sa, sb = moments.centered_scales()
+    config = dataclasses.replace(config, scale_a=float(sa), scale_b=float(sb), centered=True)
+    return config, moments.as_tensors()
 
 
 def estimate_scales(source: PairSource, tc: TrainConfig) -> tuple[float, float]:
@@ -366,10 +410,11 @@ def train_crosscoder(
     device = distributed.rank_device(device, dinfo)
     main = dinfo is None or dinfo.is_main
     cdtype = resolve_compute_dtype(tc.compute_dtype, device)
-    if tc.normalize:
-        scales = source.norm_scales() or estimate_scales(source, tc)
-        config = dataclasses.replace(config, scale_a=float(scales[0]), scale_b=float(scales[1]))
-    model = Crosscoder(config, seed=tc.seed).to(device)
+    config, offsets = normalization_for(source, config, tc)
+    model = Crosscoder(config, seed=tc.seed)
+    if offsets is not None:
+        model.set_offsets(*offsets)
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tc.adam_betas)
     aux_k = tc.aux_k if tc.aux_k is not None else default_aux_k(config)
     dead_window = tc.dead_window_tokens or default_dead_window(tc)
@@ -460,6 +505,11 @@ def train_crosscoder(
                     "fve_b": 1
                     - float(out.recon_b.detach()) * x_b.shape[0] / max(float(out.var_b), 1e-12),
                     "l0": out.l0,
+                    # each model's share of the loss weight (its variation in the scaled
+                    # batch) and of the remaining reconstruction error
+                    "loss_share_b": float(out.var_b) / max(float(out.var_a + out.var_b), 1e-12),
+                    "error_share_b": float(out.recon_b.detach())
+                    / max(float((out.recon_a + out.recon_b).detach()), 1e-12),
                     "k": k_now,
                     "aux": float(out.aux.detach()),
                     "dead": float(dead_mask.float().mean()),
@@ -475,6 +525,7 @@ def train_crosscoder(
                         fve_b=f"{metrics['fve_b']:.3f}",
                         l0=f"{metrics['l0']:.1f}",
                         dead=f"{metrics['dead']:.1%}",
+                        B_share=f"{metrics['loss_share_b']:.2f}",
                         refresh=False,
                     )
                 if log_path is not None:

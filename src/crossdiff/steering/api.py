@@ -464,7 +464,8 @@ def steering_fn(
         return add_fn(vector, values)
     if mode == "clamp":
         reader = reader or FeatureReader(ctx.crosscoder, feature)
-        return clamp_fn(reader, side, ctx.crosscoder.scale(side), vector, values)
+        cc = ctx.crosscoder
+        return clamp_fn(reader, side, lambda x: cc.normalize(x, side), vector, values)
     raise CrossdiffError(f"mode {mode!r} is not one of {', '.join(MODES)}")
 
 

@@ -225,7 +225,6 @@ def stream_s_max(crosscoder: Crosscoder, store, feature: int, *, progress: bool 
     from crossdiff.steering.activation import FeatureReader
 
     reader = FeatureReader(crosscoder, feature)
-    cfg = crosscoder.config
     best = 0.0
     rows = store.iter_rows(STREAM_BATCH_ROWS)
     bar = None
@@ -236,8 +235,8 @@ def stream_s_max(crosscoder: Crosscoder, store, feature: int, *, progress: bool 
     device = crosscoder.b_enc.device
     with torch.no_grad():
         for x_a, x_b, _meta in rows:
-            x_a = x_a.to(device) * cfg.scale_a
-            x_b = x_b.to(device) * cfg.scale_b
+            x_a = crosscoder.normalize(x_a.to(device), "a")
+            x_b = crosscoder.normalize(x_b.to(device), "b")
             keep = crosscoder.inlier_mask(x_a, x_b)
             x_a, x_b = x_a[keep], x_b[keep]
             if reader.fast:

@@ -51,13 +51,19 @@ def add_fn(vector: torch.Tensor, coefs: Sequence[float]) -> HiddenFn:
 
 
 def clamp_fn(
-    reader: FeatureReader, side: str, scale: float, vector: torch.Tensor, targets: Sequence[float]
+    reader: FeatureReader,
+    side: str,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    vector: torch.Tensor,
+    targets: Sequence[float],
 ) -> HiddenFn:
     """Set the feature's activation to ``targets[r]`` at every position of row r.
 
-    ``side`` ("a"/"b") is the steered model; ``scale`` its normalization scale (normalized =
-    raw x scale); ``vector`` its decoder row in raw scale. The activation is read from this
-    model's residual stream only (for a shared feature the other model's side counts as zero).
+    ``side`` ("a"/"b") is the steered model; ``normalize`` maps its raw residual rows to the
+    crosscoder's normalized space (``Crosscoder.normalize``: centring, if any, and scale);
+    ``vector`` its decoder row in raw scale. The activation is read from this model's residual
+    stream only: for a shared feature the other model's normalized side counts as zero, which
+    for a centred crosscoder means "the other model at its mean".
     """
     target_cpu = torch.as_tensor(list(targets), dtype=torch.float32)
     vec_cpu = vector.detach().float().cpu()
@@ -69,7 +75,7 @@ def clamp_fn(
             cache[hidden.device] = (target_cpu.to(hidden.device), vec_cpu.to(hidden.device))
         target, vec = cache[hidden.device]
         b, t, d = hidden.shape
-        x = hidden.detach().float().reshape(b * t, d) * scale
+        x = normalize(hidden.detach().float().reshape(b * t, d))
         current = reader(x_a=x) if side == "a" else reader(x_b=x)
         diff = target[:, None] - current.reshape(b, t)
         delta = diff[..., None] * vec[None, None, :]

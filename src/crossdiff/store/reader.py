@@ -121,6 +121,10 @@ class StoreSource:
     def norm_scales(self) -> tuple[float, float] | None:
         return self.store.norm_scales()
 
+    def moments(self):
+        """The whole store's activation moments (``ActivationStore.moments``)."""
+        return self.store.moments()
+
     # -- the shuffle plan ------------------------------------------------------------------
     def epoch_groups(self, seed: int, epoch: int) -> list[list[int]]:
         """Shard indices of each shuffle group of one epoch, in visiting order."""

@@ -7,15 +7,18 @@ Layout (see docs/harvest-store.md)::
       shard-00000.safetensors  rows of documents [doc_start, doc_end) (see store/shard.py)
       docs-00000.jsonl         those documents: text or messages, each model's rendering
       ...
+      moments.safetensors      derived cache: per-model mean and second moments (moments.py)
 
 The manifest is the commit record: readers see only the shards it lists, writers append a shard
-and then rewrite it atomically (store/writer.py). Opening never modifies anything.
+and then rewrite it atomically (store/writer.py). Opening never modifies anything; only the
+derived moments cache is written on first use by an old store (harvest writes it at the end).
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ import torch
 
 from crossdiff.errors import CrossdiffError
 from crossdiff.store.manifest import MANIFEST_NAME, Manifest, incompatibilities
+from crossdiff.store.moments import Moments, store_moments
 from crossdiff.store.reader import DEFAULT_EVAL_FRACTION, StoreSource, iter_rows
 from crossdiff.store.verify import VerifyReport, verify_store
 from crossdiff.store.writer import LOCK_NAME, StoreWriter, now_iso
@@ -154,6 +158,16 @@ class ActivationStore:
         s = self.manifest.norm_scales
         return None if not s else (float(s["a"]), float(s["b"]))
 
+    def moments(self, *, progress: bool = False) -> Moments:
+        """Per-model mean and second moments over the inlier rows (``store/moments.py``):
+        read from ``moments.safetensors`` when current, else streamed once and cached."""
+        if not progress:
+            return store_moments(self, write_cache=_writable(self.path))
+        from tqdm import tqdm
+
+        with tqdm(total=self.n_rows, desc="activation moments", unit="row") as bar:
+            return store_moments(self, write_cache=_writable(self.path), on_shard=bar.update)
+
     # -- writing -------------------------------------------------------------------------------
     def writer(self, shard_rows: int = 16384) -> StoreWriter:
         """An appending writer (holds the store's lock until closed)."""
@@ -260,5 +274,39 @@ class ActivationStore:
                 f"  normalization scales: A x{scales[0]:.4g}, B x{scales[1]:.4g} "
                 f"(median norm -> {m.target_norm():.4g})"
             )
+        lines.extend(_moments_lines(self))
         lines.append(f"  harvest settings: {m.harvest}")
         return "\n".join(lines)
+
+
+def _moments_lines(store: ActivationStore) -> list[str]:
+    """``store info``'s balance lines: gamma, offset share, loss shares under both scalings."""
+    from crossdiff.store.moments import MOMENTS_FILE
+
+    if not store.manifest.rows:
+        return []
+    if not (store.path / MOMENTS_FILE).is_file() and not _writable(store.path):
+        return ["  moments: not computed (read-only store)"]
+    try:
+        mom = store.moments()
+    except CrossdiffError as exc:
+        return [f"  moments: {exc}"]
+    lines = []
+    for side in ("a", "b"):
+        lines.append(
+            f"  centring {side.upper()}: gamma |mean|/|std| {mom.gamma(side):.2f}, the mean holds "
+            f"{mom.offset_share(side):.1%} of the squared norm ({mom.rows:,} inlier rows)"
+        )
+    scales = store.norm_scales()
+    if scales:
+        share_med = mom.loss_share(*scales, centered=False)
+        lines.append(
+            f"  loss weight A / B: {share_med[0]:.0%} / {share_med[1]:.0%} with 'median' scaling, "
+            f"50% / 50% with 'centered' (the default)"
+            + ("  <- lopsided: use 'centered'" if min(share_med) < 0.25 else "")
+        )
+    return lines
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from safetensors import safe_open
 
 from crossdiff.store.fileio import TMP_MARKER, sha256_file
+from crossdiff.store.moments import MOMENTS_FILE
 from crossdiff.store.shard import COLUMNS, expected_shape
 
 if TYPE_CHECKING:
@@ -71,7 +72,11 @@ def verify_store(
     for p in sorted(store.path.iterdir()):
         if p.name.startswith(".") and TMP_MARKER in p.name:
             report.warnings.append(f"{p.name}: leftover of an interrupted write (ignored)")
-        elif p.suffix in (".safetensors", ".jsonl") and p.name not in listed:
+        elif (
+            p.suffix in (".safetensors", ".jsonl")
+            and p.name not in listed
+            and p.name != MOMENTS_FILE
+        ):
             report.warnings.append(f"{p.name}: not listed in the manifest (ignored)")
     return report
 

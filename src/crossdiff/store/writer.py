@@ -239,3 +239,7 @@ class StoreWriter:
         m.tokens_target = tokens_target
         m.updated = now_iso()
         m.save(self.store.path)
+        if m.rows:  # the moments the centred normalization needs, computed once and cached
+            from crossdiff.store.moments import store_moments
+
+            store_moments(self.store)
