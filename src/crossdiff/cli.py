@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "report",
     "show",
     "steer",
+    "interpret",
     "store",
     "bench",
 ]

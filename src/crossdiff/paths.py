@@ -7,6 +7,7 @@ RUN/
   crosscoder/        config.json + model.safetensors (+ checkpoints/ while training)
   analysis/          features.parquet + analysis.json + examples.parquet
   steering/          one JSON file per steered feature (crossdiff.steer)
+  interpret/         explanations.parquet + interpret.json (+ cache/ of LLM replies)
   report/index.html  the self-contained auditor's page
 ```
 """
@@ -21,6 +22,8 @@ CROSSCODER_DIR = "crosscoder"
 CHECKPOINTS_DIR = "checkpoints"
 ANALYSIS_DIR = "analysis"
 STEERING_DIR = "steering"
+INTERPRET_DIR = "interpret"
+INTERPRET_CACHE_DIR = "cache"
 REPORT_DIR = "report"
 REPORT_FILE = "index.html"
 
@@ -58,3 +61,13 @@ class RunPaths:
     @property
     def report(self) -> Path:
         return self.root / REPORT_DIR / REPORT_FILE
+
+    @property
+    def interpret(self) -> Path:
+        """Explanations and scores of features (crossdiff.interpret)."""
+        return self.root / INTERPRET_DIR
+
+    @property
+    def interpret_cache(self) -> Path:
+        """On-disk cache of LLM replies, one JSON file per request hash."""
+        return self.root / INTERPRET_DIR / INTERPRET_CACHE_DIR
