@@ -197,10 +197,20 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, source):
     assert torch.equal(o1.recon_a, o2.recon_a)
 
 
-@pytest.mark.parametrize("exclusive_init", ["random", "residual"])
-def test_resume_equals_uninterrupted(tmp_path, source, exclusive_init):
+@pytest.mark.parametrize(
+    "exclusive_init,resample", [("random", None), ("residual", None), ("residual", 3)]
+)
+def test_resume_equals_uninterrupted(tmp_path, source, exclusive_init, resample):
     cfg = CrosscoderConfig.dfc(D_A, D_B, F, exclusive=0.1, k=4)
-    tc = quick_train(steps=14, checkpoint_every=4, exclusive_init=exclusive_init, init_samples=512)
+    tc = quick_train(
+        steps=14,
+        checkpoint_every=4,
+        exclusive_init=exclusive_init,
+        init_samples=512,
+        resample_every=resample,
+        resample_until=1.0,
+        dead_window_tokens=128,
+    )
     full = train_crosscoder(source, cfg, tc, checkpoint_dir=tmp_path / "full", progress=False)
 
     class Stop(Exception):
@@ -549,3 +559,45 @@ def test_centred_save_load_keeps_the_means(tmp_path, source):
     assert back.config.centered
     assert same(back.mean_b, cc.mean_b.cpu())
     assert same(back.normalize(x_b, "b"), cc.normalize(x_b, "b"))
+
+
+def test_resampling_revives_dead_features_and_keeps_exclusivity():
+    """Features dead for a window restart at high-error directions of their own model."""
+    from crossdiff.crosscoder.resample import resample_dead
+
+    x_a, x_b = offset_data(2048)
+    src = ArraySource(x_a, x_b)
+    cfg = CrosscoderConfig.dfc(D_A, D_B, F, exclusive=0.25, k=4)
+    cc = train_crosscoder(src, cfg, quick_train(), progress=False)
+    opt = torch.optim.Adam(cc.parameters())
+    p = cc.partition
+    dead = torch.zeros(F, dtype=torch.bool)
+    victims = [p.a_exclusive.start, p.b_exclusive.start + 1, p.shared.start + 2]
+    dead[victims] = True
+    before = {n: t.detach().clone() for n, t in cc.state_dict().items()}
+    za, zb = cc.normalize(x_a, "a"), cc.normalize(x_b, "b")
+    assert resample_dead(cc, opt, dead, za, zb, seed=0, step=5) == 3
+    after = cc.state_dict()
+    # only the victims' parameters moved
+    enc_a_changed = (after["W_enc_a"] != before["W_enc_a"]).any(0)
+    dec_b_changed = (after["W_dec_b"] != before["W_dec_b"]).any(1)
+    local_a, local_b = p.local_index("a"), p.local_index("b")
+    assert set(torch.nonzero(enc_a_changed).flatten().tolist()) == {
+        int(local_a[victims[0]]),
+        int(local_a[victims[2]]),
+    }
+    assert set(torch.nonzero(dec_b_changed).flatten().tolist()) == {
+        int(local_b[victims[1]]),
+        int(local_b[victims[2]]),
+    }
+    # a resampled feature fires again on the batch
+    with torch.no_grad():
+        pre = cc.preacts(za, zb)
+    for f in victims:
+        assert float(pre[:, f].max()) > 0
+    # a run with resampling still trains to a working crosscoder
+    tc = quick_train(steps=20, resample_every=5, resample_until=1.0, dead_window_tokens=128)
+    cc2 = train_crosscoder(src, cfg, tc, progress=False)
+    from crossdiff.crosscoder.metrics import evaluate
+
+    assert evaluate(cc2, src, n_batches=1, batch_size=2048)["fve_b"] > 0.2

@@ -253,7 +253,11 @@ def test_report_cli_and_errors(runs, tmp_path: Path, capsys) -> None:
     assert cli_main(["report", str(root), "--out", str(out), "--max-features", "1"]) == 0
     assert "report written" in capsys.readouterr().out
     html = out.read_text(encoding="utf-8")
-    assert html.count('<tr data-verdict="') == 2  # one per model
+    concept_rows = sum(
+        html.split(f'id="list-{m}"')[1].split("</table>")[0].count('<tr data-verdict="')
+        for m in "ab"
+    )
+    assert concept_rows == 2  # one per model (flagged candidates have their own tables)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CrossdiffError, match="crossdiff analyze"):

@@ -82,6 +82,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "k_anneal_from": 128,
             "k_anneal_steps": 500,
             "checkpoint_every": 250,
+            "resample_every": 250,
         },
         "analysis": {},
         "steer": {
@@ -102,6 +103,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "k_anneal_from": 64,
             "k_anneal_steps": 100,
             "checkpoint_every": 100,
+            "resample_every": 50,
         },
         "analysis": {},
         "steer": {
@@ -227,16 +229,21 @@ def _stage_analyze(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
     return "done"
 
 
-def top_exclusive_features(run: str | Path, per_model: int) -> dict[str, list[int]]:
-    """The first ``per_model`` features of each model's review order (analysis 'rank')."""
+def top_exclusive_features(
+    run: str | Path, per_model: int, *, concepts_only: bool = True
+) -> dict[str, list[int]]:
+    """The first ``per_model`` features of each model's review order (analysis 'rank');
+    with ``concepts_only`` (default) only concept candidates (verdict confirmed / untested):
+    tokenizer artifacts, twins and refuted candidates are not steered or summarized first."""
     from crossdiff.analysis import load_analysis
+    from crossdiff.analysis.ranking import CONCEPT_VERDICTS
 
     table = load_analysis(run).features.to_pydict()
     out: dict[str, list[int]] = {"A": [], "B": []}
     ranked = sorted(
         (r, k, f)
-        for f, k, r in zip(table["feature"], table["klass"], table["rank"])
-        if r and k in out
+        for f, k, r, v in zip(table["feature"], table["klass"], table["rank"], table["verdict"])
+        if r and k in out and (not concepts_only or v in CONCEPT_VERDICTS)
     )
     for _, klass, feat in ranked:
         if len(out[klass]) < per_model:
@@ -364,10 +371,18 @@ def summarize(out: str | Path, examples_per_model: int = 3) -> str:
         )
     for w in diag.get("warnings") or []:
         lines.append(f"WARNING: {w}")
+    for klass in ("A", "B"):
+        c = (meta.get("classes") or {}).get(klass) or {}
+        if c:
+            lines.append(
+                f"{klass} candidates: {c.get('confirmed', 0)} confirmed, {c.get('untested', 0)} "
+                f"too rare to judge, {c.get('tokenization', 0)} tokenization, "
+                f"{c.get('twin', 0)} twins, {c.get('refuted', 0)} refuted"
+            )
     top = top_exclusive_features(out, examples_per_model)
     for klass, feats in top.items():
         model = meta.get("models", {}).get(klass.lower(), {}).get("model_id", klass)
-        lines.append(f"top {klass}-exclusive features ({model}):")
+        lines.append(f"top {klass}-exclusive concept candidates ({model}):")
         if not feats:
             lines.append("  (none alive)")
         for feat in feats:
@@ -383,7 +398,12 @@ def summarize(out: str | Path, examples_per_model: int = 3) -> str:
                 snippet = (pre + "[[" + tok + "]]" + post).replace("\n", " ")
             lines.append(
                 f"  #{feat}: freq {row['frequency']:.2e}, s_max {row['s_max']:.2f}, "
-                f"exclusivity {row['exclusivity']:.2f} ({row['verdict']}): {snippet}"
+                + (
+                    f"exclusivity {row['exclusivity']:.2f} ({row['verdict']}): "
+                    if row["verdict"] != "untested"
+                    else "too rare to judge: "
+                )
+                + snippet
             )
     lines.append(f"report: {paths.report}")
     return "\n".join(lines)

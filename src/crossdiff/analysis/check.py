@@ -1,9 +1,19 @@
 """Wiring of the exclusivity check into the analysis: which rows fit and test it (pass 1),
-and the scoring pass over the cached test rows (pass 2). The maths is in exclusivity.py.
+and the scoring pass (pass 2). The maths is in exclusivity.py.
 
-Rows are split by document: the store's eval split (held out from crosscoder training) is cut
-again by a second hash of the document index into a fit part and a test part, so no document
-contributes to both, and the split of existing documents never changes when a store grows.
+Rows are split by document, by a hash of the document index, so no document contributes to
+both the fit and the test of a map, and the split never changes when a store grows.
+
+- ``probe_split="crossfit"`` (default): the store's documents are dealt into
+  ``probe_folds`` folds; pass 1 accumulates the cross-model moments per fold, and pass 2
+  streams the whole store again, scoring each row with the maps fitted on the *other* folds.
+  Every candidate is therefore judged on all its activations in the store, each by a map that
+  never saw its document. (The rows the crosscoder trained on are fine here: the check tests
+  the other model, not the crosscoder.) Pass 2 also feeds the tokenization regression
+  (tokenization.py): "exclusive" then means "exclusive beyond tokenization".
+- ``"eval"`` / ``"all"`` (the earlier scheme): the store's eval split (or all documents) cut
+  by a second hash into a fit part and a bounded in-memory test part. On the default store
+  the eval split held 403 test rows, so most candidates stayed untested.
 """
 
 from __future__ import annotations
@@ -46,6 +56,14 @@ def probe_masks(
         probe = np.ones(np.shape(doc_index), dtype=bool)
     test = _doc_hash_unit(doc_index, _PROBE_SALT) < config.probe_test_fraction
     return probe & ~test, probe & test
+
+
+_FOLD_SALT = 0x2545F4914F6CDD1D
+
+
+def fold_of(doc_index: np.ndarray, folds: int) -> np.ndarray:
+    """The cross-fitting fold (0 .. folds-1) of each row's document."""
+    return np.minimum((_doc_hash_unit(doc_index, _FOLD_SALT) * folds).astype(np.int64), folds - 1)
 
 
 def _controls(klass: np.ndarray, alive: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -115,18 +133,126 @@ def run_check(
     cols["cross_r2"][feats] = r2
     cols["test_active"][feats] = scorer.active.cpu().numpy()
     cols["check_side"][feats] = np.array(side, dtype=object)
-    if len(controls):
-        ok = np.isfinite(r2[len(cand) :]) & (
-            scorer.active.cpu().numpy()[len(cand) :] >= config.min_test_active
-        )
-        ctrl = r2[len(cand) :][ok]
-        info["controls"] = {
-            "n": len(controls),
-            "tested": int(ok.sum()),
-            "cross_r2_median": float(np.median(ctrl)) if ctrl.size else None,
-            "cross_r2_q10": float(np.quantile(ctrl, 0.1)) if ctrl.size else None,
-            "frac_refuted_at_threshold": float((ctrl >= config.exclusive_max_r2).mean())
-            if ctrl.size
-            else None,
-        }
+    _control_summary(info, r2, scorer, cand, controls, config)
     return cols, info
+
+
+def run_crossfit_check(
+    store: Any,
+    state: PassState,
+    cc: Crosscoder,
+    config: AnalysisConfig,
+    klass: np.ndarray,
+    alive: np.ndarray,
+    dev: torch.device,
+    descriptors: Any,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Pass 2 of the cross-fitted check: stream the store, score each row by its fold's
+    out-of-fold maps; returns per-feature columns (cross_r2, test_active, check_side,
+    tok_r2, cross_tok_r2) and the check's summary."""
+    from crossdiff.analysis.tokenization import design
+
+    f = len(klass)
+    cols = {
+        "cross_r2": np.full(f, np.nan),
+        "test_active": np.zeros(f, dtype=np.int64),
+        "check_side": np.full(f, "", dtype=object),
+        "tok_r2": np.full(f, np.nan),
+        "cross_tok_r2": np.full(f, np.nan),
+    }
+    k = config.probe_folds
+    total = state.moments
+    info: dict[str, Any] = {"scheme": f"cross-fitted over {k} folds of documents"}
+    cand = np.flatnonzero((klass != "S") & alive)
+    controls = _controls(klass, alive, config.shared_controls, config.seed)
+    fold_rows = [m.n for m in state.fold_moments]
+    info["fold_rows"] = fold_rows
+    if min(fold_rows) < 2 or total.n - max(fold_rows) < 2:
+        info["skipped"] = (
+            f"not enough rows to cross-fit ({fold_rows} per fold); harvest more documents"
+        )
+        return cols, info
+    maps = [fit_stitch_maps(total.minus(m), config.ridge) for m in state.fold_moments]
+    full = fit_stitch_maps(total, config.ridge)
+    info.update(
+        {
+            "map_fve_b_to_a": full.fve_ba,
+            "map_fve_a_to_b": full.fve_ab,
+            "ridge_b_to_a": full.ridge_ba,
+            "ridge_a_to_b": full.ridge_ab,
+        }
+    )
+    feats = np.concatenate([cand, controls])
+    side = ["a" if klass[i] == "A" else "b" for i in cand]
+    side += ["a" if j % 2 == 0 else "b" for j in range(len(controls))]
+    thr = firing_thresholds(cc, state.stats.min_pos)
+    feats_t = torch.as_tensor(feats, dtype=torch.long)
+    scorers = [CrossPredictionScorer(cc, mp, feats_t, side, thr) for mp in maps]
+    total_rows = state.rows
+    bar = None
+    if config.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_rows, desc="exclusivity check", unit="pair", unit_scale=True)
+    seen = 0
+    try:
+        for x_a, x_b, meta in store.iter_rows(config.batch_size, dtype=torch.bfloat16):
+            if config.max_rows is not None and seen >= config.max_rows:
+                break
+            if config.max_rows is not None and seen + x_a.shape[0] > config.max_rows:
+                cut = config.max_rows - seen
+                x_a, x_b = x_a[:cut], x_b[:cut]
+                meta = {key: v[:cut] for key, v in meta.items()}
+            seen += x_a.shape[0]
+            xa = cc.normalize(x_a.to(dev, torch.float32), "a")
+            xb = cc.normalize(x_b.to(dev, torch.float32), "b")
+            if config.outlier_factor:
+                keep = cc.inlier_mask(xa, xb, config.outlier_factor)
+                keep_np = keep.cpu().numpy()
+                xa, xb = xa[keep], xb[keep]
+                meta = {key: v[keep_np] for key, v in meta.items()}
+            z = design(descriptors.rows(meta["row"])).to(dev)
+            fold = fold_of(meta["doc_index"], k)
+            for j in range(k):
+                sel = np.flatnonzero(fold == j)
+                if sel.size:
+                    t = torch.from_numpy(sel).to(dev)
+                    scorers[j].update(xa[t], xb[t], z[t])
+            if bar is not None:
+                bar.update(int(x_a.shape[0]))
+    finally:
+        if bar is not None:
+            bar.close()
+    scorer = scorers[0]
+    for other in scorers[1:]:
+        scorer.merge(other)
+    r2 = scorer.r2().cpu().numpy()
+    tok, cross_tok = (t.cpu().numpy() for t in scorer.tokenization_r2())
+    cols["cross_r2"][feats] = r2
+    cols["test_active"][feats] = scorer.active.cpu().numpy()
+    cols["check_side"][feats] = np.array(side, dtype=object)
+    cols["tok_r2"][feats] = tok
+    cols["cross_tok_r2"][feats] = cross_tok
+    info["fit_rows"] = int(total.n)
+    info["test_rows"] = int(scorer.n)
+    info["test_rows_available"] = int(scorer.n)
+    _control_summary(info, r2, scorer, cand, controls, config)
+    return cols, info
+
+
+def _control_summary(info, r2, scorer, cand, controls, config) -> None:
+    if not len(controls):
+        return
+    ok = np.isfinite(r2[len(cand) :]) & (
+        scorer.active.cpu().numpy()[len(cand) :] >= config.min_test_active
+    )
+    ctrl = r2[len(cand) :][ok]
+    info["controls"] = {
+        "n": len(controls),
+        "tested": int(ok.sum()),
+        "cross_r2_median": float(np.median(ctrl)) if ctrl.size else None,
+        "cross_r2_q10": float(np.quantile(ctrl, 0.1)) if ctrl.size else None,
+        "frac_refuted_at_threshold": float((ctrl >= config.exclusive_max_r2).mean())
+        if ctrl.size
+        else None,
+    }

@@ -47,9 +47,13 @@ class AnalysisConfig:
     """Fraction of documents in the store's eval split (held out from crosscoder training);
     None = the store's default (``crossdiff.store.reader.DEFAULT_EVAL_FRACTION``). Must match
     what training used."""
-    probe_split: str = "eval"
-    """Rows the exclusivity check uses: 'eval' (held out from crosscoder training, the honest
-    choice) or 'all' (small stores whose eval split is too small)."""
+    probe_split: str = "crossfit"
+    """Rows the exclusivity check uses: 'crossfit' (default: every row of the store, each
+    scored by maps fitted on the other ``probe_folds`` folds of documents, so every candidate
+    is judged on all its activations), 'eval' (the store's eval split only: few rows) or
+    'all' (all documents, one fit/test cut)."""
+    probe_folds: int = 5
+    """Folds of documents for 'crossfit' (memory: probe_folds + 1 sets of d x d moments)."""
     probe_test_fraction: float = 0.25
     """Share of the probe documents kept apart to score the probe (a second hash of the
     document index); the rest fits it."""
@@ -70,6 +74,17 @@ class AnalysisConfig:
     min_test_active: int = 10
     """A feature needs this many activations among the probe's test rows to be checked; else
     its check is 'untested'."""
+    tokenization_min_share: float = 0.3
+    """A candidate is flagged 'tokenization' when at least this share of its top examples, or
+    of its activation mass, sits at word-internal positions (the shared end falls inside a
+    word: the tokenizers split it differently) ..."""
+    tokenization_min_ratio: float = 3.0
+    """... and that share is at least this many times the store's base rate; or when the
+    tokenization descriptors plus the other model explain its activation (R^2 >=
+    exclusive_max_r2) while the other model alone does not. Never on a same-tokenizer pair."""
+    twin_min_corr: float = 0.5
+    """An A-exclusive and a B-exclusive feature whose activations correlate at least this much
+    over the same rows are 'twins': one shared concept split in two (both get verdict 'twin')."""
     contexts_for: str = "exclusive"
     """Which features get their example texts copied into examples.parquet: 'exclusive'
     (exclusive candidates: what the report shows), 'all', or 'none'. Provenance (row, document,
@@ -112,8 +127,20 @@ class AnalysisConfig:
                 f"relative norm thresholds rel_lo={self.rel_lo}, rel_hi={self.rel_hi}: need "
                 "0 <= rel_lo < rel_hi <= 1 (real models: 0.1 / 0.9)"
             )
-        if self.probe_split not in ("eval", "all"):
-            raise CrossdiffError(f"probe_split={self.probe_split!r}: use 'eval' or 'all'")
+        if self.probe_split not in ("crossfit", "eval", "all"):
+            raise CrossdiffError(
+                f"probe_split={self.probe_split!r}: use 'crossfit', 'eval' or 'all'"
+            )
+        if not isinstance(self.probe_folds, int) or self.probe_folds < 2:
+            raise CrossdiffError(f"probe_folds={self.probe_folds!r} must be an integer >= 2")
+        for name in ("tokenization_min_share", "twin_min_corr"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise CrossdiffError(f"analysis {name}={value!r} must be in (0, 1]")
+        if not self.tokenization_min_ratio >= 1.0:
+            raise CrossdiffError(
+                f"tokenization_min_ratio={self.tokenization_min_ratio!r} must be >= 1"
+            )
         if not 0.0 < self.probe_test_fraction < 1.0:
             raise CrossdiffError(
                 f"probe_test_fraction={self.probe_test_fraction!r} must be in (0, 1)"

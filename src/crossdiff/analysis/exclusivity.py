@@ -65,6 +65,22 @@ class CrossMoments:
         self.g_bb = torch.zeros(d_b, d_b, **kw)
         self.g_ba = torch.zeros(d_b, d_a, **kw)
 
+    def share_shift(self, other: CrossMoments) -> None:
+        """Use ``other``'s shift (set by its first batch), so the two can be subtracted."""
+        self.shift_a, self.shift_b = other.shift_a, other.shift_b
+
+    def minus(self, other: CrossMoments) -> CrossMoments:
+        """The moments of this one's rows without ``other``'s (same shift required): the
+        complement of a fold, for cross-fitting."""
+        if other.n and (other.shift_a is not self.shift_a or other.shift_b is not self.shift_b):
+            raise ValueError("CrossMoments.minus needs moments with the same shift")
+        out = CrossMoments(self.d_a, self.d_b, self.device)
+        out.share_shift(self)
+        out.n = self.n - other.n
+        for name in ("sum_a", "sum_b", "g_aa", "g_bb", "g_ba"):
+            setattr(out, name, getattr(self, name) - getattr(other, name))
+        return out
+
     def update(self, x_a: torch.Tensor, x_b: torch.Tensor) -> None:
         if x_a.shape[0] == 0:
             return
@@ -197,10 +213,18 @@ class CrossPredictionScorer:
         self.sse = torch.zeros(self.n_cand, **kw)
         self.active = torch.zeros(self.n_cand, dtype=torch.int64, device=dev)
         self.pred_active = torch.zeros(self.n_cand, dtype=torch.int64, device=dev)
+        # tokenization regression (module tokenization.py): normal equations of each
+        # feature's activation on [1, descriptors] and on [1, descriptors, prediction]
+        self.zz: torch.Tensor | None = None  # (D+1, D+1), common to every candidate
+        self.pz: torch.Tensor | None = None  # (n_cand, D+1) prediction x design
+        self.yz: torch.Tensor | None = None  # (n_cand, D+1) activation x design
+        self.pp = torch.zeros(self.n_cand, **kw)
+        self.yp = torch.zeros(self.n_cand, **kw)
 
     @torch.no_grad()
-    def update(self, x_a: torch.Tensor, x_b: torch.Tensor) -> None:
-        """Fold in a batch of normalized test rows."""
+    def update(self, x_a: torch.Tensor, x_b: torch.Tensor, z: torch.Tensor | None = None) -> None:
+        """Fold in a batch of normalized test rows (and, optionally, their (n, D) tokenization
+        descriptors for the tokenization regression)."""
         if x_a.shape[0] == 0 or self.n_cand == 0:
             return
         enc = encode_batch(self.cc, x_a, x_b)
@@ -221,12 +245,70 @@ class CrossPredictionScorer:
         self.sse += (a64 - pred.double()).pow(2).sum(0)
         self.active += (actual > 0).sum(0)
         self.pred_active += (pred > 0).sum(0)
+        if z is not None:
+            z1 = torch.cat([torch.ones(z.shape[0], 1, device=z.device), z.float()], 1).double()
+            p64 = pred.double()
+            if self.zz is None:
+                self.zz = torch.zeros(z1.shape[1], z1.shape[1], **_kw(z1))
+                self.pz = torch.zeros(self.n_cand, z1.shape[1], **_kw(z1))
+                self.yz = torch.zeros(self.n_cand, z1.shape[1], **_kw(z1))
+            self.zz += z1.T @ z1
+            self.pz += p64.T @ z1
+            self.yz += a64.T @ z1
+            self.pp += p64.pow(2).sum(0)
+            self.yp += (a64 * p64).sum(0)
+
+    def merge(self, other: CrossPredictionScorer) -> None:
+        """Add another scorer's sums (the same candidates; another fold's rows)."""
+        for name in ("sum_f", "sum_f2", "sse", "active", "pred_active", "pp", "yp"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.n += other.n
+        if other.zz is not None:
+            if self.zz is None:
+                self.zz, self.pz, self.yz = other.zz.clone(), other.pz.clone(), other.yz.clone()
+            else:
+                self.zz += other.zz
+                self.pz += other.pz
+                self.yz += other.yz
+
+    def tokenization_r2(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tok_r2, cross_tok_r2) per candidate: in-sample R^2 of the activation on the
+        tokenization descriptors alone, and on the descriptors plus the other model's
+        (out-of-fold) prediction. NaN where unknown. With a handful of regressors over
+        thousands of rows, in-sample optimism is negligible."""
+        nan = torch.full((self.n_cand,), float("nan"), dtype=torch.float64, device=self.pp.device)
+        if self.zz is None:
+            return nan, nan
+        sst = self.sum_f2 - self.sum_f.pow(2) / max(self.n, 1)
+        d = self.zz.shape[0]
+        eye = torch.eye(d + 1, dtype=torch.float64, device=self.zz.device) * 1e-9
+        tok, full = nan.clone(), nan.clone()
+        for i in range(self.n_cand):
+            if not sst[i] > 0:
+                continue
+            beta = torch.linalg.lstsq(self.zz + eye[:d, :d], self.yz[i : i + 1].T).solution
+            sse_tok = self.sum_f2[i] - float(self.yz[i] @ beta[:, 0])
+            g = torch.zeros(d + 1, d + 1, dtype=torch.float64, device=self.zz.device)
+            g[:d, :d] = self.zz
+            g[:d, d] = self.pz[i]
+            g[d, :d] = self.pz[i]
+            g[d, d] = self.pp[i]
+            b = torch.cat([self.yz[i], self.yp[i : i + 1]])
+            beta2 = torch.linalg.lstsq(g + eye, b[:, None]).solution
+            sse_full = self.sum_f2[i] - float(b @ beta2[:, 0])
+            tok[i] = 1.0 - sse_tok / sst[i]
+            full[i] = 1.0 - sse_full / sst[i]
+        return tok.clamp(min=-1.0, max=1.0), full.clamp(min=-1.0, max=1.0)
 
     def r2(self) -> torch.Tensor:
         """(n_cand,) held-out R^2 (NaN where the feature never fired in the test rows)."""
         sst = self.sum_f2 - self.sum_f.pow(2) / max(self.n, 1)
         out = 1.0 - self.sse / sst.clamp_min(1e-30)
         return torch.where(sst > 0, out, torch.full_like(out, float("nan")))
+
+
+def _kw(t: torch.Tensor) -> dict:
+    return {"dtype": torch.float64, "device": t.device}
 
 
 class LatentScaling:

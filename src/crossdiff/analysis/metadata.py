@@ -11,6 +11,7 @@ import torch
 
 from crossdiff.analysis.config import AnalysisConfig
 from crossdiff.analysis.encoding import threshold_calibrated
+from crossdiff.analysis.ranking import VERDICTS
 from crossdiff.analysis.results import FORMAT_NAME, FORMAT_VERSION
 from crossdiff.crosscoder.model import Crosscoder
 
@@ -113,7 +114,7 @@ def build_meta(
             "size": int(sel.sum()),
             "alive": int((sel & alive).sum()),
             "reviewable": int((sel & alive & ~near_dead).sum()),
-            **{v: int((verdict[sel] == v).sum()) for v in ("confirmed", "untested", "refuted")},
+            **{v: int((verdict[sel] == v).sum()) for v in VERDICTS},
         }
     cov = man.coverage()
     return {
@@ -147,6 +148,6 @@ def build_meta(
         "dead_fraction": float(1.0 - alive.mean()),
         "partitions": partitions,
         "classes": classes,
-        "check": check_info,
+        "check": {**check_info, "tokenization": state.tokenization_info},
         "config": config.to_dict(),
     }

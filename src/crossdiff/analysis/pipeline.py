@@ -6,8 +6,12 @@ uniform sample for the quantile bands; :mod:`crossdiff.analysis.streaming`). Row
 held-out split also feed the cross-model moments (fit part) or a bounded in-memory cache (test
 part). Memory is therefore O(F x (top_n + sample_size) + d^2 + cache), never O(rows).
 
-Pass 2 runs only over the cached test rows: the exclusivity check's held-out R^2
-(:mod:`crossdiff.analysis.exclusivity`). Then the provenance of the chosen examples is read
+Pass 2 is the exclusivity check (:mod:`crossdiff.analysis.check`): by default a second
+streaming pass over the whole store, cross-fitted by document, which also regresses each
+candidate's activation on descriptors of the tokenization (:mod:`crossdiff.analysis.
+tokenization`); pass 1 also collects each feature's activation mass at word-internal
+positions and the correlations of the two exclusive blocks (:mod:`crossdiff.analysis.twins`).
+Then the provenance of the chosen examples is read
 from the store's small columns and their texts from its documents files, and everything is
 written to RUN/analysis/ (:mod:`crossdiff.analysis.results`).
 """
@@ -24,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from crossdiff.analysis.check import probe_masks, run_check
+from crossdiff.analysis.check import fold_of, probe_masks, run_check, run_crossfit_check
 from crossdiff.analysis.config import AnalysisConfig
 from crossdiff.analysis.encoding import encode_batch
 from crossdiff.analysis.examples import examples_table
@@ -45,6 +49,8 @@ from crossdiff.analysis.results import (
     write_parquet,
 )
 from crossdiff.analysis.streaming import FeatureStats, PerFeatureTopK, sample_keys
+from crossdiff.analysis.tokenization import RowDescriptors
+from crossdiff.analysis.twins import TwinStats
 from crossdiff.crosscoder.model import Crosscoder
 from crossdiff.errors import CrossdiffError
 from crossdiff.models.hardware import resolve_device as _resolve_device
@@ -88,6 +94,12 @@ class PassState:
     sample: PerFeatureTopK
     moments: CrossMoments
     latent: LatentScaling | None
+    descriptors: RowDescriptors | None = None
+    fold_moments: list[CrossMoments] = field(default_factory=list)
+    twins: TwinStats | None = None
+    internal_mass: torch.Tensor | None = None  # (F,) activation at word-internal rows
+    internal_rows: int = 0  # analysed rows that are word-internal (the base rate)
+    tokenization_info: dict[str, Any] = field(default_factory=dict)
     test_a: list[torch.Tensor] = field(default_factory=list)
     test_b: list[torch.Tensor] = field(default_factory=list)
     test_rows: int = 0
@@ -160,7 +172,16 @@ def _first_pass(
         sample=PerFeatureTopK(f, config.sample_size, score_dtype=torch.int64, device=dev),
         moments=CrossMoments(cc.config.d_a, cc.config.d_b, dev),
         latent=latent,
+        descriptors=RowDescriptors(store),
+        internal_mass=torch.zeros(f, dtype=torch.float64, device=dev),
     )
+    if config.probe_split == "crossfit":
+        state.fold_moments = [
+            CrossMoments(cc.config.d_a, cc.config.d_b, dev) for _ in range(config.probe_folds)
+        ]
+    if not standard:
+        p = cc.partition
+        state.twins = TwinStats(p.a_exclusive, p.b_exclusive, dev)
     total = store.n_rows if config.max_rows is None else min(store.n_rows, config.max_rows)
     bar = None
     if config.progress:
@@ -216,6 +237,23 @@ def _fold_batch(
     state.sample.update(enc.feats, -keys, grow, enc.vals)
     if state.latent is not None:
         state.latent.update(enc.rows, enc.feats, enc.vals, xa - enc.recon_a, xb - enc.recon_b)
+    internal = state.descriptors.rows(meta["row"])["word_internal"]
+    state.internal_rows += int(internal.sum())
+    at_internal = torch.from_numpy(internal).to(dev)[enc.rows]
+    state.internal_mass.index_add_(0, enc.feats[at_internal], enc.vals[at_internal].double())
+    if state.twins is not None:
+        state.twins.update(enc.rows, enc.feats, enc.vals, n)
+    state.rows += n
+    if config.probe_split == "crossfit":
+        state.moments.update(xa, xb)
+        fold = fold_of(meta["doc_index"], config.probe_folds)
+        for j, mom in enumerate(state.fold_moments):
+            mom.share_shift(state.moments)
+            sel = np.flatnonzero(fold == j)
+            if sel.size:
+                t = torch.from_numpy(sel).to(dev)
+                mom.update(xa[t], xb[t])
+        return
     fit, test = probe_masks(meta["doc_index"], config, eval_fraction)
     if fit.any():
         m = torch.from_numpy(fit).to(dev)
@@ -229,7 +267,55 @@ def _fold_batch(
             state.test_a.append(x_a[idx].clone())  # raw bf16, on the CPU
             state.test_b.append(x_b[idx].clone())
             state.test_rows += len(idx)
-    state.rows += n
+
+
+def tokenization_columns(
+    state: PassState,
+    store: Any,
+    config: AnalysisConfig,
+    check_cols: dict[str, np.ndarray],
+    act_sum: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Per feature: the share of its top examples and of its activation mass at word-internal
+    positions, and the 'tokenization' flag (see AnalysisConfig.tokenization_*). A pair of
+    identical tokenizers never flags: there is no cross-tokenizer artifact to find."""
+    f = act_sum.shape[0]
+    filled = state.top.filled().cpu().numpy()
+    rows = state.top.row.cpu().numpy()
+    top_share = np.full(f, np.nan)
+    if filled.any():
+        internal = state.descriptors.rows(rows[filled])["word_internal"]
+        per = np.zeros(rows.shape, dtype=np.float64)
+        per[filled] = internal
+        n = filled.sum(1)
+        top_share = np.where(n > 0, per.sum(1) / np.maximum(n, 1), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mass_share = np.where(
+            act_sum > 0, state.internal_mass.cpu().numpy() / np.maximum(act_sum, 1e-30), np.nan
+        )
+    base = state.internal_rows / max(state.rows, 1)
+    min_share = max(config.tokenization_min_share, config.tokenization_min_ratio * base)
+    by_share = (np.nan_to_num(top_share) >= min_share) | (np.nan_to_num(mass_share) >= min_share)
+    cross = check_cols["cross_r2"]
+    cross_tok = check_cols.get("cross_tok_r2", np.full(f, np.nan))
+    by_regression = (np.nan_to_num(cross_tok, nan=-1.0) >= config.exclusive_max_r2) & ~(
+        np.nan_to_num(cross, nan=-1.0) >= config.exclusive_max_r2
+    )
+    flag = by_share | by_regression
+    man = store.manifest
+    same_tokenizer = man.model_a.tokenizer.hash == man.model_b.tokenizer.hash
+    if same_tokenizer:
+        flag = np.zeros(f, dtype=bool)
+    state.tokenization_info = {
+        "word_internal_base_rate": base,
+        "flag_share": min_share,
+        "same_tokenizer": bool(same_tokenizer),
+    }
+    return {
+        "internal_top_share": top_share,
+        "internal_mass_share": mass_share,
+        "tokenization": flag,
+    }
 
 
 def analyze(
@@ -271,7 +357,12 @@ def analyze(
         count = stats.count.cpu().numpy()
         alive = count > 0
         t1 = time.perf_counter()
-        check_cols, check_info = run_check(state, cc, config, klass, alive, dev)
+        if config.probe_split == "crossfit":
+            check_cols, check_info = run_crossfit_check(
+                store, state, cc, config, klass, alive, dev, state.descriptors
+            )
+        else:
+            check_cols, check_info = run_check(state, cc, config, klass, alive, dev)
         check_seconds = time.perf_counter() - t1
         fve = _fve(cc, store, eval_fraction, dev)
     finally:
@@ -300,16 +391,25 @@ def analyze(
         ls_ratio = np.where(np.abs(ls_own) > 1e-12, ls_other / ls_own, np.nan)
     exclusive = klass != "S"
     ls_for_check = np.where(exclusive & alive, ls_ratio, np.nan)
+    tok = tokenization_columns(state, store, config, check_cols, stats.sum.cpu().numpy())
+    if state.twins is not None:
+        twin_of, twin_corr = state.twins.twins(f, config.twin_min_corr)
+    else:
+        twin_of, twin_corr = np.full(f, -1, dtype=np.int64), np.full(f, np.nan)
+    twin_of = np.where(alive, twin_of, -1)
     verdict = verdicts(
         exclusive & alive,
         check_cols["cross_r2"],
         check_cols["test_active"],
         ls_for_check,
         config,
+        tokenization=tok["tokenization"],
+        twin=twin_of >= 0,
     )
     score = np.where(
         exclusive & alive, exclusivity_score(check_cols["cross_r2"], ls_for_check), np.nan
     )
+    score = np.where(verdict == "untested", np.nan, score)  # too rare to judge: no score
     reviewable = alive & ~near_dead
     rank = rank_candidates(klass, verdict, score, freq, mean_act, reviewable)
 
@@ -334,6 +434,12 @@ def analyze(
             "ls_beta_own": ls_own.astype(np.float32),
             "ls_beta_other": ls_other.astype(np.float32),
             "ls_ratio": ls_ratio.astype(np.float32),
+            "tok_r2": check_cols.get("tok_r2", np.full(f, np.nan)).astype(np.float32),
+            "cross_tok_r2": check_cols.get("cross_tok_r2", np.full(f, np.nan)).astype(np.float32),
+            "internal_top_share": tok["internal_top_share"].astype(np.float32),
+            "internal_mass_share": tok["internal_mass_share"].astype(np.float32),
+            "twin_of": twin_of,
+            "twin_corr": twin_corr.astype(np.float32),
             "exclusivity": score.astype(np.float32),
             "verdict": verdict.tolist(),
             "rank": rank,

@@ -3,8 +3,12 @@
 The auditor's time is the scarce resource, so each model's exclusive candidates get one
 documented, reproducible order (``rank`` 1, 2, ... within the model; 0 = not ranked):
 
-1. **Verdict of the exclusivity check**: 'confirmed' (the other model does not predict the
-   feature) first, then 'untested' (too few held-out activations to tell), then 'refuted'.
+1. **Verdict**: 'confirmed' (the other model does not predict the feature, and tokenization
+   does not explain it) first, then 'untested' (too few activations in the store to judge),
+   then the candidates that are probably not concepts exclusive to one model: 'twin' (an
+   exclusive feature of the other model fires on the same rows: one shared concept split in
+   two), 'tokenization' (a tokenizer artifact: mostly at word-internal positions, or explained
+   by descriptors of the tokenization), then 'refuted' (the other model predicts it).
 2. **Exclusivity score**, in steps of 0.1 (1 - the larger of the cross-model R^2 and, for
    standard crosscoders, the latent scaling ratio, clipped to [0, 1]); higher first.
 3. **Frequency band** (decades): 0.1-1% first (enough examples, specific), then 1-10%,
@@ -22,7 +26,9 @@ import numpy as np
 
 from crossdiff.analysis.config import AnalysisConfig
 
-VERDICTS = ("confirmed", "untested", "refuted")
+VERDICTS = ("confirmed", "untested", "twin", "tokenization", "refuted")
+CONCEPT_VERDICTS = ("confirmed", "untested")
+"""Verdicts of candidates that may be concepts exclusive to their model (steered by the run)."""
 # decade (floor(log10 f)) -> review order; unlisted (rarer) decades come after, rarest last
 _BAND_ORDER = {-3: 0, -2: 1, -4: 2, -1: 3, 0: 3}
 
@@ -57,14 +63,23 @@ def verdicts(
     test_active: np.ndarray,
     ls_ratio: np.ndarray,
     config: AnalysisConfig,
+    tokenization: np.ndarray | None = None,
+    twin: np.ndarray | None = None,
 ) -> np.ndarray:
-    """'confirmed' / 'refuted' / 'untested' for exclusive candidates, '' for the rest."""
+    """A verdict for each exclusive candidate (see the module docstring), '' for the rest.
+
+    ``tokenization`` (bool) flags tokenizer artifacts, ``twin`` (bool) features with a twin;
+    precedence: refuted > twin > tokenization > confirmed / untested."""
     out = np.full(exclusive.shape[0], "", dtype=object)
     tested = exclusive & (test_active >= config.min_test_active) & np.isfinite(cross_r2)
     refuted_r2 = tested & (cross_r2 >= config.exclusive_max_r2)
     refuted_ls = exclusive & np.isfinite(ls_ratio) & (ls_ratio >= config.latent_scaling_max)
     out[exclusive] = "untested"
     out[tested] = "confirmed"
+    if tokenization is not None:
+        out[exclusive & tokenization] = "tokenization"
+    if twin is not None:
+        out[exclusive & twin] = "twin"
     out[refuted_r2 | refuted_ls] = "refuted"
     return out
 
@@ -100,3 +115,45 @@ def rank_candidates(
         order = np.lexsort((index[sel], -strength[sel], bands[sel], -score_step[sel], v_order[sel]))
         rank[sel[order]] = np.arange(1, len(sel) + 1)
     return rank
+
+
+def verdict_reason(f: dict, min_test_active: int = 10) -> str:
+    """One line saying why a candidate got its verdict (report, ``show``, run summary); ``f``
+    is one row of the feature table."""
+    import math
+
+    def num(key: str) -> float:
+        v = f.get(key)
+        return float("nan") if v is None else float(v)
+
+    v = f.get("verdict") or ""
+    if v == "untested":
+        return (
+            f"too rare to judge: {int(f.get('test_active') or 0)} scored activations "
+            f"(needs {min_test_active})"
+        )
+    if v == "twin":
+        return (
+            f"twin of #{int(f.get('twin_of', -1))}: both fire on the same rows (activation "
+            f"correlation {num('twin_corr'):.2f}); one shared concept split in two"
+        )
+    if v == "tokenization":
+        parts = []
+        if math.isfinite(num("internal_top_share")):
+            parts.append(f"{num('internal_top_share'):.0%} of top examples inside a word")
+        if math.isfinite(num("internal_mass_share")):
+            parts.append(f"{num('internal_mass_share'):.0%} of its activation there")
+        if math.isfinite(num("cross_tok_r2")):
+            parts.append(
+                f"tokenization + other model R² {num('cross_tok_r2'):.2f} (other model alone "
+                f"{num('cross_r2'):.2f})"
+            )
+        return "tokenizer artifact: " + ", ".join(parts)
+    if v == "refuted":
+        return f"the other model predicts it: held-out R² {num('cross_r2'):.2f}"
+    if v == "confirmed":
+        return (
+            f"the other model does not predict it (R² {num('cross_r2'):.2f}, with tokenization "
+            f"{num('cross_tok_r2'):.2f})"
+        )
+    return ""

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from crossdiff.analysis.plots import partition_activity, relative_norm_histogram
+from crossdiff.analysis.ranking import CONCEPT_VERDICTS, verdict_reason
 from crossdiff.analysis.results import AnalysisResult, load_analysis
 from crossdiff.errors import CrossdiffError
 from crossdiff.paths import RunPaths
@@ -228,25 +229,41 @@ def _plot(result: AnalysisResult) -> str:
     return f'<section id="plot"><h2>Overview</h2>{svg}</section>'
 
 
-def _ranked(result: AnalysisResult, klass: str, limit: int) -> list[dict[str, Any]]:
+def _ranked(
+    result: AnalysisResult, klass: str, limit: int, concepts: bool | None = None
+) -> list[dict[str, Any]]:
+    """The model's ranked candidates; ``concepts`` True: only concept candidates (confirmed /
+    untested), False: only the flagged ones (twin / tokenization / refuted), None: all."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     t = result.features
-    sel = t.filter(pc.and_(pc.equal(t["klass"], klass), pc.greater(t["rank"], 0)))
+    cond = pc.and_(pc.equal(t["klass"], klass), pc.greater(t["rank"], 0))
+    if concepts is not None:
+        is_concept = pc.is_in(t["verdict"], pa.array(list(CONCEPT_VERDICTS)))
+        cond = pc.and_(cond, is_concept if concepts else pc.invert(is_concept))
+    sel = t.filter(cond)
     sel = sel.sort_by([("rank", "ascending")]).slice(0, limit)
     return sel.to_pylist()
 
 
 def _feature_list(
-    result: AnalysisResult, m: str, feats: list[dict[str, Any]], top_example: dict[int, Any]
+    result: AnalysisResult,
+    m: str,
+    feats: list[dict[str, Any]],
+    top_example: dict[int, Any],
+    flagged: bool = False,
 ) -> str:
     klass = m.upper()
-    total = result.meta.get("classes", {}).get(klass, {}).get("reviewable", len(feats))
+    counts = result.meta.get("classes", {}).get(klass, {})
+    groups = ("twin", "tokenization", "refuted") if flagged else CONCEPT_VERDICTS
+    total = sum(int(counts.get(v, 0)) for v in groups) if counts else len(feats)
+    min_active = int(result.meta.get("config", {}).get("min_test_active", 10))
     standard = result.meta.get("crosscoder", {}).get("kind") != "dfc"
     head = (
         "<tr><th>rank</th><th>feature</th><th>verdict</th><th>exclusivity</th><th>cross R²</th>"
         + ("<th>latent scaling</th>" if standard else "")
-        + "<th>frequency</th><th>mean</th><th>s_max</th><th>strongest example ("
+        + "<th>frequency</th><th>mean</th><th>s_max</th><th>why</th><th>strongest example ("
         + e(_model_name(result.meta, m))
         + ")</th></tr>"
     )
@@ -266,23 +283,39 @@ def _feature_list(
             f"{_num_td(f['exclusivity'], 2)}{_num_td(f['cross_r2'], 2)}"
             + (_num_td(f["ls_ratio"], 2) if standard else "")
             + f"{_num_td(f['frequency'], 2)}{_num_td(f['mean_act'])}{_num_td(f['s_max'])}"
+            f'<td class="why">{e(verdict_reason(f, min_active))}</td>'
             f'<td class="snippet">{snippet}</td></tr>'
         )
-    shown = (
-        f"Top {len(feats)} of {total} reviewable candidates"
-        if len(feats) < total
-        else f"{len(feats)} reviewable candidates"
-    )
-    table_id = f"list-{m}"
+    what = "flagged candidates" if flagged else "concept candidates"
+    shown = f"Top {len(feats)} of {total} {what}" if len(feats) < total else f"{len(feats)} {what}"
+    table_id = f"list-{m}" + ("-flagged" if flagged else "")
+    options = "".join(f'<option value="{v}">{v}</option>' for v in groups)
+    if flagged:
+        title = (
+            f"Flagged for {m.upper()}: probably not concepts exclusive to "
+            f"{e(_model_name(result.meta, m))}"
+        )
+        intro = (
+            "Tokenizer artifacts (the features fire where the two tokenizers split a word "
+            "differently), twins (an exclusive feature of the other model fires on the same "
+            "rows: a shared concept split in two) and candidates the other model predicts. "
+            "Kept for completeness, ranked after the concept candidates, not steered by "
+            "<code>crossdiff run</code>."
+        )
+    else:
+        title = f"Exclusive to {m.upper()}: {e(_model_name(result.meta, m))}"
+        intro = (
+            "Candidates that may be concepts of this model alone: confirmed by the "
+            "exclusivity check, or too rare to judge."
+        )
     return (
-        f'<section id="exclusive-{m}"><h2 class="model-{m}">Exclusive to {m.upper()}: '
-        f'{e(_model_name(result.meta, m))}</h2><p class="note">{e(shown)}, in review order '
+        f'<section id="{"flagged" if flagged else "exclusive"}-{m}"><h2 class="model-{m}">'
+        f'{title}</h2><p class="note">{intro} {e(shown)}, in review order '
         "(verdict, exclusivity, frequency band, strength). Click a column to sort; click a "
         f'feature for its evidence.</p><div class="filter" data-table="{table_id}">'
         '<input type="search" placeholder="filter by text or number" aria-label="filter">'
-        '<select aria-label="verdict"><option value="">any verdict</option>'
-        '<option value="confirmed">confirmed</option><option value="untested">untested'
-        '</option><option value="refuted">refuted</option></select><span class="count">'
+        f'<select aria-label="verdict"><option value="">any verdict</option>{options}'
+        '</select><span class="count">'
         f'</span></div><table class="sortable" id="{table_id}"><thead>{head}</thead><tbody>'
         + "".join(body)
         + "</tbody></table></section>"
@@ -403,6 +436,7 @@ def _detail(
         ("partition", f["partition"]),
         ("class", f["klass"]),
         ("verdict", f["verdict"] or "–"),
+        ("why", verdict_reason(f) or "–"),
         ("rank", _fmt(f["rank"])),
         ("exclusivity", _fmt(f["exclusivity"], 3)),
         (
@@ -458,8 +492,9 @@ def render_report(
             f"max_features={max_features} and examples={examples} must be positive"
         )
     meta = result.meta
-    lists = {m: _ranked(result, m.upper(), max_features) for m in ("a", "b")}
-    listed = sorted({int(f["feature"]) for fs in lists.values() for f in fs})
+    lists = {m: _ranked(result, m.upper(), max_features, concepts=True) for m in ("a", "b")}
+    flagged = {m: _ranked(result, m.upper(), max_features, concepts=False) for m in ("a", "b")}
+    listed = sorted({int(f["feature"]) for fs in (*lists.values(), *flagged.values()) for f in fs})
     ex_table = result.examples.filter(pc.is_in(result.examples["feature"], pa_array(listed)))
     by_feature: dict[int, list[dict[str, Any]]] = {}
     for x in ex_table.to_pylist():
@@ -470,9 +505,12 @@ def render_report(
     sections = [_summary(meta), _plot(result)]
     for m in ("a", "b"):
         sections.append(_feature_list(result, m, lists[m], top_example))
+    for m in ("a", "b"):
+        if flagged[m]:
+            sections.append(_feature_list(result, m, flagged[m], top_example, flagged=True))
     details = []
     for m in ("a", "b"):
-        for f in lists[m]:
+        for f in lists[m] + flagged[m]:
             i = int(f["feature"])
             details.append(
                 _detail(result, f, by_feature.get(i, []), _load_steering(steering_dir, i), examples)

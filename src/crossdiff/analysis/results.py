@@ -45,14 +45,27 @@ FEATURE_COLUMNS: dict[str, str] = {
     "dead": "never fired",
     "near_dead": "fired, but fewer than min_count times or below min_frequency",
     "cross_r2": "held-out R^2 of the activation predicted from the other model alone "
-    "(exclusive candidates and sampled shared controls; NaN otherwise)",
-    "test_active": "activations among the check's held-out rows",
+    "(cross-fitted by document: each row scored by maps fitted on other documents; exclusive "
+    "candidates and sampled shared controls; NaN otherwise)",
+    "test_active": "activations among the check's scored rows (all rows when cross-fitted)",
     "check_side": "'a': the A-part was predicted from B; 'b': the B-part from A",
     "ls_beta_own": "latent scaling beta for the model it is exclusive to (standard only)",
     "ls_beta_other": "latent scaling beta for the other model",
     "ls_ratio": "ls_beta_other / ls_beta_own",
-    "exclusivity": "1 - max(cross_r2, ls_ratio) clipped to [0, 1]",
-    "verdict": "'confirmed', 'untested', 'refuted' for exclusive candidates, '' otherwise",
+    "tok_r2": "R^2 of the activation on descriptors of the tokenization alone (token lengths, "
+    "word-internal end, pieces of the word so far, same start, gap; analysis/tokenization.py)",
+    "cross_tok_r2": "R^2 on those descriptors plus the other model's prediction: 'exclusive "
+    "beyond tokenization' means this stays below exclusive_max_r2",
+    "internal_top_share": "share of the top examples at word-internal positions (the shared "
+    "token end falls inside a word)",
+    "internal_mass_share": "share of the activation mass at word-internal positions",
+    "twin_of": "the other exclusive block's feature firing on the same rows (activation "
+    "correlation >= twin_min_corr), or -1",
+    "twin_corr": "the largest activation correlation with a feature of the other exclusive block",
+    "exclusivity": "1 - max(cross_r2, ls_ratio) clipped to [0, 1]; NaN when untested",
+    "verdict": "exclusive candidates: 'confirmed' (not predicted by the other model, not "
+    "tokenization), 'untested' (too rare to judge), 'twin', 'tokenization' or 'refuted'; "
+    "'' otherwise",
     "rank": "review order within the model's exclusive list (1 = first; 0 = not ranked)",
 }
 

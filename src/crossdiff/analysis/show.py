@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from crossdiff.analysis.examples import CONTEXT_COLUMNS, cut_contexts
+from crossdiff.analysis.ranking import verdict_reason
 from crossdiff.analysis.results import AnalysisResult, load_analysis
 from crossdiff.errors import CrossdiffError
 from crossdiff.paths import RunPaths
@@ -109,6 +110,7 @@ def format_feature(
     """The terminal text for one feature."""
     f = result.feature(feature)
     meta = result.meta
+    min_active = int(meta.get("config", {}).get("min_test_active", 10))
     names = {m: meta.get("models", {}).get(m, {}).get("model_id", m.upper()) for m in ("a", "b")}
     standard = meta.get("crosscoder", {}).get("kind") != "dfc"
     lines = [
@@ -122,10 +124,21 @@ def format_feature(
         f"  activation     mean {_fmt(f['mean_act'])}  std {_fmt(f['std_act'])}  s_max "
         f"{_fmt(f['s_max'])}",
     ]
-    if f["verdict"]:
+    if f["verdict"] == "untested":
+        lines.append(f"  exclusivity    untested: {verdict_reason(f, min_active)} (no score)")
+    elif f["verdict"]:
         lines.append(
             f"  exclusivity    {f['verdict']}  score {_fmt(f['exclusivity'], 3)}  cross-model "
-            f"R^2 {_fmt(f['cross_r2'], 3)} over {_fmt(f['test_active'])} held-out activations"
+            f"R^2 {_fmt(f['cross_r2'], 3)} over {_fmt(f['test_active'])} scored activations"
+        )
+        lines.append(f"  why            {verdict_reason(f, min_active)}")
+    if f.get("internal_top_share") is not None and f["verdict"]:
+        lines.append(
+            f"  tokenization   {_fmt(f.get('internal_top_share'), 2)} of top examples and "
+            f"{_fmt(f.get('internal_mass_share'), 2)} of activation inside words; R^2 on "
+            f"descriptors {_fmt(f.get('tok_r2'), 3)}, with the other model "
+            f"{_fmt(f.get('cross_tok_r2'), 3)}"
+            + (f"; twin #{f['twin_of']}" if (f.get("twin_of") or -1) >= 0 else "")
         )
     elif f["check_side"]:
         lines.append(

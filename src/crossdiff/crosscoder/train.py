@@ -78,6 +78,15 @@ class TrainConfig:
     (see module docstring)."""
     l1_coeff: float = 1.0
     """ReLU mode only: weight of the decoder-norm-weighted L1 penalty."""
+    resample_every: int | None = None
+    """Every N steps, re-initialise features dead for a whole dead window at directions of
+    high reconstruction error (crosscoder/resample.py); None = never (the paper). The presets
+    of ``crossdiff run`` turn it on: at their short budgets it is what keeps the exclusive
+    blocks alive (BatchTopK's norm-weighted ranking otherwise locks out features whose
+    decoder shrank)."""
+    resample_until: float = 0.7
+    """No resampling after this fraction of the steps (resampled features need time to settle
+    before the learning-rate decay)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 disables)."""
     high_norm_factor: float = 2.0
@@ -131,6 +140,14 @@ class TrainConfig:
             not isinstance(self.init_samples, int) or self.init_samples < 2
         ):
             raise CrossdiffError(f"train init_samples={self.init_samples!r} must be an int >= 2")
+        if self.resample_every is not None and (
+            not isinstance(self.resample_every, int) or self.resample_every < 1
+        ):
+            raise CrossdiffError(
+                f"train resample_every={self.resample_every!r} must be a positive integer or None"
+            )
+        if not 0.0 <= self.resample_until <= 1.0:
+            raise CrossdiffError(f"train resample_until={self.resample_until!r} must be in [0, 1]")
         if self.normalization not in NORMALIZATIONS:
             raise CrossdiffError(
                 f"train normalization={self.normalization!r}: use one of "
@@ -496,6 +513,7 @@ def train_crosscoder(
                 state.since_fired[fired] = 0
             state.samples += n_kept
             state.step = step + 1
+            resampled = _maybe_resample(model, opt, state, tc, dead_window, x_a, x_b, dinfo)
             if state.step % tc.log_every == 0 or state.step == tc.steps:
                 metrics = {
                     "step": state.step,
@@ -513,6 +531,7 @@ def train_crosscoder(
                     "k": k_now,
                     "aux": float(out.aux.detach()),
                     "dead": float(dead_mask.float().mean()),
+                    "resampled": resampled,
                     "lr": lr_at(step, tc),
                     "samples_per_s": (state.step - s0)
                     * tc.batch_size
@@ -546,6 +565,32 @@ def train_crosscoder(
             bar.close()
     model.eval()
     return model
+
+
+def _maybe_resample(
+    model: Crosscoder, opt, state: _State, tc: TrainConfig, dead_window: int, x_a, x_b, dinfo
+) -> int:
+    """Resample the features dead for a whole window, at ``resample_every`` steps (see
+    crosscoder/resample.py); under torchrun rank 0's result is broadcast (the dead set and
+    the reset optimizer entries are the same on every rank)."""
+    if (
+        not tc.resample_every
+        or model.config.activation == "relu"
+        or state.step % tc.resample_every
+        or state.step > tc.resample_until * tc.steps
+        or state.step >= tc.steps
+    ):
+        return 0
+    from crossdiff.crosscoder.resample import resample_dead
+
+    dead = state.since_fired >= dead_window
+    n = resample_dead(model, opt, dead, x_a, x_b, seed=tc.seed, step=state.step)
+    state.since_fired[dead] = 0
+    if dinfo is not None:
+        from crossdiff.crosscoder import distributed
+
+        distributed.broadcast_module(model)
+    return n
 
 
 def _filtered(model: Crosscoder, x_a, x_b, tc: TrainConfig, device, step: int) -> tuple:

@@ -1,0 +1,165 @@
+"""Descriptors of the tokenization at each stored position, to tell tokenizer artifacts from
+concepts.
+
+Why: across tokenizers, a feature can be "exclusive" to model A because A's vocabulary splits a
+word where B's does not: an A feature that predicts the continuation of ``Marg|all`` has nothing
+to match in B, whose token ends elsewhere. That is a real difference, but of tokenization, not
+of behaviour, and an auditor should not read it first. On the default pair 13 of SmolLM2's top
+20 exclusive features had 35-85% of their top examples at word-internal positions against a
+base rate of a few percent.
+
+Per stored pair (one row of the store), from the provenance columns and the documents alone
+(never the activations), in both models' tokenizations:
+
+================  ==========================================================================
+``word_internal`` the pair's end falls inside a word: the characters before and after it are
+                  both letters or digits (the shared end is not a word boundary)
+``len_a/len_b``   the token's length in characters (its span in that model's rendered text)
+``same_start``    both models' tokens start at the same character (equal lengths: they end at
+                  the same offset), i.e. the other model's previous boundary is at the same
+                  place
+``gap``           characters since the previous stored pair of the same window: the distance
+                  from the last boundary both tokenizers share
+``pieces_a/_b``   tokens that model's tokenizer spent since the last stored pair that ended at a
+                  word boundary (how many pieces the word has taken so far)
+================  ==========================================================================
+
+``design`` turns them into a small regression design (log-scaled counts, flags), which the
+exclusivity check adds to the other model's prediction so that "exclusive" means "exclusive
+beyond tokenization" (:mod:`crossdiff.analysis.check`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from crossdiff.store import ActivationStore
+
+DESCRIPTORS = ("word_internal", "same_start", "len_a", "len_b", "gap", "pieces_a", "pieces_b")
+DESIGN_COLUMNS = (
+    "word_internal",
+    "same_start",
+    "log_len_a",
+    "log_len_b",
+    "log_gap",
+    "log_pieces_a",
+    "log_pieces_b",
+    "internal_x_pieces",
+)
+"""The regressors (an intercept is added by the solver)."""
+CAP = 64
+"""Lengths, gaps and piece counts are capped here (a few very long tokens or gaps would
+otherwise dominate the log-scaled regressors)."""
+
+
+def _is_word_char(ch: str) -> bool:
+    return ch.isalnum()
+
+
+def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
+    """Descriptors of every row of shard ``k`` (see module docstring), in row order."""
+    from crossdiff.analysis.examples import iter_documents
+    from crossdiff.store.shard import read_columns
+
+    shard = store.manifest.shards[k]
+    cols = read_columns(
+        store.path / shard.file,
+        ("doc_index", "window", "content_end", "pos_a", "pos_b", "span_a", "span_b"),
+    )
+    doc = cols["doc_index"].numpy()
+    win = cols["window"].numpy()
+    end = cols["content_end"].numpy()
+    pos = {m: cols[f"pos_{m}"].numpy().astype(np.int64) for m in "ab"}
+    span = {m: cols[f"span_{m}"].numpy().astype(np.int64) for m in "ab"}
+    n = doc.shape[0]
+    internal = np.zeros(n, dtype=bool)
+    if n:
+        texts: dict[tuple[int, int], str] = {}
+        for record in iter_documents(store, np.unique(doc)):
+            for w, window in enumerate(record.get("windows") or []):
+                texts[(int(record["index"]), w)] = window.get("a", {}).get("text", "")
+        for i in range(n):
+            text = texts.get((int(doc[i]), int(win[i])), "")
+            e = int(span["a"][i, 1])
+            if 0 < e < len(text):
+                internal[i] = _is_word_char(text[e - 1]) and _is_word_char(text[e])
+    len_a = np.clip(span["a"][:, 1] - span["a"][:, 0], 0, CAP)
+    len_b = np.clip(span["b"][:, 1] - span["b"][:, 0], 0, CAP)
+    gap = np.full(n, CAP, dtype=np.int64)
+    pieces = {m: np.ones(n, dtype=np.int64) for m in "ab"}
+    same_window = np.zeros(n, dtype=bool)
+    if n > 1:
+        same_window[1:] = (doc[1:] == doc[:-1]) & (win[1:] == win[:-1])
+        gap[1:] = np.where(same_window[1:], np.clip(end[1:] - end[:-1], 0, CAP), CAP)
+        # the last row before i (same window) that ended at a word boundary
+        last_boundary = {m: -1 for m in "ab"}
+        for i in range(n):
+            if not same_window[i]:
+                last_boundary = {m: -1 for m in "ab"}
+            for m in "ab":
+                j = last_boundary[m]
+                pieces[m][i] = pos[m][i] - pos[m][j] if j >= 0 else min(pos[m][i] + 1, CAP)
+            if not internal[i]:
+                last_boundary = {m: i for m in "ab"}
+    return {
+        "word_internal": internal,
+        "same_start": len_a == len_b,
+        "len_a": len_a,
+        "len_b": len_b,
+        "gap": gap,
+        "pieces_a": np.clip(pieces["a"], 1, CAP),
+        "pieces_b": np.clip(pieces["b"], 1, CAP),
+    }
+
+
+class RowDescriptors:
+    """Descriptors of any store rows, computed a shard at a time and kept for the pass (two
+    small arrays per descriptor per shard; O(rows) bytes, ~15 bytes per row)."""
+
+    def __init__(self, store: ActivationStore) -> None:
+        self.store = store
+        shards = store.manifest.shards
+        self.ends = np.cumsum([s.rows for s in shards]) if shards else np.zeros(0, np.int64)
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+
+    def _shard(self, k: int) -> dict[str, np.ndarray]:
+        if k not in self._cache:
+            self._cache[k] = shard_descriptors(self.store, k)
+        return self._cache[k]
+
+    def rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Descriptors of global store rows ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        shard_of = np.searchsorted(self.ends, rows, side="right")
+        out: dict[str, np.ndarray] = {}
+        for k in np.unique(shard_of):
+            sel = np.flatnonzero(shard_of == k)
+            start = int(self.ends[k] - self.store.manifest.shards[k].rows)
+            d = self._shard(int(k))
+            for name in DESCRIPTORS:
+                if name not in out:
+                    out[name] = np.zeros(rows.size, dtype=d[name].dtype)
+                out[name][sel] = d[name][rows[sel] - start]
+        return out
+
+
+def design(desc: dict[str, np.ndarray]) -> torch.Tensor:
+    """(n, len(DESIGN_COLUMNS)) float32 regressors from descriptors (no intercept)."""
+    wi = desc["word_internal"].astype(np.float32)
+    log = {k: np.log1p(desc[k].astype(np.float32)) for k in ("len_a", "len_b", "gap")}
+    pa_, pb = (np.log1p(desc[f"pieces_{m}"].astype(np.float32) - 1) for m in "ab")
+    cols = [
+        wi,
+        desc["same_start"].astype(np.float32),
+        log["len_a"],
+        log["len_b"],
+        log["gap"],
+        pa_,
+        pb,
+        wi * np.maximum(pa_, pb),
+    ]
+    return torch.from_numpy(np.stack(cols, axis=1))
