@@ -73,7 +73,7 @@ def run_scale(
         log_every=1,
         device=str(dev),
         compute_dtype=compute_dtype,
-        normalize=False,
+        normalization="none",
     )
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

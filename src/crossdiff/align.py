@@ -25,6 +25,17 @@ read by the time the next token starts. A token's end is therefore extended over
 non-whitespace characters that follow it; uncovered whitespace is left alone, because tokenizers
 that trim offsets (``▁word`` reported without its space) consume it with the *next* token.
 
+Normalizers that put combining marks in canonical order (NFC/NFKC/NFD reorder
+``q`` + U+0308 + U+0323 into ``q`` + U+0323 + U+0308) report offsets by position, so a token's
+offsets name a mark it has not read; an end strictly inside a combining sequence that canonical
+ordering would change is therefore never a candidate (:func:`unstable_ends`).
+
+Before a pair is kept, a self-check (:func:`prefix_consistent`) verifies on each side that the
+tokens up to the paired one cover content characters before its end only, and the later tokens
+characters at or after it only; a pair that fails is dropped and counted
+(``Alignment.dropped_a`` / ``dropped_b``), so an unknown offset quirk lowers coverage instead of
+producing a wrong pair.
+
 SentencePiece leading-space markers need no special case: whether a tokenizer's offsets for
 ``▁word`` include the space or not, the token's *end* is the same, and the previous token's
 safe-boundary check (``next start >= end``) holds both ways.
@@ -43,8 +54,9 @@ Example::
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -64,6 +76,8 @@ __all__ = [
     "content_of",
     "content_token_mask",
     "identity_segments",
+    "prefix_consistent",
+    "unstable_ends",
 ]
 
 
@@ -86,6 +100,9 @@ class Alignment:
     at least one content character (the denominator of coverage); likewise for B.
     ``content_complete`` is False when the renderings stopped agreeing on the content partway
     (then only the agreeing prefix, ``content_length`` characters, can pair).
+    ``dropped_end_a`` / ``dropped_end_b`` are the content ends of the pairs the self-check
+    removed because that model's offsets did not cover exactly the content before the pair
+    (:func:`prefix_consistent`); ``dropped_a`` / ``dropped_b`` count them.
     """
 
     pos_a: np.ndarray
@@ -95,6 +112,17 @@ class Alignment:
     content_tokens_b: int
     content_length: int
     content_complete: bool = True
+    dropped_end_a: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    dropped_end_b: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def dropped_a(self) -> int:
+        """Pairs the self-check removed because model A's offsets failed it."""
+        return int(self.dropped_end_a.shape[0])
+
+    @property
+    def dropped_b(self) -> int:
+        return int(self.dropped_end_b.shape[0])
 
     @property
     def n_pairs(self) -> int:
@@ -148,13 +176,20 @@ def identity_segments(spans: Sequence[Span]) -> list[Segment]:
 
 
 def common_segments(
-    text_a: str, spans_a: Sequence[Span], text_b: str, spans_b: Sequence[Span]
+    text_a: str,
+    spans_a: Sequence[Span],
+    text_b: str,
+    spans_b: Sequence[Span],
+    dropped_a: Sequence[int] = (),
+    dropped_b: Sequence[int] = (),
 ) -> tuple[list[Segment], list[Segment], str, bool]:
     """Match the content spans of two renderings, message by message.
 
     Spans are matched in order. Equal texts are common verbatim; texts equal up to surrounding
     whitespace (a template that trims) share their stripped core; at the first span that
-    differs otherwise (or where one rendering has more spans), matching stops.
+    differs otherwise (or where one rendering has more spans), matching stops. Messages a
+    template dropped (``dropped_a`` / ``dropped_b``: message indices) are not common content:
+    they are skipped, and matching goes on with the next message.
 
     Returns ``(segments_a, segments_b, common_content, complete)``.
     """
@@ -165,7 +200,10 @@ def common_segments(
     parts: list[str] = []
     pos = 0
     complete = len(spans_a) == len(spans_b)
-    for (sa, ea), (sb, eb) in zip(spans_a, spans_b):
+    skip = set(dropped_a) | set(dropped_b)
+    for i, ((sa, ea), (sb, eb)) in enumerate(zip(spans_a, spans_b)):
+        if i in skip:
+            continue
         ta, tb = text_a[sa:ea], text_b[sb:eb]
         if ta == tb:
             core, la, lb = ta, 0, 0
@@ -197,6 +235,36 @@ def _extended_stops(text: str, starts: np.ndarray, stops: np.ndarray) -> np.ndar
     nxt = np.where(np.append(blocks, True), idx, n_chars)
     nxt = np.minimum.accumulate(nxt[::-1])[::-1]  # first blocking char at or after each index
     return np.where((stops >= 0) & (stops <= n_chars), nxt[np.clip(stops, 0, n_chars)], stops)
+
+
+def _reordered(seq: str) -> bool:
+    """Whether canonical (or compatibility) decomposition reorders the marks of ``seq``."""
+    for form in ("NFD", "NFKD"):
+        if unicodedata.normalize(form, seq) != "".join(unicodedata.normalize(form, c) for c in seq):
+            return True
+    return False
+
+
+def unstable_ends(text: str) -> np.ndarray:
+    """True at each position ``e`` (0..len) strictly inside a combining sequence whose marks
+    canonical ordering would reorder: a normalizer's offsets there name the wrong mark."""
+    n = len(text)
+    out = np.zeros(n + 1, dtype=bool)
+    if text.isascii():
+        return out
+    i = 0
+    while i < n:
+        if not unicodedata.combining(text[i]):
+            i += 1
+            continue
+        j = i  # a run of marks text[i:j]; its starter (if any) is text[i - 1]
+        while j < n and unicodedata.combining(text[j]):
+            j += 1
+        start = i - 1 if i > 0 else i
+        if j - start >= 2 and _reordered(text[start:j]):
+            out[start + 1 : j] = True
+        i = j
+    return out
 
 
 def candidate_ends(
@@ -235,6 +303,9 @@ def candidate_ends(
     eligible = safe & nonempty & ~special
     if text is not None:
         stops = _extended_stops(text, starts, stops)
+        unstable = unstable_ends(text)
+        in_text = (stops >= 0) & (stops <= len(text))
+        eligible &= ~(in_text & unstable[np.clip(stops, 0, len(text))])
 
     segs = [g for g in segments if g.end > g.start]
     if segs:
@@ -270,6 +341,51 @@ def content_token_mask(
     return overlaps & (stops > starts) & ~np.asarray(special_mask, dtype=bool)
 
 
+def _to_content(positions: np.ndarray, segments: Sequence[Segment], up: bool) -> np.ndarray:
+    """Rendered positions as content coordinates: of the first content character at or after
+    the position (``up``), or just past the last content character before it."""
+    segs = [g for g in segments if g.end > g.start]
+    if not segs:
+        return np.zeros_like(positions)
+    st = np.array([g.start for g in segs], dtype=np.int64)
+    en = np.array([g.end for g in segs], dtype=np.int64)
+    cs = np.array([g.common_start for g in segs], dtype=np.int64)
+    if up:  # first segment ending after the position
+        k = np.searchsorted(en, positions, side="right")
+        kc = np.clip(k, 0, len(segs) - 1)
+        total = cs[-1] + en[-1] - st[-1]
+        return np.where(k < len(segs), cs[kc] + np.clip(positions - st[kc], 0, None), total)
+    k = np.searchsorted(st, positions, side="left") - 1  # last segment starting before it
+    kc = np.clip(k, 0, None)
+    return np.where(k >= 0, cs[kc] + np.minimum(positions, en[kc]) - st[kc], 0)
+
+
+def prefix_consistent(
+    offsets: Sequence[Span],
+    segments: Sequence[Segment],
+    positions: np.ndarray,
+    content_ends: np.ndarray,
+) -> np.ndarray:
+    """The self-check: True where token ``positions[i]`` and the tokens before it cover content
+    characters before ``content_ends[i]`` only, and every later token covers characters at or
+    after it only. Content no token covers (dropped or composed by a normalizer) is free. O(n).
+    """
+    n = len(offsets)
+    positions = np.asarray(positions, dtype=np.int64)
+    ends = np.asarray(content_ends, dtype=np.int64)
+    if n == 0 or positions.size == 0:
+        return np.ones(positions.shape, dtype=bool)
+    offs = np.asarray(offsets, dtype=np.int64).reshape(n, 2)
+    lo = _to_content(offs[:, 0], segments, up=True)
+    hi = _to_content(offs[:, 1], segments, up=False)
+    covers = (offs[:, 1] > offs[:, 0]) & (hi > lo)
+    big = np.iinfo(np.int64).max
+    read_to = np.maximum.accumulate(np.where(covers, hi, -1))  # furthest char read so far
+    later = np.minimum.accumulate(np.where(covers, lo, big)[::-1])[::-1]
+    later_from = np.append(later[1:], big)  # first char any later token reads
+    return (read_to[positions] <= ends) & (later_from[positions] >= ends)
+
+
 def align_segments(
     offsets_a: Sequence[Span],
     special_a: Sequence[bool],
@@ -292,15 +408,21 @@ def align_segments(
     # Candidate ends are strictly increasing within a model (a safe token's end is <= every
     # later start, hence < every later non-empty end), so the intersection keeps the order.
     common, ia, ib = np.intersect1d(ends_a[idx_a], ends_b[idx_b], return_indices=True)
+    pos_a, pos_b = idx_a[ia], idx_b[ib]
+    ok_a = prefix_consistent(offsets_a, segments_a, pos_a, common)
+    ok_b = prefix_consistent(offsets_b, segments_b, pos_b, common)
+    keep = ok_a & ok_b
     length = sum(g.end - g.start for g in segments_a)
     return Alignment(
-        pos_a=idx_a[ia].astype(np.int32),
-        pos_b=idx_b[ib].astype(np.int32),
-        content_end=common.astype(np.int64),
+        pos_a=pos_a[keep].astype(np.int32),
+        pos_b=pos_b[keep].astype(np.int32),
+        content_end=common[keep].astype(np.int64),
         content_tokens_a=n_a,
         content_tokens_b=n_b,
         content_length=int(length),
         content_complete=content_complete,
+        dropped_end_a=common[~ok_a].astype(np.int64),
+        dropped_end_b=common[~ok_b].astype(np.int64),
     )
 
 
@@ -340,6 +462,7 @@ def align(
 class _Rendered(Protocol):
     text: str
     content_spans: list[Span]
+    # optional: ``dropped`` (indices of messages the template did not write)
 
 
 class _Tokenized(Protocol):
@@ -359,7 +482,12 @@ def align_rendered(
     that overlaps a content span, so text one template dropped shows up as lower coverage.
     """
     seg_a, seg_b, _, complete = common_segments(
-        rendered_a.text, rendered_a.content_spans, rendered_b.text, rendered_b.content_spans
+        rendered_a.text,
+        rendered_a.content_spans,
+        rendered_b.text,
+        rendered_b.content_spans,
+        getattr(rendered_a, "dropped", ()),
+        getattr(rendered_b, "dropped", ()),
     )
     return align_segments(
         tokens_a.offsets,

@@ -70,6 +70,7 @@ REASON_TOKENS = "token budget reached"
 REASON_DOCS = "document limit reached"
 WINDOW_MARGIN = 16  # tokens of look-ahead past a window's end, so its tokenization is final
 CHARS_PER_TOKEN_GUESS = 6  # first guess of how much text fills a window (doubled if short)
+LITERAL_SPECIALS = ("cut", "keep")
 
 
 @dataclass
@@ -111,6 +112,11 @@ class HarvestConfig:
     """Where built-in and GGUF models are converted (default: crossdiff's cache)."""
     progress: bool = True
     """Show a progress bar and print a summary (to stderr)."""
+    literal_specials: str = "cut"
+    """Content holding the literal string of a special token (``<|im_start|>``, ``<bos>``) is a
+    control token for one model and text for the other. "cut": a document's pairs end before
+    the first such token of either model (its record says so); "keep": only that token never
+    pairs, the pairs after it are kept although one model read a control token there."""
 
     def validate(self) -> None:
         if self.tokens is not None and self.tokens < 1:
@@ -125,6 +131,11 @@ class HarvestConfig:
             raise CrossdiffError(f"shard_rows must be at least 1, got {self.shard_rows}")
         if self.max_documents is not None and self.max_documents < 1:
             raise CrossdiffError(f"max_documents must be at least 1, got {self.max_documents}")
+        if self.literal_specials not in LITERAL_SPECIALS:
+            raise CrossdiffError(
+                f"literal_specials must be one of {', '.join(LITERAL_SPECIALS)}, "
+                f"got {self.literal_specials!r}"
+            )
 
 
 # ---------------------------------------------------------------------------------- windows
@@ -186,6 +197,9 @@ def _make_window(
     mask_b = content_token_mask(tb.offsets, tb.special_mask, rb.content_spans)
     count_a = int(mask_a.sum() if final else mask_a[:used_a].sum())
     count_b = int(mask_b.sum() if final else mask_b[:used_b].sum())
+    last = int(al.content_end[n - 1])  # self-check drops inside the window (all, if final)
+    drop_a = int(al.dropped_a if final else np.count_nonzero(al.dropped_end_a <= last))
+    drop_b = int(al.dropped_b if final else np.count_nonzero(al.dropped_end_b <= last))
     offs_a = np.asarray(ta.offsets, dtype=np.int32).reshape(-1, 2)
     offs_b = np.asarray(tb.offsets, dtype=np.int32).reshape(-1, 2)
     record = {
@@ -194,6 +208,8 @@ def _make_window(
         "a": _side_record(ra, ta, used_a, count_a),
         "b": _side_record(rb, tb, used_b, count_b),
     }
+    if drop_a or drop_b:
+        record["pairs_dropped"] = {"a": drop_a, "b": drop_b}
     return Window(
         doc_index=doc_index,
         window=k,
@@ -215,8 +231,37 @@ def _render(lm: LoadedModel, doc: Any) -> RenderedText:
     return lm.render_text(doc.text)
 
 
+def literal_special(lm: LoadedModel, rendered: RenderedText, tokens: TokenizedText) -> int | None:
+    """Index of the first special token read from content, i.e. the literal string of a
+    control token written in a message or text (``<|im_start|>``), or None."""
+    mask = np.asarray(tokens.special_mask, dtype=bool)
+    if not mask.any():
+        return None
+    inside = content_token_mask(tokens.offsets, [False] * len(tokens), rendered.content_spans)
+    for i in np.flatnonzero(mask & inside).tolist():
+        s, e = tokens.offsets[i]
+        literal = lm.tokenizer.convert_ids_to_tokens(int(tokens.input_ids[i]))
+        if isinstance(literal, str) and rendered.text[s:e].strip() == literal.strip():
+            return i  # not an unk standing for characters the vocabulary lacks
+    return None
+
+
+def _cut_at_literal_special(al: Alignment, n: int, specials: tuple[int | None, int | None]) -> int:
+    """The number of the first ``n`` pairs before either model read a literal special."""
+    cut = n
+    for pos, first in ((al.pos_a, specials[0]), (al.pos_b, specials[1])):
+        if first is not None:
+            cut = min(cut, int(np.searchsorted(pos[:n], first, side="left")))
+    return cut
+
+
 def plan_document(
-    doc_index: int, doc: Any, lm_a: LoadedModel, lm_b: LoadedModel, max_seq_len: int
+    doc_index: int,
+    doc: Any,
+    lm_a: LoadedModel,
+    lm_b: LoadedModel,
+    max_seq_len: int,
+    literal_specials: str = "cut",
 ) -> DocumentPlan:
     """Render, tokenize, align and window one corpus document (see the module docstring)."""
     record: dict[str, Any] = {
@@ -232,7 +277,22 @@ def plan_document(
         "truncated": False,
         "skipped": None,
     }
+    if getattr(doc, "repaired", 0):
+        record["repaired"] = int(doc.repaired)
     plan = DocumentPlan(record)
+
+    def cut(al: Alignment, n: int, ra, ta, rb, tb) -> int:
+        """``n`` lowered to the pairs before a literal special (policy "cut")."""
+        if literal_specials != "cut":
+            return n
+        first = (literal_special(lm_a, ra, ta), literal_special(lm_b, rb, tb))
+        if first == (None, None):
+            return n
+        kept = _cut_at_literal_special(al, n, first)
+        if kept < n:
+            record["note"] = "pairs end at a special token's literal string in the content"
+        return kept
+
     if doc.messages is not None:
         try:
             ra, rb = lm_a.render_chat(doc.messages), lm_b.render_chat(doc.messages)
@@ -245,10 +305,16 @@ def plan_document(
         record["truncated"] = n < al.n_pairs
         if not al.content_complete:
             record["note"] = "the templates disagree on message content after some point"
-        if n:
-            plan.windows.append(
-                _make_window(doc_index, 0, 0, al, n, ra, ta, rb, tb, n == al.n_pairs)
-            )
+        for side, r in (("A", ra), ("B", rb)):
+            if r.dropped:
+                record["note"] = (
+                    f"model {side}'s chat template drops message(s) {list(r.dropped)}; "
+                    "they are not common content"
+                )
+        n_cut = cut(al, n, ra, ta, rb, tb)
+        if n_cut:
+            final = n == al.n_pairs or n_cut < n
+            plan.windows.append(_make_window(doc_index, 0, 0, al, n_cut, ra, ta, rb, tb, final))
     else:
         text = doc.text or ""
         start, k = 0, 0
@@ -256,19 +322,20 @@ def plan_document(
             chunk = max_seq_len * CHARS_PER_TOKEN_GUESS
             while True:  # grow the piece until both windows are final (or the text ends)
                 piece = text[start : start + chunk]
-                cut = start + chunk < len(text)
+                more = start + chunk < len(text)
                 ra, rb = lm_a.render_text(piece), lm_b.render_text(piece)
                 ta, tb = lm_a.tokenize(ra), lm_b.tokenize(rb)
                 need = max_seq_len + WINDOW_MARGIN
-                if not cut or (len(ta) >= need and len(tb) >= need):
+                if not more or (len(ta) >= need and len(tb) >= need):
                     break
                 chunk *= 2
             al = align_rendered(ra, ta, rb, tb)
             n = al.prefix(max_seq_len, max_seq_len)
-            if n == 0:
+            n_cut = cut(al, n, ra, ta, rb, tb)
+            if n_cut == 0:
                 break
-            final = not cut and n == al.n_pairs
-            plan.windows.append(_make_window(doc_index, k, start, al, n, ra, ta, rb, tb, final))
+            final = (not more and n == al.n_pairs) or n_cut < n
+            plan.windows.append(_make_window(doc_index, k, start, al, n_cut, ra, ta, rb, tb, final))
             if final:
                 break
             start += int(al.content_end[n - 1])
@@ -278,6 +345,10 @@ def plan_document(
         record["content_tokens_a"] += w.record["a"]["content_tokens"]
         record["content_tokens_b"] += w.record["b"]["content_tokens"]
         record["pairs"] += len(w.pos_a)
+        for side in ("a", "b"):
+            dropped = w.record.get("pairs_dropped", {}).get(side, 0)
+            if dropped:
+                record[f"pairs_dropped_{side}"] = record.get(f"pairs_dropped_{side}", 0) + dropped
     return plan
 
 
@@ -377,6 +448,7 @@ def _harvest_settings(config: HarvestConfig) -> dict[str, Any]:
         "batch_size": config.batch_size,
         "block_documents": config.batch_size * config.block_batches,
         "window_margin": WINDOW_MARGIN,
+        "literal_specials": config.literal_specials,
     }
 
 
@@ -427,7 +499,10 @@ class Harvester:
         from crossdiff.store.shard import Rows
 
         plans = [
-            plan_document(i, doc, self.lm_a, self.lm_b, self.config.max_seq_len) for i, doc in block
+            plan_document(
+                i, doc, self.lm_a, self.lm_b, self.config.max_seq_len, self.config.literal_specials
+            )
+            for i, doc in block
         ]
         windows = [w for p in plans for w in p.windows]
         order = sorted(
@@ -909,6 +984,9 @@ def harvest_summary(store: ActivationStore, harvester: Harvester) -> str:
         f"{str(lm_b.dtype).removeprefix('torch.')} ({lm_b.dtype_reason}) on {lm_b.device}",
         f"  coverage: {cov['coverage_a']:.1%} of A's content tokens paired, "
         f"{cov['coverage_b']:.1%} of B's; {cov['docs_skipped']} documents skipped",
+        f"  alignment self-check: {cov['pairs_dropped_a']:,} pairs dropped for A's offsets, "
+        f"{cov['pairs_dropped_b']:,} for B's; {cov['docs_repaired']:,} documents with invalid "
+        "Unicode repaired (lone surrogates -> U+FFFD)",
         f"  this run{f' ({harvester.world_size} ranks)' if harvester.world_size > 1 else ''}: "
         f"{tm.rows:,} pairs, {tm.documents:,} documents, "
         f"{tm.tokens_a + tm.tokens_b:,} tokens in {wall:.1f}s ({rate:,.0f} tokens/s); "

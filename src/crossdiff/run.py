@@ -58,6 +58,9 @@ class RunConfig:
     """crossdiff.TrainConfig fields."""
     analysis: dict[str, Any] = field(default_factory=dict)
     """crossdiff.analysis.AnalysisConfig fields."""
+    interpret: dict[str, Any] = field(default_factory=dict)
+    """crossdiff.interpret.InterpretConfig fields (explainer, judge, max_features, ...);
+    the offline 'stats' backend by default."""
     steer: dict[str, Any] = field(default_factory=dict)
     """top_features (per model), prompts, alphas, max_new_tokens; top_features 0 skips."""
 
@@ -277,10 +280,17 @@ def _stage_report(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
     return "done"
 
 
+def _stage_interpret(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
+    from crossdiff.interpret import stage
+
+    return stage(cfg.interpret, paths.root, progress)
+
+
 STAGES = [
     ("harvest", _stage_harvest),
     ("train", _stage_train),
     ("analyze", _stage_analyze),
+    ("interpret", _stage_interpret),
     ("steer", _stage_steer),
     ("report", _stage_report),
 ]
@@ -292,7 +302,10 @@ def _check_run_config(paths: RunPaths, cfg: RunConfig) -> None:
 
     if paths.config.is_file():
         old = yaml.safe_load(paths.config.read_text()) or {}
-        if old != json.loads(json.dumps(cfg.to_dict())):
+        new = json.loads(json.dumps(cfg.to_dict()))
+        # a section added to crossdiff since the folder was made counts as unchanged if empty
+        old.update({k: v for k, v in new.items() if k not in old and v in ({}, None)})
+        if old != new:
             changed = sorted(
                 k for k in set(old) | set(cfg.to_dict()) if old.get(k) != cfg.to_dict().get(k)
             )

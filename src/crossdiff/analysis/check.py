@@ -27,21 +27,12 @@ from crossdiff.analysis.config import AnalysisConfig
 from crossdiff.analysis.encoding import firing_thresholds
 from crossdiff.analysis.exclusivity import CrossPredictionScorer, fit_stitch_maps
 from crossdiff.crosscoder.model import Crosscoder
+from crossdiff.store.reader import doc_hash_unit
 
 if TYPE_CHECKING:
     from crossdiff.analysis.pipeline import PassState
 
 _PROBE_SALT = 0x5851F42D4C957F2D
-
-
-def _doc_hash_unit(doc_index: np.ndarray, salt: int) -> np.ndarray:
-    """A uniform number in [0, 1) per document (splitmix64 of the index with a salt)."""
-    z = np.asarray(doc_index).astype(np.uint64) + np.uint64(salt)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 
 def probe_masks(
@@ -54,7 +45,7 @@ def probe_masks(
         probe = eval_mask(doc_index, eval_fraction)
     else:
         probe = np.ones(np.shape(doc_index), dtype=bool)
-    test = _doc_hash_unit(doc_index, _PROBE_SALT) < config.probe_test_fraction
+    test = doc_hash_unit(doc_index, _PROBE_SALT) < config.probe_test_fraction
     return probe & ~test, probe & test
 
 
@@ -63,7 +54,7 @@ _FOLD_SALT = 0x2545F4914F6CDD1D
 
 def fold_of(doc_index: np.ndarray, folds: int) -> np.ndarray:
     """The cross-fitting fold (0 .. folds-1) of each row's document."""
-    return np.minimum((_doc_hash_unit(doc_index, _FOLD_SALT) * folds).astype(np.int64), folds - 1)
+    return np.minimum((doc_hash_unit(doc_index, _FOLD_SALT) * folds).astype(np.int64), folds - 1)
 
 
 def _controls(klass: np.ndarray, alive: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -2,11 +2,12 @@
 
 The published method labels features exclusive by construction (DFC partitions) or by relative
 decoder norm (standard crosscoders), and its known weakness is false positives: features
-labelled exclusive to A whose concept model B represents too (METHOD.md §4: 77% on the toy).
+labelled exclusive to A whose concept model B represents too (77% on the toy benchmark
+with the paper's init: BENCHMARKS.md).
 Two checks, both beyond the published method:
 
 **Cross-model prediction (both crosscoder kinds).** Fit, on held-out aligned pairs, a ridge
-map from each model's activations to the other's (the linear "stitching" map of METHOD.md §5;
+map from each model's activations to the other's (the linear "stitching" map of docs/METHOD.md §5;
 one ridge solve with ``d_A`` targets, which is the same as a ridge probe for every encoder
 direction at once). For a feature labelled A-exclusive, replace the A-part of its
 pre-activation by the map's prediction from B,

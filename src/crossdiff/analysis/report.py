@@ -508,6 +508,9 @@ def render_report(
     for m in ("a", "b"):
         if flagged[m]:
             sections.append(_feature_list(result, m, flagged[m], top_example, flagged=True))
+    from crossdiff.interpret import interpret_html
+
+    sections.append(interpret_html(result.folder))
     details = []
     for m in ("a", "b"):
         for f in lists[m] + flagged[m]:

@@ -150,6 +150,9 @@ def format_feature(
             f"  latent scaling beta own {_fmt(f['ls_beta_own'])}  other "
             f"{_fmt(f['ls_beta_other'])}  ratio {_fmt(f['ls_ratio'], 3)}"
         )
+    from crossdiff.interpret import interpret_lines
+
+    lines += interpret_lines(run, feature) if run is not None else []
     exs = result.feature_examples(feature)
     _fill_missing_contexts(result, exs, run)
     tops = [x for x in exs if x["kind"] == "top"][:examples]

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from crossdiff.errors import CrossdiffError
 
 CHAT_ROLES = ("system", "user", "assistant")
+REPLACEMENT = "\ufffd"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def repair_text(text: str) -> tuple[str, int]:
+    """``text`` with every lone surrogate (invalid Unicode: JSON's ``"\\ud83d"`` without its
+    pair) replaced by U+FFFD, and how many were replaced. No tokenizer can encode them."""
+    if _SURROGATE.search(text) is None:
+        return text, 0
+    return _SURROGATE.subn(REPLACEMENT, text)
 
 
 @dataclass
@@ -17,12 +28,31 @@ class Document:
     documents of that source from 0). text: the plain document, or None for a chat.
     messages: the chat (``[{"role": "user"|"assistant"|"system", "content": ...}]``), or None.
     source: where it came from (a file path, ``hf:<name>``, ``builtin:wiki``, ``builtin:chats``).
+    repaired: how many invalid characters (lone surrogates) of the text or messages were
+    replaced by U+FFFD when the document was made (done here, so every reader repairs).
     """
 
     doc_id: str
     text: str | None
     messages: list[dict[str, str]] | None
     source: str
+    repaired: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.text, str):
+            self.text, n = repair_text(self.text)
+            self.repaired += n
+        if self.messages is not None:
+            clean = []
+            for message in self.messages:
+                content = message.get("content") if isinstance(message, dict) else None
+                if isinstance(content, str):
+                    fixed, n = repair_text(content)
+                    if n:
+                        message = {**message, "content": fixed}
+                        self.repaired += n
+                clean.append(message)
+            self.messages = clean
 
     @property
     def is_chat(self) -> bool:

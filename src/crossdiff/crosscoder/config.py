@@ -1,6 +1,6 @@
 """Configuration of a crosscoder: shapes, partition, sparsity.
 
-One dataclass describes every member of the family (METHOD.md §3): the standard crosscoder
+One dataclass describes every member of the family (docs/METHOD.md §3): the standard crosscoder
 (no exclusive features), the Dedicated Feature Crosscoder (DFC, exclusive blocks per model)
 and designated shared features (DSF, tied decoders). It is saved as ``config.json`` beside
 the weights, so a crosscoder loads without the run folder.

@@ -1,7 +1,7 @@
 """Quality metrics of a trained crosscoder, computed by streaming a source.
 
 - FVE (fraction of variance explained) per model: 1 - sum ||x - x̂||^2 / sum ||x - mean(x)||^2
-  over all evaluated rows (METHOD.md §4 uses this definition). Pairs with a norm above
+  over all evaluated rows (docs/METHOD.md §4 uses this definition). Pairs with a norm above
   ``outlier_factor`` x the typical normalized norm are left out, as training leaves them out
   of the loss (``Crosscoder.inlier_mask``); their fraction is reported as ``outlier_frac``.
 - L0: mean active features per sample (inference mode: the learned BatchTopK threshold).
@@ -90,7 +90,7 @@ def evaluate(
 
 
 def relative_norm(cc: Crosscoder) -> torch.Tensor:
-    """(F,) relative decoder norm |d_A| / (|d_A| + |d_B|) per feature (METHOD.md §3)."""
+    """(F,) relative decoder norm |d_A| / (|d_A| + |d_B|) per feature (docs/METHOD.md §3)."""
     return cc.relative_norm().detach()
 
 

@@ -3,7 +3,7 @@
 Parameters are held per model and per block, never as dense matrices with masked zeros:
 model A's encoder has columns only for the A-exclusive and shared features, and its decoder
 rows only for those; likewise for B. An A-exclusive feature therefore *cannot* read x_B or
-write x̂_B: there is no weight through which it could (METHOD.md §3, DFC).
+write x̂_B: there is no weight through which it could (docs/METHOD.md §3, DFC).
 
 Layout (see :mod:`crossdiff.crosscoder.partition`): feature indices are
 ``[A-exclusive | B-exclusive | shared (… | designated shared)]``.
@@ -195,7 +195,7 @@ class Crosscoder(nn.Module):
         return torch.stack(cols, dim=1)
 
     def relative_norm(self) -> torch.Tensor:
-        """(F,): |d_A| / (|d_A| + |d_B|): 1 = writes only A, 0 = only B (METHOD.md §3)."""
+        """(F,): |d_A| / (|d_A| + |d_B|): 1 = writes only A, 0 = only B (docs/METHOD.md §3)."""
         n = self.decoder_norms()
         return n[:, 0] / (n[:, 0] + n[:, 1]).clamp_min(1e-12)
 
@@ -216,7 +216,7 @@ class Crosscoder(nn.Module):
         """(B,) bool: pairs whose *normalized* norms are both within ``factor`` x the typical
         norm sqrt((d_a + d_b) / 2) (the store-wide median after normalization).
 
-        Training drops pairs above 2x the batch median (METHOD.md §2); evaluation and analysis
+        Training drops pairs above 2x the batch median (docs/METHOD.md §2); evaluation and analysis
         use this batch-independent form of the same rule, so that the few huge-norm positions
         (e.g. SmolLM2's first token, ~130x the median) neither dominate FVE nor become every
         feature's top example. With ``TrainConfig.normalization='none'`` the scales are 1 and the

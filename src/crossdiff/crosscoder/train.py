@@ -1,6 +1,6 @@
 """Training loop: Adam with warm-up and decay, k annealing, AuxK, checkpoints, exact resume.
 
-Choices the paper leaves open, made here and documented (METHOD.md §3):
+Choices the paper leaves open, made here and documented (docs/METHOD.md §3):
 
 - *High-norm filter*: a pair is dropped from the step when either model's vector has norm
   above ``high_norm_factor`` x that model's batch median (Qwen's first tokens reach 10x).
@@ -51,7 +51,7 @@ light for its features to win anything; the cure is the 'centered' normalization
 
 @dataclass
 class TrainConfig:
-    """How to train (the paper's values as defaults, METHOD.md §3)."""
+    """How to train (the paper's values as defaults, docs/METHOD.md §3)."""
 
     steps: int = 100_000
     """Optimizer steps."""

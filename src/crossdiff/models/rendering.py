@@ -12,7 +12,10 @@ rewrite content are handled for the common case of trimming whitespace (Gemma's 
 span then covers the trimmed content. If the template's structure depends on the content (so the
 skeleton does not match), each content is searched forward from the previous one instead. If a
 content cannot be found at all (the template changed it beyond trimming), a CrossdiffError says
-so. A template's own default system prompt (SmolLM2 inserts one when the chat has none) is
+so. A message whose placeholder is absent from the skeleton was dropped by the template (Phi-3
+drops system messages): it gets an empty span and is listed in ``RenderedText.dropped``, and it
+is never searched for (its text would be found inside template text or a later message). A
+template's own default system prompt (SmolLM2 inserts one when the chat has none) is
 template text: it is not in the messages, so it is never a content span.
 
 Models without a chat template get the plain rendering documented in :func:`render_plain`.
@@ -20,6 +23,9 @@ Models without a chat template get the plain rendering documented in :func:`rend
 
 from __future__ import annotations
 
+import contextlib
+import json
+import weakref
 from collections.abc import Sequence
 
 from crossdiff.errors import CrossdiffError
@@ -150,27 +156,44 @@ def render_with_template(
         skeleton = apply([{**m, "content": p} for m, p in zip(messages, placeholders, strict=True)])
     except CrossdiffError:
         skeleton = None
-    if skeleton is not None and all(skeleton.count(p) == 1 for p in placeholders):
+    counts = [skeleton.count(p) for p in placeholders] if skeleton is not None else None
+    dropped = tuple(i for i, c in enumerate(counts or []) if c == 0)
+    present = [i for i in range(len(messages)) if i not in dropped]
+    if not present:
+        raise CrossdiffError(
+            f"the chat template of model '{model_name}' writes none of the chat's messages "
+            f"(roles {[m['role'] for m in messages]}); remove such chats from the corpus"
+        )
+    kept = [contents[i] for i in present]
+    if counts is not None and all(counts[i] == 1 for i in present):
         pieces: list[str] = []
         rest = skeleton
-        for p in placeholders:
-            head, rest = rest.split(p)
+        for i in present:
+            head, rest = rest.split(placeholders[i])
             pieces.append(head)
         pieces.append(rest)
-        spans = _spans_from_skeleton(text, pieces, contents)
+        spans = _spans_from_skeleton(text, pieces, kept)
     if spans is None:
-        spans = _spans_by_search(text, contents, model_name)
+        spans = _spans_by_search(text, kept, model_name)
+    if dropped:  # empty spans where the dropped messages would be, keeping the order
+        found = dict(zip(present, spans, strict=True))
+        spans, pos = [], 0
+        for i in range(len(messages)):
+            span = found.get(i, (pos, pos))
+            spans.append(span)
+            pos = span[1]
     bos = getattr(tokenizer, "bos_token", None)
     add_special = not (isinstance(bos, str) and bos and text.startswith(bos))
-    return RenderedText(text, spans, add_special_tokens=add_special)
+    return RenderedText(text, spans, add_special_tokens=add_special, dropped=dropped)
 
 
 def special_token_ids(tokenizer) -> frozenset[int]:
     """Ids of BOS/EOS/pad and every added token flagged special (computed once per model:
     ``added_tokens_decoder`` rebuilds a dict on every access).
 
-    The unknown token is left out: it stands for real content characters the vocabulary lacks,
-    and its offsets cover them.
+    The unknown token is included: in GPT-NeoX/StarCoder/SmolLM2-style vocabularies it is
+    ``<|endoftext|>``, a control token, and where it does stand for characters the vocabulary
+    lacks the model has not read them (the token after it still pairs).
     """
     ids = set(getattr(tokenizer, "all_special_ids", []))
     ids.update(
@@ -178,8 +201,53 @@ def special_token_ids(tokenizer) -> frozenset[int]:
         for token_id, added in getattr(tokenizer, "added_tokens_decoder", {}).items()
         if getattr(added, "special", False)
     )
-    ids.discard(getattr(tokenizer, "unk_token_id", None))
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if isinstance(unk, int):
+        ids.add(unk)
     return frozenset(ids)
+
+
+_UNTRIMMED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _untrim(node: object) -> bool:
+    """Set every ``trim_offsets`` in a post-processor's JSON to False; whether one was True."""
+    found = False
+    if isinstance(node, dict):
+        if node.get("trim_offsets") is True:
+            node["trim_offsets"] = False
+            found = True
+        for value in node.values():
+            found = _untrim(value) or found
+    elif isinstance(node, list):
+        for value in node:
+            found = _untrim(value) or found
+    return found
+
+
+def untrimmed_backend(tokenizer):
+    """A copy of the backend tokenizer whose post-processor keeps offsets untrimmed, or None.
+
+    A ByteLevel / RoBERTa post-processor with ``trim_offsets=true`` reports a token's span
+    without its leading and trailing whitespace, although the token holds it (``"\n\n   "``
+    reported as the ``"\n\n"``): an end would then lie before spaces the model has read.
+    Computed once per tokenizer.
+    """
+    try:
+        return _UNTRIMMED[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    copy = None
+    if backend is not None:
+        data = json.loads(backend.to_str())
+        if _untrim(data.get("post_processor")):
+            from tokenizers import Tokenizer
+
+            copy = Tokenizer.from_str(json.dumps(data))
+    with contextlib.suppress(TypeError):  # not weak-referenceable: computed again next time
+        _UNTRIMMED[tokenizer] = copy
+    return copy
 
 
 def tokenize_rendered(
@@ -204,6 +272,11 @@ def tokenize_rendered(
     )
     ids = list(encoding["input_ids"])
     offsets = [(int(a), int(b)) for a, b in encoding["offset_mapping"]]
+    untrimmed = untrimmed_backend(tokenizer)
+    if untrimmed is not None:  # the same tokens, with the whitespace they hold
+        full = untrimmed.encode(rendered.text, add_special_tokens=rendered.add_special_tokens)
+        if list(full.ids) == ids:
+            offsets = [(int(a), int(b)) for a, b in full.offsets]
     if special_ids is None:
         special_ids = special_token_ids(tokenizer)
     flagged = encoding["special_tokens_mask"]

@@ -7,7 +7,7 @@ template text, BOS/EOS or padding, which differ from model to model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -18,12 +18,15 @@ class RenderedText:
     (for a chat: one span per message, in order, zero-length for an empty message) or the whole
     document (plain text). Everything outside them is template text. ``add_special_tokens`` says
     whether tokenization should let the tokenizer add its special tokens (BOS etc.): False when
-    the chat template already wrote BOS into ``text``, so BOS is never doubled.
+    the chat template already wrote BOS into ``text``, so BOS is never doubled. ``dropped``
+    lists the messages the chat template did not write at all (Phi-3's drops system messages);
+    their spans are empty, and alignment treats them as content the other model alone read.
     """
 
     text: str
     content_spans: list[tuple[int, int]]
     add_special_tokens: bool
+    dropped: tuple[int, ...] = field(default=())
 
     def contents(self) -> list[str]:
         """The content strings, in order (``text[start:end]`` for each span)."""

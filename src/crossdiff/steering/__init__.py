@@ -1,4 +1,4 @@
-"""Steering: amplify or suppress a crosscoder feature while a model generates (METHOD.md §5).
+"""Steering: amplify or suppress a crosscoder feature while a model generates (docs/METHOD.md §5).
 
 The package is named ``steering`` (not ``steer``) so that the public function
 ``crossdiff.steer`` is never shadowed by a submodule of the same name.

@@ -1,4 +1,4 @@
-"""``crossdiff.steer``: turn one feature up or down while a model generates (METHOD.md §5).
+"""``crossdiff.steer``: turn one feature up or down while a model generates (docs/METHOD.md §5).
 
 Flow: open the run (crosscoder, store manifest, s_max), decide which model(s) to steer, build
 each model's steering direction (its decoder row in raw scale, or for the cross-model check the

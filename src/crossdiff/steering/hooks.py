@@ -5,7 +5,7 @@ applied to the hooked layer's output ``hidden`` (batch, positions, width) change
 its own amount:
 
 - add mode: ``hidden[r] += coef[r] x v`` with ``coef[r] = alpha_r x s_max`` and ``v`` the
-  feature's decoder row in the model's own (raw) scale: METHOD.md §5's
+  feature's decoder row in the model's own (raw) scale: docs/METHOD.md §5's
   ``x' = x + alpha x s_max x d_i``, at every position, prompt and generated tokens alike.
   ``coef = 0`` adds an exact zero, so alpha = 0 reproduces the unsteered model bit for bit.
 - clamp mode: ``hidden[r, t] += (target[r] - f(hidden[r, t])) x v``, where ``f`` is the

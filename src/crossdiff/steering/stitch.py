@@ -1,6 +1,6 @@
 """The cross-model check: a linear map between the two models' residual streams.
 
-METHOD.md §5: to test whether a feature exclusive to model A really has no counterpart in B,
+docs/METHOD.md §5: to test whether a feature exclusive to model A really has no counterpart in B,
 map its direction into B with a linear "stitching" map fitted on paired activations, steer
 both models, and compare what they do.
 
@@ -10,7 +10,7 @@ store's aligned pairs, ``y ≈ (x - mean_x) W + mean_y``. It streams: only ``X^T
 the store's size (4096 x 4096 floats = 128 MiB per matrix). The ridge strength is relative,
 ``lambda = ridge x trace(cov X) / d_s``, so one default fits every model scale. Rows with a norm
 above ``max_norm_ratio`` x the store's median norm (in either model) are left out, as in
-training (METHOD.md §2): a handful of attention-sink positions 10x the median would otherwise
+training (docs/METHOD.md §2): a handful of attention-sink positions 10x the median would otherwise
 dominate the squares. Fitted on the train split; the fraction of variance explained (FVE) is
 measured on the store's eval split.
 

@@ -72,6 +72,9 @@ class ShardInfo:
     content_tokens_a: int = 0
     content_tokens_b: int = 0
     docs_skipped: int = 0
+    pairs_dropped_a: int = 0  # pairs the alignment's self-check removed (model A's offsets)
+    pairs_dropped_b: int = 0
+    docs_repaired: int = 0  # documents with invalid Unicode replaced by U+FFFD
 
 
 @dataclass
@@ -124,10 +127,13 @@ class Manifest:
             "coverage_a": rows / ta if ta else 0.0,
             "coverage_b": rows / tb if tb else 0.0,
             "docs_skipped": sum(s.docs_skipped for s in self.shards),
+            "pairs_dropped_a": sum(s.pairs_dropped_a for s in self.shards),
+            "pairs_dropped_b": sum(s.pairs_dropped_b for s in self.shards),
+            "docs_repaired": sum(s.docs_repaired for s in self.shards),
         }
 
     def target_norm(self) -> float:
-        """sqrt((d_a + d_b) / 2): the median norm both models are scaled to (METHOD.md §2)."""
+        """sqrt((d_a + d_b) / 2): the median norm both models are scaled to (docs/METHOD.md §2)."""
         return math.sqrt((self.d_a + self.d_b) / 2)
 
     # -- (de)serialization ---------------------------------------------------------------

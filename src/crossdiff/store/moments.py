@@ -1,6 +1,6 @@
 """First and second moments of stored activations: the basis of the ``centered`` normalization.
 
-Why: scaling each model by one scalar to a common median norm (the paper's rule, METHOD.md §2)
+Why: scaling each model by one scalar to a common median norm (the paper's rule, docs/METHOD.md §2)
 weighs each model's *variation* in the loss by how small its constant offset is. Gemma-3-270M
 holds ~95% of its squared norm in one mean vector, so after median scaling its variation carries
 ~5% of the scaled energy against ~45% for SmolLM2, and its exclusive features have little loss

@@ -30,20 +30,22 @@ DEFAULT_EVAL_FRACTION = 0.01
 DEFAULT_BUFFER_BYTES = 512 * 2**20
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    z = x.astype(np.uint64) + np.uint64(SPLIT_SALT)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+def doc_hash_unit(doc_index: np.ndarray, salt: int = SPLIT_SALT) -> np.ndarray:
+    """A uniform number in [0, 1) per document: splitmix64 of the index plus ``salt``. The one
+    hash behind every document split (train/eval here; the exclusivity check's folds)."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(doc_index).astype(np.uint64) + np.uint64(salt)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 
 def eval_mask(doc_index: np.ndarray, eval_fraction: float) -> np.ndarray:
     """True for rows of documents that belong to the eval split (deterministic per document)."""
     if eval_fraction <= 0:
         return np.zeros(np.shape(doc_index), dtype=bool)
-    with np.errstate(over="ignore"):
-        u = (_splitmix64(np.asarray(doc_index)) >> np.uint64(11)).astype(np.float64) / 2.0**53
-    return u < eval_fraction
+    return doc_hash_unit(doc_index) < eval_fraction
 
 
 def _check_split(split: str | None, eval_fraction: float) -> None:

@@ -1,7 +1,7 @@
 """Norm statistics and normalization scales of stored activations.
 
 Training multiplies each model's activations by one scalar so that both have the same median
-L2 norm, sqrt((d_a + d_b) / 2) (METHOD.md §2). The median is estimated from a bounded,
+L2 norm, sqrt((d_a + d_b) / 2) (docs/METHOD.md §2). The median is estimated from a bounded,
 deterministic sample of each shard's per-row norms (stored in the shard itself), so the
 statistics never need the activations in memory and a resumed harvest computes exactly the
 numbers an uninterrupted one would.

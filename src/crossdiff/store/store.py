@@ -258,6 +258,11 @@ class ActivationStore:
             f"  coverage: {cov['coverage_a']:.1%} of A's content tokens, "
             f"{cov['coverage_b']:.1%} of B's"
         )
+        lines.append(
+            f"  alignment self-check: {cov['pairs_dropped_a']:,} pairs dropped for A's offsets, "
+            f"{cov['pairs_dropped_b']:,} for B's; {cov['docs_repaired']:,} documents with "
+            "invalid Unicode repaired"
+        )
         lines.append(f"  corpus: {m.corpus}")
         for side in ("a", "b"):
             st = m.norm_stats.get(side, {})

@@ -73,6 +73,9 @@ def write_shard(folder: Path, k: int, rows: Rows, docs: list[dict[str, Any]]) ->
         content_tokens_a=int(sum(d.get("content_tokens_a", 0) for d in docs)),
         content_tokens_b=int(sum(d.get("content_tokens_b", 0) for d in docs)),
         docs_skipped=int(sum(1 for d in docs if d.get("skipped"))),
+        pairs_dropped_a=int(sum(d.get("pairs_dropped_a", 0) for d in docs)),
+        pairs_dropped_b=int(sum(d.get("pairs_dropped_b", 0) for d in docs)),
+        docs_repaired=int(sum(1 for d in docs if d.get("repaired"))),
     )
 
 
