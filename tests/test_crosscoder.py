@@ -601,3 +601,14 @@ def test_resampling_revives_dead_features_and_keeps_exclusivity():
     from crossdiff.crosscoder.metrics import evaluate
 
     assert evaluate(cc2, src, n_batches=1, batch_size=2048)["fve_b"] > 0.2
+
+
+def test_lopsided_diff_warnings_name_the_cause_and_the_fix():
+    from crossdiff.crosscoder.metrics import lopsided_warnings
+
+    w = lopsided_warnings(0.10, 0.0, 0.85, normalization="median")
+    assert len(w) == 2
+    assert "model B carries only 10%" in w[0] and "'centered'" in w[0]
+    assert "85% of model B's exclusive features are dead" in w[1]
+    assert lopsided_warnings(0.5, 0.1, 0.2, normalization="centered") == []
+    assert "model A carries only 20%" in lopsided_warnings(0.8, None, None)[0]

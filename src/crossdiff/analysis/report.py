@@ -135,8 +135,8 @@ def _summary(meta: dict[str, Any]) -> str:
         )
         rows.append(
             f"<tr><td>Balance</td><td>{e(diag.get('normalization'))} normalization</td>"
-            f"<td>share of the loss weight: A {e(_fmt(100 * (1 - share_b), 1))}%, "
-            f"B {e(_fmt(100 * share_b, 1))}%</td><td>{e(gam)}</td></tr>"
+            f"<td>share of the loss weight: A {100 * (1 - share_b):.1f}%, "
+            f"B {100 * share_b:.1f}%</td><td>{e(gam)}</td></tr>"
         )
     warn_html = "".join(
         f'<p class="warning"><strong>Warning:</strong> {e(w)}</p>'
@@ -158,14 +158,26 @@ def _summary(meta: dict[str, Any]) -> str:
             f'<tr><td class="model-{c.lower()}">{e(c)}-exclusive candidates</td>'
             f"{_num_td(k.get('size'))}{_num_td(k.get('alive'))}{_num_td(k.get('reviewable'))}"
             f"{_num_td(k.get('confirmed'))}{_num_td(k.get('untested'))}"
+            f"{_num_td(k.get('tokenization', 0))}{_num_td(k.get('twin', 0))}"
             f"{_num_td(k.get('refuted'))}</tr>"
         )
     check = meta.get("check", {})
     cfg = meta.get("config", {})
+    if cfg.get("probe_split") == "crossfit":
+        rows_note = (
+            f"Check rows: all {_fmt(check.get('test_rows'))} analysed pairs, each scored by "
+            f"cross-model maps fitted on the other {_fmt(cfg.get('probe_folds'))} folds of "
+            "documents (cross-fitted). "
+        )
+    else:
+        rows_note = (
+            f"Check rows: {_fmt(check.get('fit_rows'))} to fit the cross-model maps, "
+            f"{_fmt(check.get('test_rows'))} held out to score them (documents of the "
+            f"{cfg.get('probe_split', 'eval')} split). "
+        )
+    tok = check.get("tokenization") or {}
     notes = [
-        f"Check rows: {_fmt(check.get('fit_rows'))} to fit the cross-model maps, "
-        f"{_fmt(check.get('test_rows'))} held out to score them (documents of the "
-        f"{cfg.get('probe_split', 'eval')} split). Map FVE: "
+        rows_note + f"Map FVE: "
         f"B→A {_fmt(check.get('map_fve_b_to_a'))}, "
         f"A→B {_fmt(check.get('map_fve_a_to_b'))}. A candidate is refuted when the other model "
         f"predicts it with held-out R² ≥ {_fmt(cfg.get('exclusive_max_r2'))}"
@@ -174,8 +186,23 @@ def _summary(meta: dict[str, Any]) -> str:
             if cc.get("kind") != "dfc"
             else ""
         )
-        + f"; untested with fewer than {_fmt(cfg.get('min_test_active'))} held-out activations."
+        + f"; too rare to judge (untested) with fewer than {_fmt(cfg.get('min_test_active'))} "
+        "scored activations.",
     ]
+    if tok:
+        notes.append(
+            "Tokenization: "
+            + (
+                "the two models share one tokenizer, so nothing is flagged."
+                if tok.get("same_tokenizer")
+                else f"{100 * float(tok.get('word_internal_base_rate', 0)):.1f}% of the pairs "
+                "end inside a word; a candidate with at least "
+                f"{100 * float(tok.get('flag_share', 0)):.0f}% of its top examples or activation "
+                "there, or explained by descriptors of the tokenization plus the other model, is "
+                "flagged 'tokenization'. Twins: an A- and a B-exclusive feature whose activations "
+                f"correlate ≥ {_fmt(cfg.get('twin_min_corr'))} on the same rows."
+            )
+        )
     ctrl = check.get("controls")
     if ctrl and ctrl.get("tested"):
         notes.append(
@@ -196,7 +223,8 @@ def _summary(meta: dict[str, Any]) -> str:
         "</th><th>size</th><th>alive</th><th>near-dead</th><th>activations</th></tr></thead>"
         "<tbody>" + "".join(part_rows) + "</tbody></table></div>"
         "<div><h3>Exclusivity check</h3><table><thead><tr><th></th><th>candidates</th>"
-        "<th>alive</th><th>reviewable</th><th>confirmed</th><th>untested</th><th>refuted</th>"
+        "<th>alive</th><th>reviewable</th><th>confirmed</th><th>too rare</th><th>tokenization</th>"
+        "<th>twin</th><th>refuted</th>"
         "</tr></thead><tbody>"
         + "".join(check_rows)
         + "</tbody></table>"
