@@ -237,17 +237,39 @@ def _extended_stops(text: str, starts: np.ndarray, stops: np.ndarray) -> np.ndar
     return np.where((stops >= 0) & (stops <= n_chars), nxt[np.clip(stops, 0, n_chars)], stops)
 
 
-def _reordered(seq: str) -> bool:
-    """Whether canonical (or compatibility) decomposition reorders the marks of ``seq``."""
-    for form in ("NFD", "NFKD"):
-        if unicodedata.normalize(form, seq) != "".join(unicodedata.normalize(form, c) for c in seq):
-            return True
-    return False
+_COMPOSED = {"NFD": "NFC", "NFKD": "NFKC"}
+
+
+def _unsafe_splits(seq: str) -> list[int]:
+    """Split points ``k`` (1..len-1) of a combining sequence where a normalizer moves a mark
+    across ``k``: canonical ordering (``norm(seq[:k]) + norm(seq[k:]) != norm(seq)`` in NFD or
+    NFKD), or, anywhere in the sequence, a composition with a mark that is not the next one
+    (NFC turns ``a`` + U+0327 + U+0323 into ``ạ`` + U+0327). A composition with the very next
+    mark (``e`` + U+0301) moves nothing: the end is extended over the mark no token covers;
+    unless the left part changed length (NFKC's ``ﬁ`` + U+0323 is ``f`` + ``ị``, reported at the
+    mark's place)."""
+
+    def split_changes(form: str, k: int, whole: str) -> tuple[bool, bool]:
+        left = unicodedata.normalize(form, seq[:k])
+        return left + unicodedata.normalize(form, seq[k:]) != whole, len(left) != k
+
+    out: set[int] = set()
+    for form, composed in _COMPOSED.items():
+        whole = unicodedata.normalize(form, seq)
+        whole_c = unicodedata.normalize(composed, seq)
+        if "".join(unicodedata.normalize(form, c) for c in whole_c) != whole:
+            return list(range(1, len(seq)))
+        for k in range(1, len(seq)):
+            if split_changes(form, k, whole)[0] or all(split_changes(composed, k, whole_c)):
+                out.add(k)
+    return sorted(out)
 
 
 def unstable_ends(text: str) -> np.ndarray:
-    """True at each position ``e`` (0..len) strictly inside a combining sequence whose marks
-    canonical ordering would reorder: a normalizer's offsets there name the wrong mark."""
+    """True at each position ``e`` (0..len) inside a combining sequence (a character and the
+    marks after it) where a normalizer moves a mark across ``e`` (canonical reordering, or a
+    composition that skips a mark): a normalizing tokenizer's offsets there name the wrong
+    characters."""
     n = len(text)
     out = np.zeros(n + 1, dtype=bool)
     if text.isascii():
@@ -261,8 +283,8 @@ def unstable_ends(text: str) -> np.ndarray:
         while j < n and unicodedata.combining(text[j]):
             j += 1
         start = i - 1 if i > 0 else i
-        if j - start >= 2 and _reordered(text[start:j]):
-            out[start + 1 : j] = True
+        for k in _unsafe_splits(text[start:j]):
+            out[start + k] = True
         i = j
     return out
 

@@ -256,17 +256,18 @@ def top_exclusive_features(
 
 def _stage_steer(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
     from crossdiff.steering import steer
+    from crossdiff.steering.api import DEFAULT_ALPHAS, result_path
 
     sc = dict(cfg.steer)
     per_model = int(sc.pop("top_features", 0))
     if per_model <= 0:
         return "skipped (disabled)"
     prompts = sc.pop("prompts", DEFAULT_PROMPTS[:3])
-    alphas = sc.pop("alphas", [-4.0, 0.0, 4.0])
+    alphas = sc.pop("alphas", list(DEFAULT_ALPHAS))
     done = 0
     for feats in top_exclusive_features(paths.root, per_model).values():
         for feat in feats:
-            if (paths.steering / f"feature-{feat}.json").is_file():
+            if result_path(paths.steering, feat).is_file():
                 continue
             steer(paths.root, feat, prompts=prompts, alphas=alphas, progress=progress, **sc)
             done += 1

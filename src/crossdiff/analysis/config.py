@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crossdiff.errors import CrossdiffError, reject_unknown_fields
+from crossdiff.store.stats import HIGH_NORM_FACTOR
 
 
 @dataclass
@@ -40,7 +41,7 @@ class AnalysisConfig:
     out of the ranking (its examples cannot show a pattern)."""
     min_frequency: float = 1e-6
     """...or with an activation frequency below this."""
-    outlier_factor: float | None = 2.0
+    outlier_factor: float | None = HIGH_NORM_FACTOR
     """Leave out pairs whose normalized norm exceeds this x the typical norm (the rule that
     keeps them out of training; see Crosscoder.inlier_mask); None keeps every pair."""
     eval_fraction: float | None = None

@@ -51,7 +51,7 @@ from crossdiff.analysis.results import (
 from crossdiff.analysis.streaming import FeatureStats, PerFeatureTopK, sample_keys
 from crossdiff.analysis.tokenization import RowDescriptors
 from crossdiff.analysis.twins import TwinStats
-from crossdiff.crosscoder.model import Crosscoder
+from crossdiff.crosscoder.model import WEIGHTS_FILE, Crosscoder
 from crossdiff.errors import CrossdiffError
 from crossdiff.models.hardware import resolve_device as _resolve_device
 from crossdiff.paths import RunPaths
@@ -132,7 +132,7 @@ def _open_inputs(
     if crosscoder is None:
         if paths is None:
             raise CrossdiffError("analyze needs a run folder, or both store= and crosscoder=")
-        if not (paths.crosscoder / "model.safetensors").is_file():
+        if not (paths.crosscoder / WEIGHTS_FILE).is_file():
             raise CrossdiffError(
                 f"no trained crosscoder at {paths.crosscoder}; train it with "
                 f"`crossdiff train {paths.root}`"

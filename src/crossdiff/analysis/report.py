@@ -440,7 +440,9 @@ def steering_html(data: dict[str, Any]) -> str:
 def _load_steering(steering_dir: Path | None, feature: int) -> dict[str, Any] | None:
     if steering_dir is None:
         return None
-    path = steering_dir / f"feature-{feature}.json"
+    from crossdiff.steering.api import result_path
+
+    path = result_path(steering_dir, feature)
     if not path.is_file():
         return None
     try:

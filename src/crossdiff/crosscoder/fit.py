@@ -19,9 +19,10 @@ from crossdiff.crosscoder.config import CrosscoderConfig
 from crossdiff.crosscoder.model import CONFIG_FILE, WEIGHTS_FILE, Crosscoder
 from crossdiff.crosscoder.train import TrainConfig, train_crosscoder
 from crossdiff.errors import CrossdiffError
+from crossdiff.paths import CHECKPOINTS_DIR
 
 SUMMARY_FILE = "train_summary.json"
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = CHECKPOINTS_DIR
 
 
 def crosscoder_config_for_store(store: Any, **overrides: Any) -> CrosscoderConfig:

@@ -19,6 +19,7 @@ import torch
 
 from crossdiff.crosscoder.model import Crosscoder
 from crossdiff.crosscoder.sources import PairSource
+from crossdiff.store.stats import HIGH_NORM_FACTOR
 
 
 @torch.no_grad()
@@ -30,7 +31,7 @@ def evaluate(
     batch_size: int = 2048,
     seed: int = 12345,
     device: str | torch.device | None = None,
-    outlier_factor: float | None = 2.0,
+    outlier_factor: float | None = HIGH_NORM_FACTOR,
 ) -> dict[str, float]:
     """Evaluate on ``n_batches`` batches of ``source`` (raw activations; normalized here)."""
     was_training = cc.training

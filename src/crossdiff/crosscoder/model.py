@@ -36,6 +36,7 @@ from crossdiff.crosscoder.sparse import (
     sparse_decode,
 )
 from crossdiff.errors import CrossdiffError
+from crossdiff.store.stats import HIGH_NORM_FACTOR
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -211,7 +212,7 @@ class Crosscoder(nn.Module):
         return self.config.scale_a if check_model(m) == "a" else self.config.scale_b
 
     def inlier_mask(
-        self, x_a: torch.Tensor, x_b: torch.Tensor, factor: float = 2.0
+        self, x_a: torch.Tensor, x_b: torch.Tensor, factor: float = HIGH_NORM_FACTOR
     ) -> torch.Tensor:
         """(B,) bool: pairs whose *normalized* norms are both within ``factor`` x the typical
         norm sqrt((d_a + d_b) / 2) (the store-wide median after normalization).

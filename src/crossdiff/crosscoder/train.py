@@ -38,6 +38,7 @@ from crossdiff.crosscoder.sources import PairSource, source_moments
 from crossdiff.errors import CrossdiffError, reject_unknown_fields
 from crossdiff.models.hardware import resolve_device
 from crossdiff.store.moments import Moments, moments_of_arrays
+from crossdiff.store.stats import HIGH_NORM_FACTOR
 
 CHECKPOINT_PREFIX = "step-"
 TRAIN_STATE_FILE = "train_state.safetensors"
@@ -89,7 +90,7 @@ class TrainConfig:
     before the learning-rate decay)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 disables)."""
-    high_norm_factor: float = 2.0
+    high_norm_factor: float = HIGH_NORM_FACTOR
     """Drop pairs whose norm exceeds this x the batch median (0 disables)."""
     normalization: str = "centered"
     """How both models' activations are put on one scale before training (set from the
@@ -348,9 +349,9 @@ def _load_checkpoint(
 ) -> _State:
     from safetensors.torch import load_file
 
-    from crossdiff.crosscoder.model import WEIGHTS_FILE
+    from crossdiff.crosscoder.model import CONFIG_FILE, WEIGHTS_FILE
 
-    saved_cfg = CrosscoderConfig.load(path / "config.json")
+    saved_cfg = CrosscoderConfig.load(path / CONFIG_FILE)
     if saved_cfg.to_dict() != model.config.to_dict():
         diff = {
             k: (v, model.config.to_dict().get(k))

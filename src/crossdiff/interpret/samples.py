@@ -226,7 +226,9 @@ def _encode_pool(
     from crossdiff.paths import RunPaths
 
     folder = RunPaths(run).crosscoder
-    if not (folder / "config.json").is_file():
+    from crossdiff.crosscoder.model import CONFIG_FILE
+
+    if not (folder / CONFIG_FILE).is_file():
         return None, "random rows not among the feature's examples (no crosscoder to check them)"
     import torch
 

@@ -20,7 +20,6 @@ from crossdiff.crosscoder.model import WEIGHTS_FILE, Crosscoder
 from crossdiff.errors import CrossdiffError
 from crossdiff.paths import RunPaths
 
-FEATURES_TABLE = "features.parquet"
 S_MAX_CACHE = "s_max.json"
 STREAM_BATCH_ROWS = 4096
 
@@ -144,7 +143,9 @@ class RunContext:
         Order: the analysis table (``RUN/analysis/features.parquet``), then the steering cache,
         then one streaming pass over the store (cached afterwards).
         """
-        table = self.paths.analysis / FEATURES_TABLE
+        from crossdiff.analysis.results import FEATURES_FILE
+
+        table = self.paths.analysis / FEATURES_FILE
         if table.is_file():
             found = _s_max_from_table(table, feature)
             if found is not None:

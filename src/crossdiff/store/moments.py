@@ -36,13 +36,14 @@ import numpy as np
 import torch
 
 from crossdiff.errors import CrossdiffError
+from crossdiff.store.stats import HIGH_NORM_FACTOR
 
 if TYPE_CHECKING:
     from crossdiff.store.store import ActivationStore
 
 MOMENTS_FILE = "moments.safetensors"
 MOMENTS_FORMAT = "crossdiff-moments-v1"
-INLIER_FACTOR = 2.0
+INLIER_FACTOR = HIGH_NORM_FACTOR
 """Rows whose raw norm exceeds this x the model's median norm are left out of the moments
 (the same factor as the training filter, ``TrainConfig.high_norm_factor``)."""
 

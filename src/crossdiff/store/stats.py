@@ -14,6 +14,10 @@ import math
 import numpy as np
 
 SAMPLE_PER_SHARD = 4096
+HIGH_NORM_FACTOR = 2.0
+"""Pairs whose norm exceeds this x the typical (median) norm are huge-norm outliers (attention
+sinks such as SmolLM2's first token at ~150x): left out of training (per batch), evaluation,
+analysis, s_max and the moments. The one home of the factor 2 of docs/METHOD.md §2."""
 QUANTILES: tuple[float, ...] = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 
 
