@@ -35,9 +35,14 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from crossdiff.store import ActivationStore
+    from crossdiff.store import ActivationStore, ManifestError, VerifyReport
 
-    store = ActivationStore.open(args.path)
+    try:  # no open-time check: verify reports every problem itself
+        store = ActivationStore.open(args.path, check=False)
+    except ManifestError as exc:  # a damaged manifest is a finding, not a usage error
+        report = VerifyReport(problems=[f"manifest: {exc}"])
+        print(report.summary(), file=sys.stderr)
+        return 1
     report = store.verify(progress=not args.quiet)
     print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 1

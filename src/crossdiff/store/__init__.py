@@ -2,12 +2,14 @@
 
 ``ActivationStore`` (store.py) opens, creates and reads a store; ``StoreWriter`` (writer.py)
 appends crash-safely; ``StoreSource`` (reader.py) is the shuffled training source; the manifest
-format is in manifest.py, the shard layout in shard.py, integrity checks in verify.py.
+format is in manifest.py, the shard layout in shard.py, integrity checks in verify.py (full)
+and check.py (cheap, at open and first read).
 """
 
 from __future__ import annotations
 
-from crossdiff.store.manifest import Manifest, ModelInfo, ShardInfo, TokenizerInfo
+from crossdiff.store.check import StoreDamagedError
+from crossdiff.store.manifest import Manifest, ManifestError, ModelInfo, ShardInfo, TokenizerInfo
 from crossdiff.store.reader import StoreSource, eval_mask
 from crossdiff.store.shard import Rows, make_rows
 from crossdiff.store.store import ActivationStore
@@ -17,9 +19,11 @@ from crossdiff.store.writer import StoreWriter
 __all__ = [
     "ActivationStore",
     "Manifest",
+    "ManifestError",
     "ModelInfo",
     "Rows",
     "ShardInfo",
+    "StoreDamagedError",
     "StoreSource",
     "StoreWriter",
     "TokenizerInfo",

@@ -56,3 +56,57 @@ def sha256_file(path: Path) -> str:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# bytes per element of the safetensors dtypes crossdiff writes (others are not checked by size)
+_DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1}
+_MAX_HEADER = 100 * 2**20
+
+
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file, checked against the file's size, without reading
+    any tensor data (one ``stat`` and one small read).
+
+    Raises ``ValueError`` with a one-line reason when the file is too short, its header is not
+    JSON, a tensor's byte range disagrees with its dtype and shape, or the file is shorter
+    (truncated) or longer than the tensors the header lists. ``OSError`` when it cannot be read.
+    """
+    import json
+
+    size = path.stat().st_size
+    if size < 8:
+        raise ValueError(f"{size} bytes, too short for a safetensors file (truncated)")
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        if n > size - 8 or n > _MAX_HEADER:
+            raise ValueError(
+                f"{size} bytes, but its header claims {n} bytes: truncated or overwritten"
+            )
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError("its header is not valid JSON: the file is damaged") from None
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object: the file is damaged")
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = (int(v) for v in info["data_offsets"])
+            count = 1
+            for dim in info["shape"]:
+                count *= int(dim)
+            dtype = info["dtype"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"its header entry for {name!r} is malformed") from None
+        width = _DTYPE_BYTES.get(dtype)
+        if begin < 0 or stop < begin or (width is not None and stop - begin != count * width):
+            raise ValueError(f"its header gives {name!r} an impossible byte range")
+        end = max(end, stop)
+    need = 8 + n + end
+    if size != need:
+        state = "truncated" if size < need else "has trailing bytes"
+        raise ValueError(f"{size} bytes, but its header needs {need}: the file is {state}")
+    return header

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,79 @@ FORMAT_VERSION = 1
 STORE_DTYPE = "bfloat16"
 
 
+class ManifestError(CrossdiffError):
+    """A manifest that cannot be trusted: missing or mistyped fields, inconsistent values."""
+
+
+# -- validation ----------------------------------------------------------------------------------
+# A manifest is read before anything else in a store, and a hand-edited or damaged one must fail
+# here with the field and the value, not later as a TypeError deep in a reader.
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _pos_int(v: Any) -> bool:
+    return _int(v) and v > 0
+
+
+def _str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _name(v: Any) -> bool:  # a file inside the store folder: no paths, no hidden files
+    return isinstance(v, str) and bool(v) and "/" not in v and "\\" not in v and v[0] != "."
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _dict(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _scales(v: Any) -> bool:
+    return isinstance(v, dict) and all(_number(x) for x in v.values())
+
+
+def _opt(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+Rule = tuple[Callable[[Any], bool], str]
+INT: Rule = (_int, "a non-negative integer")
+POS_INT: Rule = (_pos_int, "a positive integer")
+STR: Rule = (_str, "a string")
+NAME: Rule = (_name, "a file name inside the store folder")
+DICT: Rule = (_dict, "a JSON object")
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{text} ({type(v).__name__})"
+
+
+def _validate(cls: type, d: Any, where: str, rules: dict[str, Rule]) -> dict[str, Any]:
+    """Check ``d`` holds the fields of the dataclass ``cls`` with the types ``rules`` name."""
+    if not isinstance(d, dict):
+        raise ManifestError(f"{where} is {_show(d)}, expected a JSON object")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ManifestError(f"{where} has unknown field(s) {unknown}")
+    required = [
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+    ]
+    missing = [name for name in required if name not in d]
+    if missing:
+        raise ManifestError(f"{where} lacks the field(s) {missing}")
+    for name, (check, expected) in rules.items():
+        if name in d and not check(d[name]):
+            raise ManifestError(f"{where}.{name} is {_show(d[name])}, expected {expected}")
+    return dict(d)
+
+
 @dataclass
 class TokenizerInfo:
     """Identifies a tokenizer: a store's positions only mean something for this exact one."""
@@ -29,6 +103,10 @@ class TokenizerInfo:
     name: str
     vocab_size: int
     hash: str  # sha256 of the tokenizer's JSON serialization
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "tokenizer") -> TokenizerInfo:
+        return cls(**_validate(cls, d, where, {"name": STR, "vocab_size": INT, "hash": STR}))
 
 
 @dataclass
@@ -47,9 +125,24 @@ class ModelInfo:
     has_chat_template: bool = True
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
-        d = dict(d)
-        d["tokenizer"] = TokenizerInfo(**d["tokenizer"])
+    def from_dict(cls, d: Any, where: str = "model") -> ModelInfo:
+        rules = {
+            "spec": STR,
+            "model_id": STR,
+            "revision": (_opt(_str), "a string or null"),
+            "layer": INT,
+            "layer_spec": STR,
+            "n_layers": POS_INT,
+            "d_model": POS_INT,
+            "dtype": STR,
+            "has_chat_template": (lambda v: isinstance(v, bool), "true or false"),
+        }
+        d = _validate(cls, d, where, rules)
+        if d["layer"] >= d["n_layers"]:
+            raise ManifestError(
+                f"{where}.layer is {d['layer']}, but the model has n_layers {d['n_layers']}"
+            )
+        d["tokenizer"] = TokenizerInfo.from_dict(d["tokenizer"], f"{where}.tokenizer")
         return cls(**d)
 
 
@@ -75,6 +168,31 @@ class ShardInfo:
     pairs_dropped_a: int = 0  # pairs the alignment's self-check removed (model A's offsets)
     pairs_dropped_b: int = 0
     docs_repaired: int = 0  # documents with invalid Unicode replaced by U+FFFD
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "shard") -> ShardInfo:
+        rules = {name: INT for name in _SHARD_COUNTS}
+        rules.update(file=NAME, docs_file=NAME, sha256=STR, docs_sha256=STR)
+        d = _validate(cls, d, where, rules)
+        if d["doc_end"] < d["doc_start"]:
+            raise ManifestError(
+                f"{where} ends at document {d['doc_end']}, before its start {d['doc_start']}"
+            )
+        return cls(**d)
+
+
+_SHARD_COUNTS = (
+    "rows",
+    "bytes",
+    "doc_start",
+    "doc_end",
+    "content_tokens_a",
+    "content_tokens_b",
+    "docs_skipped",
+    "pairs_dropped_a",
+    "pairs_dropped_b",
+    "docs_repaired",
+)
 
 
 @dataclass
@@ -148,22 +266,50 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        """Parse a manifest, checking every field's type (:class:`ManifestError` names the
+        field and its value)."""
+        if not isinstance(d, dict):
+            raise ManifestError(f"the manifest is {_show(d)}, expected a JSON object")
         d = dict(d)
-        for derived in ("rows", "documents_consumed", "coverage"):
-            d.pop(derived, None)
+        derived = {k: d.pop(k) for k in ("rows", "documents_consumed", "coverage") if k in d}
         if d.get("format") != FORMAT_NAME:
-            raise CrossdiffError(
+            raise ManifestError(
                 f"not a crossdiff activation store manifest (format {d.get('format')!r})"
             )
         if d.get("format_version") != FORMAT_VERSION:
-            raise CrossdiffError(
+            raise ManifestError(
                 f"store format version {d.get('format_version')} is not supported by this "
                 f"crossdiff (version {FORMAT_VERSION}); harvest the store again or upgrade"
             )
-        d["model_a"] = ModelInfo.from_dict(d["model_a"])
-        d["model_b"] = ModelInfo.from_dict(d["model_b"])
-        d["shards"] = [ShardInfo(**s) for s in d["shards"]]
-        return cls(**d)
+        rules: dict[str, Rule] = {
+            "corpus": DICT,
+            "harvest": DICT,
+            "shards": (lambda v: isinstance(v, list), "a list"),
+            "norm_stats": DICT,
+            "norm_scales": (_opt(_scales), "null or an object of numbers"),
+            "status": (lambda v: v in ("in_progress", "complete"), "'in_progress' or 'complete'"),
+            "complete_reason": (_opt(_str), "a string or null"),
+            "tokens_target": (_opt(_int), "a non-negative integer or null"),
+            "created": STR,
+            "updated": STR,
+            "crossdiff_version": STR,
+            "store_dtype": (lambda v: v == STORE_DTYPE, repr(STORE_DTYPE)),
+        }
+        d = _validate(cls, d, "manifest", rules)
+        d["model_a"] = ModelInfo.from_dict(d["model_a"], "model_a")
+        d["model_b"] = ModelInfo.from_dict(d["model_b"], "model_b")
+        d["shards"] = [ShardInfo.from_dict(s, f"shards[{k}]") for k, s in enumerate(d["shards"])]
+        if d["norm_scales"] is not None and not {"a", "b"} <= set(d["norm_scales"]):
+            raise ManifestError(f"manifest.norm_scales is {_show(d['norm_scales'])}, lacks a or b")
+        m = cls(**d)
+        # The derived totals are written for readers of the file; when present they must agree
+        # with the shards (a mismatch means the file was edited or damaged).
+        for key, value in (("rows", m.rows), ("documents_consumed", m.documents_consumed)):
+            if key in derived and derived[key] != value:
+                raise ManifestError(
+                    f"manifest.{key} is {_show(derived[key])}, but the shards add up to {value}"
+                )
+        return m
 
     def save(self, folder: Path) -> None:
         data = json.dumps(self.to_dict(), indent=2, sort_keys=False).encode("utf-8")
@@ -179,12 +325,20 @@ class Manifest:
             )
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CrossdiffError(f"cannot read {path}: {exc}") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"cannot read {path}: {exc}") from None
         try:
             return cls.from_dict(raw)
-        except (KeyError, TypeError) as exc:
-            raise CrossdiffError(f"{path} is malformed ({exc}); the store cannot be used") from exc
+        except ManifestError as exc:
+            raise ManifestError(
+                f"{path} is malformed: {exc}; the store cannot be used as it is"
+            ) from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, CrossdiffError):  # format / version: already says what to do
+                raise
+            raise ManifestError(
+                f"{path} is malformed ({type(exc).__name__}: {exc}); the store cannot be used"
+            ) from exc
 
 
 # Harvest settings that change speed, not what a row means: a store may be resumed with others

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from crossdiff.errors import CrossdiffError
+from crossdiff.store import check
 from crossdiff.store.shard import META_COLUMNS, read_columns
 
 if TYPE_CHECKING:
@@ -46,6 +47,26 @@ def eval_mask(doc_index: np.ndarray, eval_fraction: float) -> np.ndarray:
     if eval_fraction <= 0:
         return np.zeros(np.shape(doc_index), dtype=bool)
     return doc_hash_unit(doc_index) < eval_fraction
+
+
+def read_shard(
+    store: ActivationStore, k: int, names: list[str] | tuple[str, ...], *, verify: bool = False
+) -> dict[str, torch.Tensor]:
+    """Columns of shard ``k``, checked against the manifest (``store/check.py``): shapes always;
+    with ``verify`` also the file's checksum first and x_a/x_b free of NaN/inf. A damaged shard
+    raises :class:`~crossdiff.store.check.StoreDamagedError` naming it."""
+    if verify:
+        check.verify_checksum(store, k)
+    path = store.path / store.manifest.shards[k].file
+    try:
+        cols = read_columns(path, names)
+    except Exception as exc:  # SafetensorError, OSError: a damaged or vanished file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise check.damaged(
+            store, f"{check.shard_where(store, k)}: cannot be read as safetensors ({reason})"
+        ) from None
+    check.check_columns(store, k, cols, finite=verify)
+    return cols
 
 
 def _check_split(split: str | None, eval_fraction: float) -> None:
@@ -77,9 +98,13 @@ class StoreSource:
         split: str = "train",
         eval_fraction: float = DEFAULT_EVAL_FRACTION,
         shuffle_buffer_rows: int | None = None,
+        *,
+        verify_reads: bool = True,
     ) -> None:
         _check_split(split, eval_fraction)
         self.store = store
+        self.verify_reads = verify_reads
+        self._verified: set[int] = set()  # shards whose checksum this source has checked
         self.split = split
         self.eval_fraction = eval_fraction
         m = store.manifest
@@ -96,12 +121,14 @@ class StoreSource:
             counts = [
                 int(
                     split_mask(
-                        read_columns(p, ["doc_index"])["doc_index"].numpy(), split, eval_fraction
+                        read_shard(store, k, ["doc_index"])["doc_index"].numpy(),
+                        split,
+                        eval_fraction,
                     ).sum()
                 )
                 if s.rows
                 else 0
-                for p, s in zip(self._paths, m.shards)
+                for k, s in enumerate(m.shards)
             ]
         self._counts = np.asarray(counts, dtype=np.int64)
         self.n_rows = int(self._counts.sum())
@@ -146,7 +173,9 @@ class StoreSource:
         parts_a, parts_b = [], []
         for k in shards:
             names = ["x_a", "x_b"] if self.split in (None, "all") else ["x_a", "x_b", "doc_index"]
-            cols = read_columns(self._paths[k], names)
+            first = self.verify_reads and k not in self._verified
+            cols = read_shard(self.store, k, names, verify=first)
+            self._verified.add(k)
             if "doc_index" in cols:
                 keep = torch.from_numpy(
                     split_mask(cols["doc_index"].numpy(), self.split, self.eval_fraction)
@@ -216,10 +245,10 @@ def iter_rows(
     carry: list[tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]] = []
     carried = 0
     first_row = 0
-    for shard in store.manifest.shards:
+    for k, shard in enumerate(store.manifest.shards):
         if shard.rows == 0:
             continue
-        cols = read_columns(store.path / shard.file, ["x_a", "x_b", *META_COLUMNS])
+        cols = read_shard(store, k, ["x_a", "x_b", *META_COLUMNS])
         meta = {k: cols[k].numpy() for k in META_COLUMNS}
         meta["row"] = np.arange(first_row, first_row + shard.rows, dtype=np.int64)
         first_row += shard.rows

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from crossdiff.errors import CrossdiffError
+from crossdiff.store.check import check_open
 from crossdiff.store.manifest import MANIFEST_NAME, Manifest, incompatibilities
 from crossdiff.store.moments import Moments, store_moments
 from crossdiff.store.reader import DEFAULT_EVAL_FRACTION, StoreSource, iter_rows
@@ -53,14 +54,23 @@ class ActivationStore:
         layer_b: int | None = None,
         d_a: int | None = None,
         d_b: int | None = None,
+        check: bool = True,
     ) -> ActivationStore:
         """Open an existing store; the keyword arguments are expectations to check.
 
         ``model_a``/``model_b`` match the manifest's spec or model id. A mismatch raises a
         :class:`CrossdiffError` that lists every difference; the store is left untouched.
+
+        The manifest's fields are type-checked (a ``ManifestError`` names the bad field), and
+        with ``check`` (default) the cheap open-time check of ``store/check.py`` runs: every
+        listed file present with its recorded size, the first shard's shapes matching the
+        widths. A damaged store raises ``StoreDamagedError`` naming the shard; ``store verify``
+        opens with ``check=False`` to report every problem instead.
         """
         path = Path(path)
         store = cls(path, Manifest.load(path))
+        if check:
+            check_open(store)
         problems = []
         for side, model, layer, width in (
             ("a", model_a, layer_a, d_a),
@@ -162,11 +172,15 @@ class ActivationStore:
         """Per-model mean and second moments over the inlier rows (``store/moments.py``):
         read from ``moments.safetensors`` when current, else streamed once and cached."""
         if not progress:
-            return store_moments(self, write_cache=_writable(self.path))
-        from tqdm import tqdm
+            mom = store_moments(self, write_cache=_writable(self.path))
+        else:
+            from tqdm import tqdm
 
-        with tqdm(total=self.n_rows, desc="activation moments", unit="row") as bar:
-            return store_moments(self, write_cache=_writable(self.path), on_shard=bar.update)
+            with tqdm(total=self.n_rows, desc="activation moments", unit="row") as bar:
+                mom = store_moments(self, write_cache=_writable(self.path), on_shard=bar.update)
+        if not _finite_moments(mom):
+            raise _nonfinite_culprit(self)
+        return mom
 
     # -- writing -------------------------------------------------------------------------------
     def writer(self, shard_rows: int = 16384) -> StoreWriter:
@@ -179,9 +193,16 @@ class ActivationStore:
         split: str = "train",
         eval_fraction: float = DEFAULT_EVAL_FRACTION,
         shuffle_buffer_rows: int | None = None,
+        *,
+        verify_reads: bool = True,
     ) -> StoreSource:
-        """A shuffled training source over one split ("train", "eval" or "all")."""
-        return StoreSource(self, split, eval_fraction, shuffle_buffer_rows)
+        """A shuffled training source over one split ("train", "eval" or "all").
+
+        With ``verify_reads`` (default), each shard's checksum and finiteness are checked the
+        first time the source reads it (``store/check.py``: one SHA-256 pass per shard)."""
+        return StoreSource(
+            self, split, eval_fraction, shuffle_buffer_rows, verify_reads=verify_reads
+        )
 
     def iter_rows(
         self,
@@ -311,6 +332,29 @@ def _moments_lines(store: ActivationStore) -> list[str]:
             + ("  <- lopsided: use 'centered'" if min(share_med) < 0.25 else "")
         )
     return lines
+
+
+def _finite_moments(mom: Moments) -> bool:
+    return bool(
+        np.isfinite(mom.mean_a).all()
+        and np.isfinite(mom.mean_b).all()
+        and np.isfinite([mom.msq_a, mom.msq_b, mom.msq_centered_a, mom.msq_centered_b]).all()
+    )
+
+
+def _nonfinite_culprit(store: ActivationStore) -> CrossdiffError:
+    """Non-finite moments mean a shard holds NaN/inf: find the first (the failure path only
+    pays this full pass) so the error names it."""
+    from crossdiff.store.check import damaged
+    from crossdiff.store.reader import read_shard
+
+    for k, shard in enumerate(store.manifest.shards):
+        if shard.rows:
+            try:
+                read_shard(store, k, ["x_a", "x_b"], verify=True)
+            except CrossdiffError as exc:
+                return exc
+    return damaged(store, "its activation moments are not finite (NaN or inf)")
 
 
 def _writable(path: Path) -> bool:

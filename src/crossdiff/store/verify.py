@@ -2,7 +2,8 @@
 
 For each shard: the file exists, its SHA-256 and size match the manifest, it parses as
 safetensors, every column is present with the right dtype and shape for the manifest's row count
-and widths, and its rows belong to its documents. For each documents file: checksum, one
+and widths, its rows belong to its documents, and its float columns hold no NaN or inf (a
+bit test per value, streamed one shard at a time). For each documents file: checksum, one
 JSON record per document, indices in order. Totals must add up. Problems are collected (not
 raised) so one run reports all of them.
 """
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from safetensors import safe_open
 
+from crossdiff.store.check import nonfinite_count
 from crossdiff.store.fileio import TMP_MARKER, sha256_file
 from crossdiff.store.moments import MOMENTS_FILE
 from crossdiff.store.shard import COLUMNS, expected_shape
@@ -128,8 +130,17 @@ def _check_shard(store: ActivationStore, k: int, report: VerifyReport) -> None:
                         f"{where}: rows point to documents outside "
                         f"[{shard.doc_start}, {shard.doc_end})"
                     )
+            for name in ("x_a", "x_b", "norm_a", "norm_b"):
+                if name in keys and shard.rows:
+                    bad = nonfinite_count(fh.get_tensor(name))
+                    if bad:
+                        report.problems.append(
+                            f"{where}: {name} holds {bad} non-finite values (NaN or inf): "
+                            "its rows are unusable; harvest the store again"
+                        )
     except Exception as exc:  # a corrupted header raises safetensors' own errors
-        report.problems.append(f"{where}: cannot be read as safetensors ({exc})")
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        report.problems.append(f"{where}: cannot be read as safetensors ({reason})")
         return
     report.rows_checked += shard.rows
 
