@@ -31,6 +31,8 @@ _EXPORTS: dict[str, str] = {
     "load_analysis": "crossdiff.analysis",
     "build_report": "crossdiff.analysis",
     "show_feature": "crossdiff.analysis",
+    "compare": "crossdiff.recurrence",
+    "train_members": "crossdiff.recurrence",
     "steer": "crossdiff.steering",
     "SteeringResult": "crossdiff.steering",
 }

@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "run",
     "harvest",
     "train",
+    "compare",
     "analyze",
     "report",
     "show",

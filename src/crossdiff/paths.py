@@ -5,6 +5,10 @@ RUN/
   config.yaml        the resolved configuration of `crossdiff run`
   store/             paired activations (crossdiff.store)
   crosscoder/        config.json + model.safetensors (+ checkpoints/ while training)
+  crosscoders/NAME/  more crosscoders on the same store (other seeds / exclusive fractions,
+                     e.g. s1-x0.05), each laid out like crosscoder/ (crossdiff.recurrence)
+  recurrence/        recurrence.parquet + recurrence.json: which reference features the
+                     other crosscoders found again (crossdiff.recurrence)
   analysis/          features.parquet + analysis.json + examples.parquet
   steering/          one JSON file per steered feature (crossdiff.steer)
   interpret/         explanations.parquet + interpret.json (+ cache/ of LLM replies)
@@ -24,6 +28,8 @@ ANALYSIS_DIR = "analysis"
 STEERING_DIR = "steering"
 INTERPRET_DIR = "interpret"
 INTERPRET_CACHE_DIR = "cache"
+CROSSCODERS_DIR = "crosscoders"
+RECURRENCE_DIR = "recurrence"
 REPORT_DIR = "report"
 REPORT_FILE = "index.html"
 
@@ -49,6 +55,20 @@ class RunPaths:
     @property
     def checkpoints(self) -> Path:
         return self.root / CROSSCODER_DIR / CHECKPOINTS_DIR
+
+    @property
+    def crosscoders(self) -> Path:
+        """Further crosscoders on the same store, one folder each (rediscovery across runs)."""
+        return self.root / CROSSCODERS_DIR
+
+    def member(self, name: str) -> Path:
+        """The folder of further crosscoder ``name`` (e.g. ``s1-x0.05``)."""
+        return self.root / CROSSCODERS_DIR / name
+
+    @property
+    def recurrence(self) -> Path:
+        """Which of the reference's exclusive features the other crosscoders found again."""
+        return self.root / RECURRENCE_DIR
 
     @property
     def analysis(self) -> Path:

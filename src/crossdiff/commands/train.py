@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--k", type=int, help="active features per sample (default 200)")
     g.add_argument(
         "--exclusive",
-        type=float,
-        help="fraction of F exclusive to each model (default 0.05; 0 = standard crosscoder)",
+        help="fraction of F exclusive to each model (default 0.05; 0 = standard crosscoder); "
+        "with --seeds, comma-separated fractions for the further crosscoders (0.01,0.03,0.05)",
     )
     g.add_argument("--designated", type=float, help="fraction of designated shared features (DSF)")
     g.add_argument("--activation", choices=["batchtopk", "topk", "relu"])
@@ -56,35 +56,102 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device")
     t.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"])
     t.add_argument("--checkpoint-every", type=int)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        help="also train further crosscoders on the same store for rediscovery (crossdiff "
+        "compare): seeds S..S+N-1 (S = --seed, default 0) times the --exclusive fractions, each "
+        "in RUN/crosscoders/s<seed>-x<fraction>/; RUN/crosscoder stays the reference (seed S "
+        "at the configured fraction). Members copy the reference's settings; one after another "
+        "(under torchrun each is trained data-parallel); resumable",
+    )
     p.add_argument("--force", action="store_true", help="retrain even if the output is complete")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
+TRAIN_FIELDS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "warmup_steps",
+    "k_anneal_from",
+    "k_anneal_steps",
+    "aux_alpha",
+    "dead_window_tokens",
+    "l1_coeff",
+    "exclusive_init",
+    "normalization",
+    "seed",
+    "device",
+    "compute_dtype",
+    "checkpoint_every",
+)
+
+
+def train_fields_from_args(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields given on the command line (and only those)."""
+    kw = {f: getattr(args, f) for f in TRAIN_FIELDS if getattr(args, f, None) is not None}
+    if kw.get("k_anneal_from") == 0:
+        kw["k_anneal_from"] = None
+    return kw
+
+
 def train_config_from_args(args: argparse.Namespace):
     from crossdiff.crosscoder.train import TrainConfig
 
-    fields = (
-        "steps",
-        "batch_size",
-        "lr",
-        "warmup_steps",
-        "k_anneal_from",
-        "k_anneal_steps",
-        "aux_alpha",
-        "dead_window_tokens",
-        "l1_coeff",
-        "exclusive_init",
-        "normalization",
-        "seed",
-        "device",
-        "compute_dtype",
-        "checkpoint_every",
+    return TrainConfig(**train_fields_from_args(args))
+
+
+def _single_fraction(text: str | None) -> float | None:
+    from crossdiff.errors import CrossdiffError
+
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise CrossdiffError(
+            f"--exclusive {text!r}: give one fraction (e.g. 0.05); several (0.01,0.03,0.05) "
+            f"only with --seeds"
+        ) from None
+
+
+def run_members(args: argparse.Namespace) -> int:
+    """``--seeds N``: the reference plus the further crosscoders (crossdiff.recurrence)."""
+    from crossdiff.crosscoder import distributed
+    from crossdiff.errors import CrossdiffError
+    from crossdiff.recurrence.members import train_members
+
+    if not args.run or args.out:
+        raise CrossdiffError(
+            "--seeds needs a run folder RUN (the reference is RUN/crosscoder, the others go "
+            "to RUN/crosscoders/) and no --out"
+        )
+    done = train_members(
+        args.run,
+        seeds=args.seeds,
+        exclusive=args.exclusive,
+        train=train_fields_from_args(args),
+        store=args.store,
+        progress=not args.no_progress,
+        force=args.force,
+        n_features=args.n_features,
+        expansion=args.expansion,
+        k=args.k,
+        frac_designated_shared=args.designated,
+        activation=args.activation,
+        selection_norm=args.selection_norm,
     )
-    kw = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
-    if kw.get("k_anneal_from") == 0:
-        kw["k_anneal_from"] = None
-    return TrainConfig(**kw)
+    rank = distributed.rank()
+    distributed.shutdown()
+    if rank != 0:
+        return 0
+    print(f"{len(done)} crosscoders on one store (compare them: crossdiff compare {args.run}):")
+    for m in done:
+        role = "reference" if m.reference else "member"
+        print(f"  {m.path}  seed {m.seed}, exclusive {m.exclusive:g} ({role})")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
     from crossdiff.errors import CrossdiffError
     from crossdiff.paths import RunPaths
 
+    if args.seeds is not None:
+        return run_members(args)
     if not args.run and not (args.store and args.out):
         raise CrossdiffError("give a run folder, or both --store and --out")
     paths = RunPaths(args.run) if args.run else None
@@ -107,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         n_features=args.n_features,
         expansion=args.expansion,
         k=args.k,
-        exclusive=args.exclusive,
+        exclusive=_single_fraction(args.exclusive),
         frac_designated_shared=args.designated,
         activation=args.activation,
         selection_norm=args.selection_norm,
