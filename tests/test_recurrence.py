@@ -191,6 +191,11 @@ def test_compare_cli_writes_the_table_and_feeds_the_views(run_folder, capsys):
     assert recurrence_lines(run_folder, 20) == []  # a shared feature
     assert recurrence_summary(run_folder).startswith("rediscovery over 1 other")
     assert '<section id="recurrence">' in recurrence_html(run_folder)
+    analysis = RunPaths(run_folder).analysis  # the report and show hold the analysis folder
+    analysis.mkdir(exist_ok=True)
+    (analysis / "analysis.json").write_text("{}")
+    assert recurrence_html(analysis) == recurrence_html(run_folder)
+    assert recurrence_lines(analysis, feat) == lines
 
 
 def test_views_escape_names_and_drop_stale_results(run_folder, tmp_path):

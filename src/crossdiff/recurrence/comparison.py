@@ -280,16 +280,26 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
+def run_root(run: str | Path) -> Path:
+    """A run folder, or the run above an analysis folder (``AnalysisResult.folder``), so the
+    views take what the report and ``show`` already hold."""
+    p = Path(run)
+    return p.parent if p.name == "analysis" and (p / "analysis.json").is_file() else p
+
+
 def has_recurrence(run: str | Path) -> bool:
-    folder = RunPaths(run).recurrence
+    """Whether ``crossdiff compare`` has written RUN/recurrence (current or not)."""
+    folder = RunPaths(run_root(run)).recurrence
     return (folder / RECURRENCE_FILE).is_file() and (folder / META_FILE).is_file()
 
 
 def load_recurrence(run: str | Path, *, current_only: bool = True) -> RecurrenceResult | None:
-    """RUN/recurrence read back; None when absent, or (``current_only``) when the reference
-    crosscoder was retrained since (its counts would name other features)."""
+    """RUN/recurrence (``run``: a run or its analysis folder) read back; None when absent,
+    or (``current_only``) when the reference crosscoder was retrained since (its counts
+    would name other features)."""
     import pyarrow.parquet as pq
 
+    run = run_root(run)
     if not has_recurrence(run):
         return None
     folder = RunPaths(run).recurrence
