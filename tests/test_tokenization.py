@@ -180,3 +180,18 @@ def test_rare_candidates_get_no_perfect_score(tmp_path):
     for v, s in zip(t["verdict"], t["exclusivity"]):
         if v == "untested":
             assert s != s  # NaN: "too rare to judge", never a score
+
+
+def test_ranking_puts_recurring_features_first_within_a_verdict():
+    from crossdiff.analysis.ranking import rank_candidates
+
+    klass = np.array(["A", "A", "A", "A"])
+    verdict = np.array(["confirmed", "confirmed", "confirmed", "tokenization"], dtype=object)
+    score = np.ones(4)
+    freq = np.full(4, 0.005)
+    strength = np.array([3.0, 2.0, 1.0, 9.0])
+    ok = np.ones(4, dtype=bool)
+    assert rank_candidates(klass, verdict, score, freq, strength, ok).tolist() == [1, 2, 3, 4]
+    recurs = np.array([0, 4, 2, 4])
+    ranked = rank_candidates(klass, verdict, score, freq, strength, ok, recurs).tolist()
+    assert ranked == [3, 1, 2, 4]  # 4 of 4 first, then 2, then 0; the artifact stays last

@@ -393,6 +393,11 @@ def summarize(out: str | Path, examples_per_model: int = 3) -> str:
                 f"too rare to judge, {c.get('tokenization', 0)} tokenization, "
                 f"{c.get('twin', 0)} twins, {c.get('refuted', 0)} refuted"
             )
+    from crossdiff.recurrence import recurrence_summary
+
+    rec_line = recurrence_summary(out)
+    if rec_line:
+        lines.append(rec_line)
     top = top_exclusive_features(out, examples_per_model)
     for klass, feats in top.items():
         model = meta.get("models", {}).get(klass.lower(), {}).get("model_id", klass)

@@ -269,6 +269,18 @@ def _fold_batch(
             state.test_rows += len(idx)
 
 
+def _recurrence(paths: RunPaths | None, f: int) -> np.ndarray:
+    """(F,) how many other crosscoders of the run found each exclusive feature again
+    (``crossdiff compare``; -1 where unknown: shared features, no or stale results)."""
+    if paths is not None:
+        from crossdiff.recurrence import recurrence_column
+
+        col = recurrence_column(paths.root)
+        if col is not None and col.shape[0] == f:
+            return col.astype(np.int32)
+    return np.full(f, -1, dtype=np.int32)
+
+
 def tokenization_columns(
     state: PassState,
     store: Any,
@@ -411,7 +423,8 @@ def analyze(
     )
     score = np.where(verdict == "untested", np.nan, score)  # too rare to judge: no score
     reviewable = alive & ~near_dead
-    rank = rank_candidates(klass, verdict, score, freq, mean_act, reviewable)
+    recurs = _recurrence(paths, f)
+    rank = rank_candidates(klass, verdict, score, freq, mean_act, reviewable, recurs)
 
     features = pa.table(
         {
@@ -442,6 +455,7 @@ def analyze(
             "twin_corr": twin_corr.astype(np.float32),
             "exclusivity": score.astype(np.float32),
             "verdict": verdict.tolist(),
+            "recurs": recurs,
             "rank": rank,
         }
     )

@@ -9,12 +9,14 @@ documented, reproducible order (``rank`` 1, 2, ... within the model; 0 = not ran
    exclusive feature of the other model fires on the same rows: one shared concept split in
    two), 'tokenization' (a tokenizer artifact: mostly at word-internal positions, or explained
    by descriptors of the tokenization), then 'refuted' (the other model predicts it).
-2. **Exclusivity score**, in steps of 0.1 (1 - the larger of the cross-model R^2 and, for
+2. **Recurrence** (when ``crossdiff compare`` has run before the analysis): found again in
+   more of the run's other crosscoders first (``recurs``; docs/recurrence.md).
+3. **Exclusivity score**, in steps of 0.1 (1 - the larger of the cross-model R^2 and, for
    standard crosscoders, the latent scaling ratio, clipped to [0, 1]); higher first.
-3. **Frequency band** (decades): 0.1-1% first (enough examples, specific), then 1-10%,
+4. **Frequency band** (decades): 0.1-1% first (enough examples, specific), then 1-10%,
    0.01-0.1%, >= 10% (dense features are rarely interpretable), then rarer decades.
-4. **Activation strength**: mean activation when active, higher first.
-5. Feature index (ties).
+5. **Activation strength**: mean activation when active, higher first.
+6. Feature index (ties).
 
 Dead features (never fired) and near-dead ones (fewer than ``min_count`` activations or
 frequency below ``min_frequency``) are not ranked.
@@ -100,6 +102,7 @@ def rank_candidates(
     freq: np.ndarray,
     mean_act: np.ndarray,
     reviewable: np.ndarray,
+    recurs: np.ndarray | None = None,
 ) -> np.ndarray:
     """1-based rank of each feature within its model's exclusive list (0: not ranked)."""
     n = klass.shape[0]
@@ -109,10 +112,13 @@ def rank_candidates(
     bands = band_order(freq)
     strength = np.nan_to_num(mean_act, nan=0.0)
     index = np.arange(n)
+    rec = np.zeros(n, dtype=np.int64) if recurs is None else np.maximum(recurs, -1)
     for m in ("A", "B"):
         sel = np.flatnonzero((klass == m) & reviewable)
         # np.lexsort sorts by the last key first
-        order = np.lexsort((index[sel], -strength[sel], bands[sel], -score_step[sel], v_order[sel]))
+        order = np.lexsort(
+            (index[sel], -strength[sel], bands[sel], -score_step[sel], -rec[sel], v_order[sel])
+        )
         rank[sel[order]] = np.arange(1, len(sel) + 1)
     return rank
 

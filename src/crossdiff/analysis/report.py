@@ -541,6 +541,9 @@ def render_report(
     from crossdiff.interpret import interpret_html
 
     sections.append(interpret_html(result.folder))
+    from crossdiff.recurrence import recurrence_html
+
+    sections.append(recurrence_html(result.folder))
     details = []
     for m in ("a", "b"):
         for f in lists[m] + flagged[m]:

@@ -66,6 +66,8 @@ FEATURE_COLUMNS: dict[str, str] = {
     "verdict": "exclusive candidates: 'confirmed' (not predicted by the other model, not "
     "tokenization), 'untested' (too rare to judge), 'twin', 'tokenization' or 'refuted'; "
     "'' otherwise",
+    "recurs": "how many of the run's other crosscoders found this exclusive feature again "
+    "(crossdiff compare, run before analyze; -1: unknown)",
     "rank": "review order within the model's exclusive list (1 = first; 0 = not ranked)",
 }
 

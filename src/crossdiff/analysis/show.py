@@ -153,6 +153,9 @@ def format_feature(
     from crossdiff.interpret import interpret_lines
 
     lines += interpret_lines(run, feature) if run is not None else []
+    from crossdiff.recurrence import recurrence_lines
+
+    lines += recurrence_lines(run, feature) if run is not None else []
     exs = result.feature_examples(feature)
     _fill_missing_contexts(result, exs, run)
     tops = [x for x in exs if x["kind"] == "top"][:examples]
