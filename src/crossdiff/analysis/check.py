@@ -100,18 +100,8 @@ def run_check(
             "predictions are weak (harvest more, or probe_split='all')"
         )
     maps = fit_stitch_maps(state.moments, config.ridge)
-    info.update(
-        {
-            "map_fve_b_to_a": maps.fve_ba,
-            "map_fve_a_to_b": maps.fve_ab,
-            "ridge_b_to_a": maps.ridge_ba,
-            "ridge_a_to_b": maps.ridge_ab,
-        }
-    )
-    feats = np.concatenate([cand, controls])
-    side = ["a" if klass[i] == "A" else "b" for i in cand]
-    side += ["a" if j % 2 == 0 else "b" for j in range(len(controls))]
-    thr = firing_thresholds(cc, state.stats.min_pos)
+    _map_info(info, maps)
+    feats, side, thr = _scored(cand, controls, klass, cc, state)
     scorer = CrossPredictionScorer(cc, maps, torch.as_tensor(feats, dtype=torch.long), side, thr)
     x_a = torch.cat(state.test_a)
     x_b = torch.cat(state.test_b)
@@ -164,19 +154,8 @@ def run_crossfit_check(
         )
         return cols, info
     maps = [fit_stitch_maps(total.minus(m), config.ridge) for m in state.fold_moments]
-    full = fit_stitch_maps(total, config.ridge)
-    info.update(
-        {
-            "map_fve_b_to_a": full.fve_ba,
-            "map_fve_a_to_b": full.fve_ab,
-            "ridge_b_to_a": full.ridge_ba,
-            "ridge_a_to_b": full.ridge_ab,
-        }
-    )
-    feats = np.concatenate([cand, controls])
-    side = ["a" if klass[i] == "A" else "b" for i in cand]
-    side += ["a" if j % 2 == 0 else "b" for j in range(len(controls))]
-    thr = firing_thresholds(cc, state.stats.min_pos)
+    _map_info(info, fit_stitch_maps(total, config.ridge))
+    feats, side, thr = _scored(cand, controls, klass, cc, state)
     feats_t = torch.as_tensor(feats, dtype=torch.long)
     scorers = [CrossPredictionScorer(cc, mp, feats_t, side, thr) for mp in maps]
     total_rows = state.rows
@@ -229,6 +208,26 @@ def run_crossfit_check(
     info["test_rows_available"] = int(scorer.n)
     _control_summary(info, r2, scorer, cand, controls, config)
     return cols, info
+
+
+def _map_info(info: dict[str, Any], maps: Any) -> None:
+    info.update(
+        {
+            "map_fve_b_to_a": maps.fve_ba,
+            "map_fve_a_to_b": maps.fve_ab,
+            "ridge_b_to_a": maps.ridge_ba,
+            "ridge_a_to_b": maps.ridge_ab,
+        }
+    )
+
+
+def _scored(cand, controls, klass, cc, state) -> tuple[np.ndarray, list[str], torch.Tensor]:
+    """The features the check scores (candidates, then controls), the side whose part is
+    predicted from the other model, and their firing thresholds."""
+    feats = np.concatenate([cand, controls])
+    side = ["a" if klass[i] == "A" else "b" for i in cand]
+    side += ["a" if j % 2 == 0 else "b" for j in range(len(controls))]
+    return feats, side, firing_thresholds(cc, state.stats.min_pos)
 
 
 def _control_summary(info, r2, scorer, cand, controls, config) -> None:
