@@ -411,7 +411,7 @@ def steering_html(data: dict[str, Any]) -> str:
             label = str(mdl.get("model", "")).upper()
             if mdl.get("direction") and mdl.get("direction") != "decoder":
                 label += f" ({mdl['direction']})"
-            cells = "".join(f'<td class="gen">{e(g)}</td>' for g in row)
+            cells = "".join(_gen_td(g, _cell(mdl, pi, ai)) for ai, g in enumerate(row))
             rows.append(f"<tr><td>{e(label)}</td>{cells}</tr>")
     rate_rows = []
     for mdl in models:
@@ -420,6 +420,7 @@ def steering_html(data: dict[str, Any]) -> str:
             rate_rows.append(
                 f"<tr><td>rate {e(str(mdl.get('model', '')).upper())}</td>{cells}</tr>"
             )
+        rate_rows += _evidence_rows(mdl, len(alphas))
     notes = [*(data.get("notes") or [])]
     for mdl in models:
         notes += [f"{str(mdl.get('model', '')).upper()}: {n}" for n in (mdl.get("notes") or [])]
@@ -429,11 +430,98 @@ def steering_html(data: dict[str, Any]) -> str:
         f"scorer {data.get('scorer') or 'none'}."
     )
     return (
-        f'<h3>Steering</h3><p class="note">{e(intro)}</p><table><thead><tr><th>model</th>{head}'
+        f'<h3>Steering</h3><p class="note">{e(intro)}</p>'
+        + "".join(_verdict_p(mdl) for mdl in models)
+        + f"<table><thead><tr><th>model</th>{head}"
         "</tr></thead><tbody>"
         + "".join(rows + rate_rows)
         + "</tbody></table>"
         + "".join(f'<p class="note">{e(n)}</p>' for n in notes)
+    )
+
+
+def _cell(mdl: dict[str, Any], p: int, a: int) -> dict[str, Any] | None:
+    """One generation's coherence measures ({loss, repetition, nonword, broken}) or None."""
+    coh = mdl.get("coherence")
+    if not isinstance(coh, dict):
+        return None
+    out = {}
+    for key in ("loss", "repetition", "nonword", "broken"):
+        try:
+            out[key] = coh[key][p][a]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return out
+
+
+def _gen_td(text: str, cell: dict[str, Any] | None) -> str:
+    """A generation cell, flagged when the coherence check calls it broken."""
+    if cell is None:
+        return f'<td class="gen">{e(text)}</td>'
+    why = (
+        f"loss {_fmt(cell['loss'])} nats/token, repetition {_fmt(cell['repetition'], 2)}, "
+        f"non-words {_fmt(cell['nonword'], 2)}"
+    )
+    flag = "⚠ broken" if cell["broken"] else "coherent"
+    color = "#b00" if cell["broken"] else "#080"
+    return (
+        f'<td class="gen" title="{e(why)}">{e(text)}'
+        f'<br><small style="color:{color}">{e(flag)} · {e(why)}</small></td>'
+    )
+
+
+def _evidence_rows(mdl: dict[str, Any], n: int) -> list[str]:
+    """Effect with its 95% CI, the null band and coherence per alpha (when computed)."""
+    ev = mdl.get("evidence")
+    if not isinstance(ev, dict):
+        return []
+    name = e(str(mdl.get("model", "")).upper())
+
+    def at(key: str, i: int) -> Any:
+        vals = ev.get(key)
+        return vals[i] if isinstance(vals, list) and i < len(vals) else None
+
+    out = []
+    if ev.get("effects") is not None:
+        cells = "".join(
+            f"<td>{e(_fmt(at('effects', i), 2))} [{e(_fmt(at('ci_low', i), 2))}, "
+            f"{e(_fmt(at('ci_high', i), 2))}]</td>"
+            for i in range(n)
+        )
+        out.append(f"<tr><td>effect {name} (95% CI)</td>{cells}</tr>")
+    if ev.get("null_low") is not None:
+        cells = "".join(
+            f"<td>[{e(_fmt(at('null_low', i), 2))}, {e(_fmt(at('null_high', i), 2))}]</td>"
+            for i in range(n)
+        )
+        out.append(f"<tr><td>null band {name}</td>{cells}</tr>")
+    if ev.get("coherent") is not None:
+        cells = "".join(f"<td>{'yes' if at('coherent', i) else '⚠ no'}</td>" for i in range(n))
+        out.append(f"<tr><td>coherent {name}</td>{cells}</tr>")
+    return out
+
+
+def _verdict_p(mdl: dict[str, Any]) -> str:
+    """The verdict line of one steered model (nothing for files without evidence)."""
+    ev = mdl.get("evidence")
+    if not isinstance(ev, dict) or not ev.get("verdict"):
+        return ""
+    rng = ev.get("coherent_range")
+    where = (
+        f"coherent for alpha {_fmt(rng[0])} to {_fmt(rng[1])} "
+        f"(largest |alpha| {_fmt(ev.get('max_coherent_alpha'))})"
+        if rng
+        else "no coherent alpha"
+    )
+    nulls = ev.get("null_features") or []
+    beats = ev.get("beats_null_at") or []
+    parts = [where, f"null: {len(nulls)} random feature(s) {', '.join(map(str, nulls))}".strip()]
+    if beats:
+        parts.append("beats the null at alpha " + ", ".join(_fmt(a) for a in beats))
+    label = str(mdl.get("model", "")).upper()
+    return (
+        f"<p><b>Verdict {e(label)}: {e(ev['verdict'])}</b> "
+        f'<span class="note">({e("; ".join(parts))})</span></p>'
     )
 
 

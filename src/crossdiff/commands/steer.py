@@ -90,6 +90,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="RULE",
         help="regex:PATTERN, keywords:a,b,c, or judge:CRITERION (LLM judge)",
     )
+    s.add_argument(
+        "--no-explanation-score",
+        action="store_true",
+        help="without --score, do not score with the feature's explanation's top terms",
+    )
+    s.add_argument(
+        "--nulls",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also sweep N random alive features of the same class, pushed as hard, as a null "
+        "for the verdict (default 0; crossdiff run uses 3)",
+    )
+    s.add_argument("--null-seed", type=int, default=0, help="seed of the null features' draw")
     s.add_argument("--judge-url", help="OpenAI-compatible API base, e.g. http://localhost:8000/v1")
     s.add_argument("--judge-model", help="model name the judge endpoint serves")
     s.add_argument(
@@ -142,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
         batched=not args.no_batch,
         s_max=args.s_max,
         score=args.score,
+        explanation_score=not args.no_explanation_score,
+        nulls=args.nulls,
+        null_seed=args.null_seed,
         judge_url=args.judge_url,
         judge_model=args.judge_model,
         judge_key_env=args.judge_key_env,

@@ -7,6 +7,7 @@ The package is named ``steering`` (not ``steer``) so that the public function
 - :class:`SteeringResult` (result.py): generations, table, JSON, plot;
 - :mod:`.stitch`: the linear map between the two models for the cross-model check;
 - :mod:`.scoring`: regex/keyword rules and an LLM judge that turn generations into rates;
+- :mod:`.evidence`: coherence of every generation, the random-feature null, effects, verdict;
 - :mod:`.activation`, :mod:`.hooks`, :mod:`.generation`: one feature's activation, the
   per-row steering functions, and batched generation.
 """

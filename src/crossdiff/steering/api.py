@@ -3,7 +3,10 @@
 Flow: open the run (crosscoder, store manifest, s_max), decide which model(s) to steer, build
 each model's steering direction (its decoder row in raw scale, or for the cross-model check the
 push-forward of the source's row through a fitted linear map), generate every (prompt, alpha)
-row in batched ``generate`` calls with per-row steering, score the generations if asked, save
+row in batched ``generate`` calls with per-row steering (random null features of the same class
+in the same calls, when asked), measure every generation's coherence with the unsteered model,
+score the generations (the given rule, else the feature's explanation's top terms when
+``crossdiff interpret`` ran), compute the evidence and verdict (:mod:`.evidence`), save
 ``RUN/steering/feature-<i>.json``. Models are loaded one at a time and released after use, so
 steering both 8B models of a pair needs the memory of one.
 """
@@ -22,13 +25,20 @@ import torch
 from crossdiff.errors import CrossdiffError
 from crossdiff.steering.activation import FeatureReader
 from crossdiff.steering.context import RunContext
+from crossdiff.steering.evidence import (
+    coherence_rule,
+    evaluate_result,
+    explanation_scorer,
+    measure,
+    pick_nulls,
+)
 from crossdiff.steering.generation import (
     GenerationSettings,
     Prompt,
     generate_rows,
     prompt_ids,
 )
-from crossdiff.steering.hooks import add_fn, clamp_fn
+from crossdiff.steering.hooks import add_fn, add_rows_fn, clamp_fn
 from crossdiff.steering.result import ModelSteering, SteeringResult
 from crossdiff.steering.scoring import DEFAULT_KEY_ENV, make_scorer, rates
 from crossdiff.steering.stitch import (
@@ -138,6 +148,10 @@ def _rendering(lm: LoadedModel, chat: bool) -> str:
     return "chat template" if lm.has_chat_template else "plain chat rendering (no template)"
 
 
+def _klass(label: str) -> str:
+    return {"A-exclusive": "A", "B-exclusive": "B"}.get(label, "S")
+
+
 def _release(lm: LoadedModel) -> None:
     device = lm.device
     del lm
@@ -167,6 +181,9 @@ def steer(
     batched: bool = True,
     s_max: float | None = None,
     score: str | Callable[[str, str], Any] | None = None,
+    explanation_score: bool = True,
+    nulls: int = 0,
+    null_seed: int = 0,
     judge_url: str | None = None,
     judge_model: str | None = None,
     judge_key_env: str = DEFAULT_KEY_ENV,
@@ -193,6 +210,11 @@ def steer(
     ``judge_model``) or a callable ``(prompt, generation) -> score``. ``loaded_models`` passes
     already loaded models ({"a": lm}) instead of loading them from the run's manifest. With
     ``save`` the result goes to ``RUN/steering/feature-<i>.json`` (and a score plot beside it).
+    Without ``score``, ``explanation_score`` scores with the feature's explanation's top terms
+    (a keyword rule) when ``crossdiff interpret`` has explained it. ``nulls``: also sweep that
+    many random alive features of the same class (add mode; seeded by ``null_seed`` and the
+    feature), each pushed with the feature's added-vector norm, for the verdict
+    (docs/steering.md "Evidence").
     """
     if mode not in MODES:
         raise CrossdiffError(f"mode {mode!r} is not one of {', '.join(MODES)}")
@@ -206,6 +228,8 @@ def steer(
         if score is not None
         else None
     )
+    if isinstance(nulls, bool) or not isinstance(nulls, int) or nulls < 0:
+        raise CrossdiffError(f"nulls must be a whole number >= 0, got {nulls!r}")
 
     ctx = RunContext.open(run, model_specs=dict(model_specs or {}))
     cc = ctx.crosscoder
@@ -252,6 +276,7 @@ def steer(
     for side, direction in plan:
         if direction == "decoder":
             directions[side] = raw_decoders[side]
+    lmap = None
     if cross_model:
         src, tgt = plan[0][0], plan[1][0]
         lmap, cached = load_or_fit_map(
@@ -291,6 +316,38 @@ def steer(
         if med_s is None or med_t is None:
             notes.append("the store has no norm statistics; relative norms use 1.0")
 
+    # ---- null features and the default scorer ------------------------------------------------
+    null_vectors: dict[str, list[tuple[int, torch.Tensor]]] = {side: [] for side, _ in plan}
+    null_settings: dict[str, Any] | None = None
+    if nulls and mode != "add":
+        notes.append("null features are swept in add mode only; none in clamp mode")
+    elif nulls:
+        chosen, null_note = pick_nulls(ctx.paths.root, index, nulls, null_seed)
+        if null_note:
+            notes.append(null_note)
+        all_dec = {m: cc.decoder_weight(m, raw_scale=True).detach().float() for m in "ab"}
+        for side, direction in plan:
+            for j in chosen:
+                if direction == "decoder":
+                    vec = all_dec[side][j]
+                else:
+                    assert lmap is not None
+                    vec = lmap.push_forward(all_dec[plan[0][0]][j])
+                if float(vec.norm()) > 0:
+                    null_vectors[side].append((j, vec))
+        null_settings = {
+            "requested": nulls,
+            "seed": null_seed,
+            "features": chosen,
+            "pool": f"alive features of class {_klass(cc.partition.label(index))} "
+            "(analysis table), not the feature itself",
+            "norm": "each null's added vector has the feature's norm at every alpha",
+        }
+    if scorer is None and explanation_score:
+        scorer = explanation_scorer(ctx.paths.root, index)
+        if scorer is not None:
+            notes.append(f"scored with the feature's explanation's top terms ({scorer.name})")
+
     # ---- generate, model by model -------------------------------------------------------------
     from crossdiff.models import load_model
 
@@ -318,6 +375,7 @@ def steer(
                 prompt_list,
                 rows,
                 settings,
+                null_vectors=null_vectors.get(side, []),
                 batch_size=batch_size,
                 batched=batched,
                 progress=progress,
@@ -352,9 +410,13 @@ def steer(
         cross_model=cross_info,
         notes=notes,
         created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        coherence_rule=coherence_rule(),
+        null_settings=null_settings,
     )
     if scorer is not None:
         score_result(result, scorer)
+    else:
+        evaluate_result(result)
     if save:
         save_result(result, ctx.paths.steering)
     return result
@@ -375,6 +437,7 @@ def _steer_one(
     rows: list[tuple[int, int]],
     settings: GenerationSettings,
     *,
+    null_vectors: Sequence[tuple[int, torch.Tensor]] = (),
     batch_size: int,
     batched: bool,
     progress: bool,
@@ -396,8 +459,18 @@ def _steer_one(
         notes.append(
             f"loaded revision {lm.revision} differs from the harvested revision {info.revision}"
         )
-    seqs = [prompt_ids(lm, prompts[p], settings.chat) for p, _ in rows]
+    pseqs = [prompt_ids(lm, p, settings.chat) for p in prompts]
+    seqs = [pseqs[p] for p, _ in rows]
     reader = None
+    # null rows: (prompt, alpha, null k) for every non-zero alpha (alpha 0 is the same row)
+    null_rows = [
+        (p, a, k)
+        for k in range(len(null_vectors))
+        for p in range(len(prompts))
+        for a in range(len(alphas))
+        if alphas[a] != 0
+    ]
+    norm = float(vector.norm())
     if mode == "add":
         values = [alphas[a] * s_max for _, a in rows]
     else:
@@ -418,6 +491,17 @@ def _steer_one(
     def make_fn(idx: list[int]):
         return steering_fn(ctx, side, vector, feature, mode, [values[i] for i in idx], reader)
 
+    if null_rows:  # one direction per row: the feature's, then each null's (matched norm)
+        vectors = torch.stack([vector.float()] + [v.float() for _, v in null_vectors])
+        which = [0] * len(rows) + [k + 1 for _, _, k in null_rows]
+        coefs = values + [
+            alphas[a] * s_max * norm / float(null_vectors[k][1].norm()) for _, a, k in null_rows
+        ]
+        seqs = seqs + [pseqs[p] for p, _, _ in null_rows]
+
+        def make_fn(idx: list[int]):
+            return add_rows_fn(vectors[[which[i] for i in idx]], [coefs[i] for i in idx])
+
     out = generate_rows(
         lm,
         layer,
@@ -430,8 +514,34 @@ def _steer_one(
         desc=f"steer {side.upper()}",
     )
     grid = [[""] * len(alphas) for _ in prompts]
-    for (p, a), text in zip(rows, out.texts):
+    toks: list[list[list[int]]] = [[[] for _ in alphas] for _ in prompts]
+    for (p, a), text, ids in zip(rows, out.texts, out.tokens):
         grid[p][a] = text
+        toks[p][a] = ids
+    coherence, reference = measure(lm, alphas, pseqs, toks, grid)
+    null_results = None
+    if null_vectors and mode == "add":
+        null_results = []
+        n_main = len(rows)
+        for k, (j, vec) in enumerate(null_vectors):
+            g = [list(row) for row in grid]  # alpha 0 is shared with the feature's sweep
+            t = [list(row) for row in toks]
+            for r, (p, a, kk) in enumerate(null_rows):
+                if kk == k:
+                    g[p][a] = out.texts[n_main + r]
+                    t[p][a] = out.tokens[n_main + r]
+            null_coh, _ = measure(lm, alphas, pseqs, t, g, reference)
+            null_results.append(
+                {
+                    "feature": int(j),
+                    "vector_norm": float(vec.norm()),
+                    "coefs": [a * s_max * norm / float(vec.norm()) for a in alphas],
+                    "generations": g,
+                    "coherence": null_coh,
+                    "rates": None,
+                    "scores": None,
+                }
+            )
     return ModelSteering(
         model=side,
         model_id=lm.model_id,
@@ -443,6 +553,8 @@ def _steer_one(
         generations=grid,
         batched=out.batched,
         notes=notes + out.notes,
+        coherence=coherence,
+        nulls=null_results,
     )
 
 
@@ -475,8 +587,10 @@ def score_result(result: SteeringResult, scorer) -> SteeringResult:
     texts = [p if isinstance(p, str) else p[-1]["content"] for p in result.prompts]
     for m in result.models:
         m.rates, m.scores = rates(scorer, texts, m.generations)
+        for null in m.nulls or []:
+            null["rates"], null["scores"] = rates(scorer, texts, null["generations"])
     result.scorer = scorer.name
-    return result
+    return evaluate_result(result)
 
 
 def result_path(steering_dir: Path, feature: int) -> Path:

@@ -8,6 +8,7 @@ its own amount:
   feature's decoder row in the model's own (raw) scale: docs/METHOD.md §5's
   ``x' = x + alpha x s_max x d_i``, at every position, prompt and generated tokens alike.
   ``coef = 0`` adds an exact zero, so alpha = 0 reproduces the unsteered model bit for bit.
+- add mode with nulls (:func:`add_rows_fn`): each row has its own direction too.
 - clamp mode: ``hidden[r, t] += (target[r] - f(hidden[r, t])) x v``, where ``f`` is the
   feature's activation read by the crosscoder's encoder from this model's (normalized) residual
   stream: the feature's part of the crosscoder's reconstruction is replaced by the target
@@ -80,5 +81,22 @@ def clamp_fn(
         diff = target[:, None] - current.reshape(b, t)
         delta = diff[..., None] * vec[None, None, :]
         return hidden + delta.to(hidden.dtype)
+
+    return fn
+
+
+def add_rows_fn(vectors: torch.Tensor, coefs: Sequence[float]) -> HiddenFn:
+    """``hidden[r] + coefs[r] x vectors[r]``: a direction of its own per batch row ((rows, d),
+    raw scale), for sweeping null features in the same ``generate`` call as the feature."""
+    coef = torch.as_tensor(list(coefs), dtype=torch.float32)
+    delta_f32 = (coef[:, None] * vectors.detach().float().cpu())[:, None, :]
+    cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def fn(hidden: torch.Tensor) -> torch.Tensor:
+        _check_batch(hidden, delta_f32.shape[0])
+        key = (hidden.device, hidden.dtype)
+        if key not in cache:
+            cache[key] = delta_f32.to(device=hidden.device, dtype=hidden.dtype)
+        return hidden + cache[key]
 
     return fn

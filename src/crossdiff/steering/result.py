@@ -17,9 +17,13 @@ from typing import Any
 from crossdiff.errors import CrossdiffError
 
 RESULT_FORMAT = "crossdiff-steering"
-RESULT_VERSION = 1
+RESULT_VERSION = 2  # 2: coherence, nulls, evidence, verdict (version 1 files still load)
 MIN_COLUMN = 14
 LABEL_WIDTH = 18
+
+
+def _flag(broken: bool) -> str:
+    return "[broken] " if broken else ""
 
 
 @dataclass
@@ -48,6 +52,14 @@ class ModelSteering:
     scores: list[list[float | None]] | None = None
     """``scores[prompt][alpha]``, when scored."""
     notes: list[str] = field(default_factory=list)
+    coherence: dict[str, Any] | None = None
+    """``{"loss", "repetition", "nonword", "broken"}``, each ``[prompt][alpha]``
+    (crossdiff.steering.evidence; None in files written before version 2)."""
+    nulls: list[dict[str, Any]] | None = None
+    """Random-feature null sweeps: per null feature ``{"feature", "vector_norm", "coefs",
+    "generations", "coherence", "rates", "scores"}`` (None: no null was run)."""
+    evidence: dict[str, Any] | None = None
+    """Effects with bootstrap CIs, the null band, coherent alphas and the verdict."""
 
     @property
     def label(self) -> str:
@@ -75,6 +87,12 @@ class SteeringResult:
     scorer: str | None = None
     notes: list[str] = field(default_factory=list)
     created: str = ""
+    verdict: str | None = None
+    """The strongest verdict over the steered models (see crossdiff.steering.evidence)."""
+    coherence_rule: dict[str, Any] | None = None
+    """The thresholds that flag a generation as broken."""
+    null_settings: dict[str, Any] | None = None
+    """How the null features were drawn (count, seed, pool)."""
     path: Path | None = None
     plot_path: Path | None = None
 
@@ -115,6 +133,9 @@ class SteeringResult:
             "scorer": self.scorer,
             "notes": self.notes,
             "created": self.created,
+            "verdict": self.verdict,
+            "coherence_rule": self.coherence_rule,
+            "null_settings": self.null_settings,
             "plot": self.plot_path.name if self.plot_path is not None else None,
         }
         return data
@@ -217,9 +238,11 @@ class SteeringResult:
             )
             out.append(sep)
             for m in self.models:
+                broken = (m.coherence or {}).get("broken") or []
+                flags = broken[p] if p < len(broken) else [False] * len(m.generations[p])
                 cells = [
-                    textwrap.wrap(" ".join(g.split()) or "(empty)", col) or [""]
-                    for g in m.generations[p]
+                    textwrap.wrap(_flag(bad) + (" ".join(g.split()) or "(empty)"), col) or [""]
+                    for g, bad in zip(m.generations[p], flags)
                 ]
                 height = max(len(c) for c in cells)
                 for line in range(height):
@@ -232,7 +255,39 @@ class SteeringResult:
             out.append("")
         if any(m.rates is not None for m in self.models):
             out.append(self.rates_table())
+        lines = self.evidence_lines()
+        if lines:
+            out += ["", *lines]
         return "\n".join(out).rstrip() + "\n"
+
+    def evidence_lines(self) -> list[str]:
+        """Verdict, coherent alpha range and null band per model, as text."""
+        out = []
+        for m in self.models:
+            ev = m.evidence
+            if not ev:
+                continue
+            rng = ev.get("coherent_range")
+            where = f"coherent alphas {rng[0]:g}..{rng[1]:g}" if rng else "no coherent alpha"
+            nulls = ev.get("null_features") or []
+            out.append(
+                f"evidence {m.label}: {ev.get('verdict')} ({where}; "
+                f"{len(nulls)} null feature(s){': ' + ', '.join(map(str, nulls)) if nulls else ''})"
+            )
+            if ev.get("effects") is not None:
+                for i, a in enumerate(self.alphas):
+                    eff = ev["effects"][i]
+                    if eff is None:
+                        continue
+                    band = ""
+                    if ev.get("null_low") is not None and ev["null_low"][i] is not None:
+                        band = f", null band [{ev['null_low'][i]:.2f}, {ev['null_high'][i]:.2f}]"
+                    ok = "" if ev["coherent"][i] else ", incoherent"
+                    out.append(
+                        f"  alpha {a:g}: effect {eff:.2f} "
+                        f"[{ev['ci_low'][i]:.2f}, {ev['ci_high'][i]:.2f}]{band}{ok}"
+                    )
+        return out
 
     def rates_table(self) -> str:
         """Rate per alpha and model, as text."""

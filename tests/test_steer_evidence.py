@@ -1,0 +1,288 @@
+"""Steering evidence (issue 14): coherence, the random-feature null, effects and the verdict.
+
+Run-level checks reuse test_steer.py's tiny run folder (two tiny random models, a tiny DFC);
+the null features are fixed by patching the draw (that run has no analysis table), and the
+draw itself is tested on a small fake table. The verdict logic is tested on synthetic
+per-(prompt, alpha) scores, where "a planted direction that moves a keyword's rate while random
+ones do not" can be written down exactly.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+import torch
+
+import crossdiff.steering.api as api
+from crossdiff.paths import RunPaths
+from crossdiff.steering import SteeringResult
+from crossdiff.steering import evidence as ev
+from crossdiff.steering.context import RunContext
+from crossdiff.steering.generation import GenerationSettings, generate_rows, prompt_ids
+from crossdiff.steering.hooks import add_fn
+from crossdiff.steering.result import ModelSteering
+from test_steer import (  # noqa: F401 (fixtures)
+    A_EXCL,
+    PROMPTS,
+    SPEC_A,
+    SPEC_B,
+    _steer,
+    greedy,
+    one_thread,
+    run_dir,
+)
+
+NULLS = [0, 2, 3]  # A-exclusive features of the tiny DFC, as the fixed null draw
+
+
+# ---- per-generation measures -----------------------------------------------------------------
+def test_repetition_and_nonword_rate():
+    assert ev.repetition([1, 2, 3, 4, 5, 6]) == 0.0
+    assert ev.repetition([7] * 20) > 0.9
+    assert ev.repetition([1, 2]) == 0.0
+    assert ev.nonword_rate("The quick brown fox, it's well-known: 1989.") == 0.0
+    assert ev.nonword_rate("AkindioTdDDDD") == 1.0
+    assert ev.nonword_rate("DDDD xQz") == 1.0
+    assert ev.nonword_rate("") == 0.0
+    assert ev.nonword_rate("NASA and Paris") == 0.0
+
+
+@pytest.mark.parametrize("spec", [SPEC_A, SPEC_B])
+def test_continuation_loss_matches_a_direct_forward_and_padding(tiny_loaded, spec):
+    lm = tiny_loaded(*spec)
+    prompts = [prompt_ids(lm, p, chat=True) for p in PROMPTS]
+    conts = [greedy(lm, ids, 5) for ids in prompts]
+    conts[1] = conts[1][:2]  # rows of different lengths: padding must not change a row's loss
+    batched = ev.continuation_loss(lm, prompts, conts, batch_size=8)
+    for p, c, got in zip(prompts, conts, batched):
+        ids = torch.tensor([p + c])
+        with torch.no_grad():
+            logp = torch.log_softmax(lm.model(input_ids=ids).logits[0].float(), -1)
+        want = -float(sum(logp[len(p) - 1 + i, t] for i, t in enumerate(c))) / len(c)
+        assert got == pytest.approx(want, abs=1e-4)
+    assert ev.continuation_loss(lm, prompts[:1], [[]]) == [None]
+
+
+def test_coherence_flags_a_broken_generation_not_the_models_own(tiny_loaded):
+    lm = tiny_loaded(*SPEC_A)
+    ids = prompt_ids(lm, PROMPTS[0], chat=True)
+    own = lm.tokenizer.decode(greedy(lm, ids, 12), skip_special_tokens=True)
+    own_c = ev.text_coherence(lm, ids, own)
+    broken = ev.text_coherence(lm, ids, " ".join(["fox"] * 16))
+    assert broken["repetition"] > ev.MAX_REPETITION
+    assert ev.judge_broken(broken["loss"], own_c["loss"], broken["repetition"], broken["nonword"])
+    noise = ev.text_coherence(lm, ids, "AkindioTdDDDD QqXzW zzZzz")
+    assert noise["nonword"] > ev.MAX_NONWORD
+    assert ev.judge_broken(noise["loss"], own_c["loss"], noise["repetition"], noise["nonword"])
+    # the loss rule: far above the alpha-0 reference is broken, at the reference it is not
+    assert ev.judge_broken(own_c["loss"] + ev.LOSS_MARGIN + 0.1, own_c["loss"], 0.0, 0.0)
+    assert not ev.judge_broken(own_c["loss"], own_c["loss"], 0.0, 0.0)
+    # the model's own greedy tokens are likelier under it than random tokens
+    toks = greedy(lm, ids, 12)
+    g = torch.Generator().manual_seed(0)
+    noise_ids = torch.randint(0, len(lm.tokenizer), (len(toks),), generator=g).tolist()
+    loss_own, loss_shuffled = ev.continuation_loss(lm, [ids, ids], [toks, noise_ids])
+    assert loss_own < loss_shuffled
+    # alpha-0 cells are coherent by definition, whatever their measures
+    grid = ev.coherence_grid([0.0, 2.0], [[9.0, 9.0]], [[0.9, 0.9]], [[0.0, 0.0]], [1.0])
+    assert grid["broken"] == [[False, True]]
+
+
+# ---- the run: nulls in the same batch, alpha 0, JSON -----------------------------------------
+@pytest.fixture
+def fixed_nulls(monkeypatch):
+    monkeypatch.setattr(api, "pick_nulls", lambda run, feature, n, seed=0: (NULLS[:n], None))
+
+
+def test_steer_with_nulls(run_dir, tiny_loaded, fixed_nulls):  # noqa: F811
+    lm = tiny_loaded(*SPEC_A)
+    plain = _steer(run_dir, tiny_loaded, A_EXCL, save=False)
+    result = _steer(run_dir, tiny_loaded, A_EXCL, nulls=3, score="regex:e")
+    m = result.model("a")
+    # the feature's own rows do not change when null rows share the batch
+    assert m.generations == plain.model("a").generations
+    # alpha = 0 reproduces the unsteered model
+    for p, prompt in enumerate(PROMPTS[:2]):
+        text = lm.tokenizer.decode(
+            greedy(lm, prompt_ids(lm, prompt, True), 6), skip_special_tokens=True
+        )
+        assert m.generations[p][1] == text
+    assert [n["feature"] for n in m.nulls] == NULLS
+    cc = RunContext.open(run_dir).crosscoder
+    dec = cc.decoder_weight("a", raw_scale=True).detach().float()
+    push = [a * result.s_max * float(dec[A_EXCL].norm()) for a in result.alphas]
+    settings = GenerationSettings(max_new_tokens=6)
+    layer = m.layer
+    for null in m.nulls:
+        j = null["feature"]
+        assert null["vector_norm"] == pytest.approx(float(dec[j].norm()), rel=1e-6)
+        # same added-vector norm as the feature at every alpha
+        got = [abs(c) * null["vector_norm"] for c in null["coefs"]]
+        assert got == pytest.approx([abs(x) for x in push], rel=1e-5)
+        assert [row[1] for row in null["generations"]] == [row[1] for row in m.generations]
+        # a null row equals steering that null direction alone
+        ids = prompt_ids(lm, PROMPTS[0], True)
+        alone = generate_rows(
+            lm, layer, [ids], lambda idx, c=null["coefs"][2], v=dec[j]: add_fn(v, [c]), settings
+        )
+        assert null["generations"][0][2] == alone.texts[0]
+        assert len(null["scores"]) == 2 and len(null["coherence"]["broken"]) == 2
+    coh = m.coherence
+    assert set(coh) == {"loss", "repetition", "nonword", "broken"}
+    assert all(row[1] is False for row in coh["broken"])  # alpha 0
+    evid = m.evidence
+    assert evid["null_features"] == NULLS and len(evid["null_low"]) == 3
+    assert evid["verdict"] in (ev.VERDICT_BEATS, ev.VERDICT_NULL)
+    assert result.verdict == evid["verdict"] and evid["coherent"][1] is True
+    # saved and loaded back
+    path = RunPaths(run_dir).steering / f"feature-{A_EXCL}.json"
+    data = json.loads(path.read_text())
+    assert data["version"] == 2 and data["verdict"] == result.verdict
+    assert data["models"][0]["nulls"][0]["feature"] == NULLS[0]
+    assert data["coherence_rule"]["loss_margin"] == ev.LOSS_MARGIN
+    back, now = SteeringResult.load(path).to_dict(), result.to_dict()
+    back.pop("plot"), now.pop("plot")  # the plot's name is not read back (as before)
+    assert back == now
+    assert "evidence A:" in result.table(width=100)
+    from crossdiff.analysis.report import steering_html
+
+    html = steering_html(data)
+    assert f"Verdict A: {result.verdict}" in html
+    assert "null band A" in html and "coherent A" in html and "effect A (95% CI)" in html
+    assert "nats/token" in html and ("⚠ broken" in html or "coherent ·" in html)
+    # without a scorer (and no interpret folder): coherence but no behaviour verdict
+    unscored = _steer(run_dir, tiny_loaded, A_EXCL, nulls=1, save=False)
+    assert unscored.verdict == ev.VERDICT_NO_SCORER
+    assert unscored.model("a").evidence["coherent_range"] is not None
+    # clamp mode sweeps no nulls, and says so
+    clamped = _steer(run_dir, tiny_loaded, A_EXCL, nulls=2, mode="clamp", save=False)
+    assert clamped.model("a").nulls is None
+    assert any("add mode only" in n for n in clamped.notes)
+
+
+def test_version_1_files_still_load(run_dir, tiny_loaded, tmp_path):  # noqa: F811
+    data = _steer(run_dir, tiny_loaded, A_EXCL, save=False).to_dict()
+    data["version"] = 1
+    for key in ("verdict", "coherence_rule", "null_settings"):
+        data.pop(key)
+    for m in data["models"]:
+        for key in ("coherence", "nulls", "evidence"):
+            m.pop(key)
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    old = SteeringResult.load(path)
+    assert old.verdict is None and old.model("a").coherence is None
+    assert "evidence" not in old.table(width=100)
+    from crossdiff.analysis.report import steering_html
+
+    assert "verdict" not in steering_html(data)
+
+
+# ---- the null draw and the explanation scorer ------------------------------------------------
+class _FakeAnalysis:
+    def __init__(self, table):
+        self.features = table
+
+
+def test_pick_nulls_same_class_alive_seeded(monkeypatch, tmp_path):
+    n = 40
+    table = pa.table(
+        {
+            "feature": list(range(n)),
+            "klass": ["A" if i < 20 else "S" for i in range(n)],
+            "dead": [i % 5 == 0 for i in range(n)],
+            "s_max": [0.0 if i == 3 else 1.0 for i in range(n)],
+        }
+    )
+    import crossdiff.analysis
+
+    monkeypatch.setattr(crossdiff.analysis, "load_analysis", lambda run: _FakeAnalysis(table))
+    chosen, note = ev.pick_nulls(tmp_path, 7, 3, seed=0)
+    assert len(chosen) == 3 and note is None and 7 not in chosen
+    assert all(c < 20 and c % 5 and c != 3 for c in chosen)
+    assert ev.pick_nulls(tmp_path, 7, 3, seed=0)[0] == chosen  # seeded
+    many, note = ev.pick_nulls(tmp_path, 7, 50)
+    assert len(many) == 14 and "only 14" in note  # 20 A, 4 dead, 1 with s_max 0, not 7
+    assert ev.pick_nulls(tmp_path, 7, 0) == ([], None)
+
+
+def test_explanation_scorer_from_top_terms(tmp_path):
+    from crossdiff.interpret.results import META_FILE, SCHEMA, TABLE_FILE
+
+    folder = RunPaths(tmp_path).interpret
+    folder.mkdir(parents=True)
+    row = {name: None for name in SCHEMA.names}
+    row.update(feature=5, top_terms=["ottoman", "the ottoman", "ctx:empire", "–"])
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([row], schema=SCHEMA), folder / TABLE_FILE)
+    (folder / META_FILE).write_text(json.dumps({"format": "crossdiff-interpret"}))
+    scorer = ev.explanation_scorer(tmp_path, 5)
+    assert scorer.name == "keywords:ottoman,the ottoman,empire"
+    assert scorer("", "The Ottoman Empire") == 1.0 and scorer("", "a sultan") == 0.0
+    assert ev.explanation_scorer(tmp_path, 6) is None
+    assert ev.explanation_scorer(tmp_path / "nothing", 5) is None
+
+
+# ---- effects and the verdict on synthetic scores -----------------------------------------------
+ALPHAS = [-4.0, -2.0, 0.0, 2.0, 4.0]
+
+
+def _model(scores, null_scores, broken=None) -> ModelSteering:
+    n_p = len(scores)
+    broken = broken or [[False] * len(ALPHAS) for _ in range(n_p)]
+    return ModelSteering(
+        model="a",
+        model_id="tiny",
+        layer=1,
+        direction="decoder",
+        vector_norm=1.0,
+        median_norm=None,
+        rendering="plain text",
+        generations=[[""] * len(ALPHAS) for _ in range(n_p)],
+        batched=True,
+        scores=scores,
+        coherence={"broken": broken},
+        nulls=[{"feature": 100 + k, "scores": s} for k, s in enumerate(null_scores)],
+    )
+
+
+def test_planted_direction_beats_the_null_random_ones_do_not():
+    # the planted direction turns the keyword on in every prompt at alpha >= 2; random
+    # directions pushed as hard leave it at its base rate (1 prompt in 6)
+    base = [1.0, 0, 0, 0, 0, 0]
+    planted = [[b, b, b, 1.0, 1.0] for b in base]
+    nulls = [[[b] * 5 for b in base], [[b, 0.0, b, b, b] for b in base], [[b] * 5 for b in base]]
+    out = ev.evaluate(_model(planted, nulls), ALPHAS, "keywords:x")
+    assert out["verdict"] == ev.VERDICT_BEATS and out["beats_null_at"] == [2.0, 4.0]
+    assert out["effects"][3] == 1.0 and out["ci_low"][3] == 1.0
+    assert out["null_low"][2] == pytest.approx(1 / 6) and out["null_high"][2] == pytest.approx(
+        1 / 6
+    )
+    assert out["coherent_range"] == [-4.0, 4.0] and out["max_coherent_alpha"] == 4.0
+    # a "random" direction evaluated the same way against the others does not beat them
+    fake = ev.evaluate(_model(nulls[0], nulls[1:]), ALPHAS, "k")
+    assert fake["verdict"] == ev.VERDICT_NULL and fake["beats_null_at"] == []
+    # the push only works where the model is broken: no verdict from incoherent alphas
+    broken = [[False, False, False, True, True] for _ in base]
+    out = ev.evaluate(_model(planted, nulls, broken), ALPHAS, "keywords:x")
+    assert out["verdict"] == ev.VERDICT_NULL
+    assert out["coherent"] == [True, True, True, False, False]
+    assert out["coherent_range"] == [-4.0, 0.0] and out["max_coherent_alpha"] == 4.0
+    # one broken prompt in six keeps the alpha coherent
+    few = [[False, False, False, p == 0, False] for p in range(6)]
+    assert ev.evaluate(_model(planted, nulls, few), ALPHAS, "k")["verdict"] == ev.VERDICT_BEATS
+    # no scorer, no null
+    assert ev.evaluate(_model(planted, nulls), ALPHAS, None)["verdict"] == ev.VERDICT_NO_SCORER
+    assert ev.evaluate(_model(planted, []), ALPHAS, "k")["verdict"] == ev.VERDICT_NO_NULL
+
+
+def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
+    vals = [0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+    mean, lo, hi = ev.bootstrap_ci(vals, seed=3)
+    assert lo <= mean <= hi and 0 <= lo < hi <= 1
+    assert ev.bootstrap_ci(vals, seed=3) == (mean, lo, hi)
+    assert ev.bootstrap_ci([None, 0.5]) == (0.5, 0.5, 0.5)
+    assert ev.bootstrap_ci([]) is None
