@@ -25,6 +25,7 @@ from crossdiff.steering.hooks import add_fn
 from crossdiff.steering.result import ModelSteering
 from test_steer import (  # noqa: F401 (fixtures)
     A_EXCL,
+    ARCHS,
     PROMPTS,
     SPEC_A,
     SPEC_B,
@@ -49,7 +50,7 @@ def test_repetition_and_nonword_rate():
     assert ev.nonword_rate("NASA and Paris") == 0.0
 
 
-@pytest.mark.parametrize("spec", [SPEC_A, SPEC_B])
+@pytest.mark.parametrize("spec", ARCHS)
 def test_continuation_loss_matches_a_direct_forward_and_padding(tiny_loaded, spec):
     lm = tiny_loaded(*spec)
     prompts = [prompt_ids(lm, p, chat=True) for p in PROMPTS]

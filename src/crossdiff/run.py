@@ -264,7 +264,8 @@ def _stage_steer(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
         return "skipped (disabled)"
     prompts = sc.pop("prompts", DEFAULT_PROMPTS[:3])
     alphas = sc.pop("alphas", list(DEFAULT_ALPHAS))
-    sc.setdefault("nulls", 3)  # random-feature null for the verdict (docs/steering.md)
+    # random-feature null for the verdict (docs/steering.md); 2 keeps the stage within ~2x
+    sc.setdefault("nulls", 2)
     done = 0
     for feats in top_exclusive_features(paths.root, per_model).values():
         for feat in feats:

@@ -101,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0,
         metavar="N",
         help="also sweep N random alive features of the same class, pushed as hard, as a null "
-        "for the verdict (default 0; crossdiff run uses 3)",
+        "for the verdict (default 0; crossdiff run uses 2)",
     )
     s.add_argument("--null-seed", type=int, default=0, help="seed of the null features' draw")
     s.add_argument("--judge-url", help="OpenAI-compatible API base, e.g. http://localhost:8000/v1")

@@ -106,6 +106,15 @@ def nonword_rate(text: str) -> float:
     return sum(not _is_word(w) for w in words) / len(words)
 
 
+def _takes_logits_to_keep(lm: LoadedModel) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(lm.model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def continuation_loss(
     lm: LoadedModel,
     prompts: Sequence[Sequence[int]],
@@ -128,11 +137,20 @@ def continuation_loss(
             device=lm.device,
             dtype=torch.long,
         )
+        # only the positions that predict a continuation token go through the LM head (a
+        # 262k-token vocabulary makes the full logits the costliest part of this pass)
+        lo = min(len(prompts[r]) for r in chunk) - 1
+        hi = max(len(prompts[r]) + len(continuations[r]) for r in chunk) - 1
+        kw: dict[str, Any] = {}
+        if _takes_logits_to_keep(lm):
+            kw["logits_to_keep"] = torch.arange(lo, hi, device=lm.device)
+        else:
+            lo = 0
         with torch.no_grad():
-            logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False, **kw).logits
         for k, r in enumerate(chunk):
             p, c = len(prompts[r]), len(continuations[r])
-            rows = logits[k, p - 1 : p + c - 1].float()
+            rows = logits[k, p - 1 - lo : p + c - 1 - lo].float()
             target = torch.tensor(list(continuations[r]), device=rows.device)
             nll = -torch.log_softmax(rows, dim=-1).gather(1, target[:, None]).squeeze(1)
             out[r] = float(nll.mean())
