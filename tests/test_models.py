@@ -240,7 +240,7 @@ def test_steering_removes_hook_on_error_and_checks_shape(tiny_loaded):
 
 
 # ---------------------------------------------------------------------- rendering
-def _check_offsets(rendered: RenderedText, tokenized) -> None:
+def _check_offsets(rendered: RenderedText, tokenized, unk_id: int | None = None) -> None:
     n = len(rendered.text)
     assert len(tokenized.input_ids) == len(tokenized.offsets) == len(tokenized.special_mask)
     starts = []
@@ -250,10 +250,13 @@ def _check_offsets(rendered: RenderedText, tokenized) -> None:
             assert b > a
             starts.append(a)
     assert starts == sorted(starts)
-    # every content character is inside some token's span
+    # every content character is inside some token's span (an unknown character is inside
+    # the unk token's, which counts as special: the model has not read what it stands for)
     covered = set()
-    for (a, b), special in zip(tokenized.offsets, tokenized.special_mask, strict=True):
-        if not special:
+    for (a, b), special, t in zip(
+        tokenized.offsets, tokenized.special_mask, tokenized.input_ids, strict=True
+    ):
+        if not special or t == unk_id:
             covered.update(range(a, b))
     for a, b in rendered.content_spans:
         assert set(range(a, b)) <= covered
@@ -273,7 +276,7 @@ def test_render_chat_spans_recover_contents(tiny_loaded, tok):
         assert all(b0 <= a1 for (_, b0), (a1, _) in itertools.pairwise(spans))
         # "user" as content is located after its own header, not inside an earlier header
         assert spans[2][0] > spans[1][1]
-        _check_offsets(rendered, lm.tokenize(rendered))
+        _check_offsets(rendered, lm.tokenize(rendered), lm.tokenizer.unk_token_id)
 
 
 def test_render_chat_plain_fallback(tiny_loaded):
@@ -375,7 +378,7 @@ def test_template_rewriting_content_is_an_error(tiny_loaded):
         tiny_loaded("llama", "bpe"),
         "{% for m in messages %}{{ m['content'] | upper }}{% endfor %}",
     )
-    with pytest.raises(CrossdiffError, match="rewrites message 0"):
+    with pytest.raises(CrossdiffError, match="rewrites message 0|writes none of the chat"):
         lm.render_chat([{"role": "user", "content": "hello"}])
 
 

@@ -191,9 +191,11 @@ def special_token_ids(tokenizer) -> frozenset[int]:
     """Ids of BOS/EOS/pad and every added token flagged special (computed once per model:
     ``added_tokens_decoder`` rebuilds a dict on every access).
 
-    The unknown token is included: in GPT-NeoX/StarCoder/SmolLM2-style vocabularies it is
-    ``<|endoftext|>``, a control token, and where it does stand for characters the vocabulary
-    lacks the model has not read them (the token after it still pairs).
+    The unknown token is included when it is also a control token: in GPT-NeoX/StarCoder/
+    SmolLM2-style vocabularies it is ``<|endoftext|>`` (= BOS/EOS/pad, or spelled like one), so
+    it must never pair as content. A plain ``<unk>`` that stands for characters the vocabulary
+    lacks stays content: the model has read *something* there, and the pair both tokenizers end
+    at after it is still common text.
     """
     ids = set(getattr(tokenizer, "all_special_ids", []))
     ids.update(
@@ -202,8 +204,16 @@ def special_token_ids(tokenizer) -> frozenset[int]:
         if getattr(added, "special", False)
     )
     unk = getattr(tokenizer, "unk_token_id", None)
+    unk_text = str(getattr(tokenizer, "unk_token", "") or "")
+    controls = {
+        str(getattr(tokenizer, name, "") or "") for name in ("bos_token", "eos_token", "pad_token")
+    }
+    looks_control = unk_text.startswith("<|") and unk_text.endswith("|>")
     if isinstance(unk, int):
-        ids.add(unk)
+        if unk_text in controls - {""} or looks_control:
+            ids.add(unk)
+        else:
+            ids.discard(unk)
     return frozenset(ids)
 
 
