@@ -378,7 +378,7 @@ def test_template_rewriting_content_is_an_error(tiny_loaded):
         tiny_loaded("llama", "bpe"),
         "{% for m in messages %}{{ m['content'] | upper }}{% endfor %}",
     )
-    with pytest.raises(CrossdiffError, match="rewrites message 0|writes none of the chat"):
+    with pytest.raises(CrossdiffError, match=r"rewrites message 0|writes none of the chat"):
         lm.render_chat([{"role": "user", "content": "hello"}])
 
 
