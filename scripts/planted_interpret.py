@@ -17,7 +17,8 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 
-d = json.load(open(sys.argv[1]))
+with open(sys.argv[1]) as fh:
+    d = json.load(fh)
 data = glob.glob(os.path.join(d["work_dir"], "pair-*", "data-*"))[0]
 root = sys.argv[2]
 out = []
