@@ -159,19 +159,9 @@ def load_analysis(path: str | Path) -> AnalysisResult:
             f"no analysis at {folder} (missing {', '.join(missing)}); run "
             f"`crossdiff analyze {Path(path)}` first"
         )
-    try:
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CrossdiffError(
-            f"{folder / META_FILE} is not valid JSON ({exc}); rerun analyze"
-        ) from None
-    if meta.get("format") != FORMAT_NAME:
-        raise CrossdiffError(f"{folder / META_FILE} is not a crossdiff analysis file")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CrossdiffError(
-            f"analysis format {meta.get('format_version')} is newer than this crossdiff reads "
-            f"({FORMAT_VERSION}); upgrade crossdiff"
-        )
+    from crossdiff.formats import read_meta
+
+    meta = read_meta(folder / META_FILE, FORMAT_NAME, FORMAT_VERSION, "crossdiff analyze")
     features = pq.read_table(folder / FEATURES_FILE)
     examples = pq.read_table(folder / EXAMPLES_FILE)
     return AnalysisResult(folder, features, examples, meta)

@@ -10,7 +10,6 @@ RUN/interpret/
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,17 +132,7 @@ def load_interpretations(path: str | Path) -> InterpretResult:
         raise CrossdiffError(
             f"no explanations at {folder}; run `crossdiff interpret {Path(path)}` first"
         )
-    try:
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CrossdiffError(
-            f"{folder / META_FILE} is not valid JSON ({exc}); rerun interpret"
-        ) from None
-    if meta.get("format") != FORMAT_NAME:
-        raise CrossdiffError(f"{folder / META_FILE} is not a crossdiff interpret file")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CrossdiffError(
-            f"interpret format {meta.get('format_version')} is newer than this crossdiff reads "
-            f"({FORMAT_VERSION}); upgrade crossdiff"
-        )
+    from crossdiff.formats import read_meta
+
+    meta = read_meta(folder / META_FILE, FORMAT_NAME, FORMAT_VERSION, "crossdiff interpret")
     return InterpretResult(folder, pq.read_table(folder / TABLE_FILE), meta)

@@ -303,12 +303,9 @@ def load_recurrence(run: str | Path, *, current_only: bool = True) -> Recurrence
     if not has_recurrence(run):
         return None
     folder = RunPaths(run).recurrence
-    meta = json.loads((folder / META_FILE).read_text())
-    if meta.get("format") != FORMAT_NAME or int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CrossdiffError(
-            f"{folder / META_FILE} is not a recurrence file this crossdiff reads (format "
-            f"{meta.get('format')!r} v{meta.get('format_version')}); rerun crossdiff compare"
-        )
+    from crossdiff.formats import read_meta
+
+    meta = read_meta(folder / META_FILE, FORMAT_NAME, FORMAT_VERSION, "crossdiff compare")
     if current_only:
         ref = RunPaths(run).crosscoder
         try:
