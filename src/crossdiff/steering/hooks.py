@@ -37,18 +37,8 @@ def _check_batch(hidden: torch.Tensor, rows: int) -> None:
 
 def add_fn(vector: torch.Tensor, coefs: Sequence[float]) -> HiddenFn:
     """``hidden[r] + coefs[r] x vector`` for each batch row r (vector in raw scale, (d,))."""
-    coef = torch.as_tensor(list(coefs), dtype=torch.float32)
-    delta_f32 = coef[:, None, None] * vector.detach().float().cpu()[None, None, :]
-    cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-    def fn(hidden: torch.Tensor) -> torch.Tensor:
-        _check_batch(hidden, delta_f32.shape[0])
-        key = (hidden.device, hidden.dtype)
-        if key not in cache:
-            cache[key] = delta_f32.to(device=hidden.device, dtype=hidden.dtype)
-        return hidden + cache[key]
-
-    return fn
+    coefs = list(coefs)
+    return add_rows_fn(vector.reshape(1, -1).expand(len(coefs), -1), coefs)
 
 
 def clamp_fn(
