@@ -450,7 +450,7 @@ def test_moments_are_the_inlier_rows_mean_and_centred_second_moment(tmp_path: Pa
     target = (D_A + D_B) / 2
     assert sa**2 * mom.msq_centered_a == pytest.approx(target)
     assert sb**2 * mom.msq_centered_b == pytest.approx(target)
-    assert mom.loss_share(sa, sb, centered=True) == pytest.approx((0.5, 0.5))
+    assert mom.loss_share(sa, sb) == pytest.approx((0.5, 0.5))
     assert mom.gamma("a") == pytest.approx(
         np.linalg.norm(xa.mean(0)) / math.sqrt(((xa - xa.mean(0)) ** 2).sum(1).mean())
     )

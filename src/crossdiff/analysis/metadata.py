@@ -62,7 +62,7 @@ def diagnostics(
 def _median_share(store: Any, mom: Any) -> float | None:
     """B's loss share had the paper's median scaling been used (for comparison)."""
     scales = store.norm_scales()
-    return None if scales is None else mom.loss_share(*scales, centered=False)[1]
+    return None if scales is None else mom.loss_share(*scales)[1]
 
 
 def build_meta(

@@ -37,10 +37,11 @@ ENCODER_SCALE = 0.2
 choice): strong enough to fire where the direction is, weak enough not to swamp others."""
 
 
-def _median_norm(rows: torch.Tensor, live: torch.Tensor, fallback: float) -> float:
-    if rows.numel() == 0 or not bool(live.any()):
+def _median_norm(rows: torch.Tensor, fallback: float) -> float:
+    """Median L2 norm of the rows (the block's live features), or ``fallback`` if none."""
+    if rows.shape[0] == 0:
         return fallback
-    return float(rows[live].norm(dim=1).median())
+    return float(rows.norm(dim=1).median())
 
 
 @torch.no_grad()
@@ -100,22 +101,14 @@ def resample_dead(
             dec = model.W_dec_a if m == "a" else model.W_dec_b
             enc = model._enc(m)
             live_local = local[block_mask & live]
-            dec_norm = _median_norm(
-                dec[live_local],
-                torch.ones_like(live_local, dtype=torch.bool),
-                model.config.init_decoder_norm,
-            )
-            enc_norm = _median_norm(
-                enc[:, live_local].t(),
-                torch.ones_like(live_local, dtype=torch.bool),
-                model.config.init_decoder_norm,
-            )
+            dec_norm = _median_norm(dec[live_local], model.config.init_decoder_norm)
+            enc_norm = _median_norm(enc[:, live_local].t(), model.config.init_decoder_norm)
             idx = local[sel]
-            # the part of the direction in this model, rescaled to unit length per model
-            unit = part / part.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            share = part.norm(dim=1, keepdim=True)  # keeps the models' relative strength
-            dec[idx] = unit * share * dec_norm * (len(writes) ** 0.5)
-            enc[:, idx] = (unit * share * enc_norm * ENCODER_SCALE * (len(writes) ** 0.5)).t()
+            # this model's part of the unit direction (a shared feature's parts keep the
+            # models' relative strength; sqrt(#models) brings a balanced part back to norm 1)
+            part = part * (len(writes) ** 0.5)
+            dec[idx] = part * dec_norm
+            enc[:, idx] = (part * enc_norm * ENCODER_SCALE).t()
             touched.append((dec, "rows", idx))
             touched.append((enc, "cols", idx))
         model.b_enc[sel] = 0.0

@@ -17,16 +17,17 @@ as SmolLM2's first token at ~150x the median, which would otherwise dominate bot
 - ``msq_m``: the mean squared raw norm E|x|^2, and ``msq_centered_m`` = E|x - mean|^2.
 
 Streaming and resumable: one pass over the shards, one shard in memory at a time; per-shard
-partial sums are kept in ``moments.safetensors`` in the store folder (written atomically after
-each shard, keyed by each shard's checksum and the inlier limits), so an interrupted pass
-continues where it stopped and a grown store only reads its new shards (while the limits are
-unchanged). Nothing is pickled.
+partial sums are kept in ``moments.safetensors`` in the store folder (written atomically
+every ``SAVE_SECONDS`` and at the end, keyed by each shard's checksum and the inlier limits),
+so an interrupted pass continues from its last save and a grown store only reads its new
+shards (while the limits are unchanged). Nothing is pickled.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from crossdiff.store.store import ActivationStore
 
 MOMENTS_FILE = "moments.safetensors"
+SAVE_SECONDS = 30.0
+"""An interrupted pass loses at most this much work: partial sums are saved this often."""
 MOMENTS_FORMAT = "crossdiff-moments-v1"
 INLIER_FACTOR = HIGH_NORM_FACTOR
 """Rows whose raw norm exceeds this x the model's median norm are left out of the moments
@@ -97,14 +100,13 @@ class Moments:
         t = self.target()
         return t / math.sqrt(self.msq_centered_a), t / math.sqrt(self.msq_centered_b)
 
-    def loss_share(self, scale_a: float, scale_b: float, *, centered: bool) -> tuple[float, float]:
+    def loss_share(self, scale_a: float, scale_b: float) -> tuple[float, float]:
         """Each model's share of the summed loss of predicting its mean, after scaling.
 
         This is the weight each model's variation has in the reconstruction loss (what its
-        features can win). Centring does not change variances, so ``centered`` only documents
-        intent; the shares depend on the scales alone.
+        features can win). Centring does not change variances: the shares depend on the
+        scales alone, for either normalization.
         """
-        del centered
         va = scale_a**2 * self.msq_centered_a
         vb = scale_b**2 * self.msq_centered_b
         total = max(va + vb, 1e-30)
@@ -261,6 +263,7 @@ def store_moments(
     cached = _load_cache(path, limits)
     parts: dict[str, _Partial] = {}
     dirty = False
+    last_save = time.monotonic()
     for shard in store.manifest.shards:
         if shard.rows == 0:
             continue
@@ -273,8 +276,11 @@ def store_moments(
         part.add(cols["x_a"][keep], cols["x_b"][keep])
         parts[shard.sha256] = part
         dirty = True
-        if write_cache:
+        # the whole cache is rewritten on save, so save every SAVE_SECONDS, not every shard
+        # (every shard would be quadratic in the number of shards)
+        if write_cache and time.monotonic() - last_save >= SAVE_SECONDS:
             _save_cache(path, limits, parts)
+            last_save, dirty = time.monotonic(), False
         if on_shard is not None:
             on_shard(shard.rows)
     if not parts:

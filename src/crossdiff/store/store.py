@@ -325,7 +325,7 @@ def _moments_lines(store: ActivationStore) -> list[str]:
         )
     scales = store.norm_scales()
     if scales:
-        share_med = mom.loss_share(*scales, centered=False)
+        share_med = mom.loss_share(*scales)
         lines.append(
             f"  loss weight A / B: {share_med[0]:.0%} / {share_med[1]:.0%} with 'median' scaling, "
             f"50% / 50% with 'centered' (the default)"
