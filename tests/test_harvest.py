@@ -99,6 +99,7 @@ PAIRS = [
     (("gpt2", "bpe"), ("gemma3", "sentencepiece")),
     (("llama", "sentencepiece"), ("qwen3", "unigram")),
     (("qwen2", "bpe"), ("llama", "unigram")),
+    (("gpt_oss", "harmony"), ("qwen3_moe", "sentencepiece")),  # the MoE architectures
 ]
 
 

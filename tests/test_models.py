@@ -32,6 +32,10 @@ COMBOS = [
     ("gemma3", "sentencepiece"),
     ("qwen3", "unigram"),
     ("qwen2", "bpe"),
+    # the mixture-of-experts architectures of the published pairs (GPT-OSS: attention sinks,
+    # alternating sliding/full attention, harmony chat format)
+    ("gpt_oss", "harmony"),
+    ("qwen3_moe", "bpe"),
 ]
 CHAT = [
     {"role": "system", "content": "Answer briefly."},
@@ -262,7 +266,7 @@ def _check_offsets(rendered: RenderedText, tokenized, unk_id: int | None = None)
         assert set(range(a, b)) <= covered
 
 
-@pytest.mark.parametrize("tok", ["bpe", "sentencepiece", "unigram"])
+@pytest.mark.parametrize("tok", ["bpe", "sentencepiece", "unigram", "harmony"])
 def test_render_chat_spans_recover_contents(tiny_loaded, tok):
     lm = tiny_loaded("llama", tok)
     for generation in (False, True):

@@ -52,6 +52,8 @@ ARCHS = [
     ("gemma3", "sentencepiece"),
     ("qwen3", "unigram"),
     ("qwen2", "bpe"),
+    ("gpt_oss", "harmony"),
+    ("qwen3_moe", "bpe"),
 ]
 PROMPTS = ["The quick brown fox", "Who made you?", "def add(a, b):"]
 SPEC_A = ("llama", "sentencepiece")

@@ -2,11 +2,13 @@
 
 Every test in crossdiff that needs "a real transformers model" uses these factories instead of a
 download: a 2-layer, width-64 causal LM built from a real transformers config (GPT-2, Llama,
-Gemma3, Qwen2, Qwen3) plus a real fast tokenizer trained in milliseconds on a small text written
-for this file. The folder written by :func:`make_tiny_model` is exactly what
-``crossdiff.load_model(folder)`` expects from any local model (config.json, model.safetensors,
-tokenizer.json, tokenizer_config.json, chat template), so the tests exercise the same code path
-as a user's checkpoint.
+Gemma3, Qwen2, Qwen3, and the two mixture-of-experts architectures of the published pairs:
+GPT-OSS, with its attention sinks and alternating sliding/full attention, and Qwen3-MoE) plus
+a real fast tokenizer trained in milliseconds on a small text written for this file. The
+folder written by :func:`make_tiny_model` is exactly what ``crossdiff.load_model(folder)``
+expects from any local model (config.json, model.safetensors, tokenizer.json,
+tokenizer_config.json, chat template), so the tests exercise the same code path as a user's
+checkpoint.
 
 Tokenizer families (``tokenizer=``), chosen because they break cross-tokenizer alignment in
 different ways:
@@ -20,6 +22,12 @@ different ways:
   adds ``<s>`` (BOS) itself, and its Gemma-like chat template also writes ``{{ bos_token }}``
   and *trims* message contents, so a correct renderer must not double BOS and must cope with
   rewritten content.
+- ``"harmony"``: the byte-level BPE with GPT-OSS's "harmony" chat format (``<|start|>role
+  <|message|>content<|end|>``): the template writes a default system message of its own, with
+  today's date (``strftime_now``), renders a system message as a ``developer`` message under an
+  ``# Instructions`` header and assistant messages on the ``final`` channel, and ends generation
+  with ``<|return|>`` (its EOS). Contents must be found between template text that changes by
+  the day and by the role.
 - ``"unigram"``: SentencePiece Unigram (T5 / ALBERT style) with ``<unk>`` for unseen characters
   and no chat template: the plain-rendering fallback path.
 
@@ -48,11 +56,15 @@ from tokenizers import (
 )
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-ARCHS: tuple[str, ...] = ("gpt2", "llama", "gemma3", "qwen2", "qwen3")
-TOKENIZERS: tuple[str, ...] = ("bpe", "sentencepiece", "unigram")
+ARCHS: tuple[str, ...] = ("gpt2", "llama", "gemma3", "qwen2", "qwen3", "gpt_oss", "qwen3_moe")
+TOKENIZERS: tuple[str, ...] = ("bpe", "sentencepiece", "unigram", "harmony")
 
 N_LAYERS = 2
 D_MODEL = 64
+# Mixture-of-experts shape: more experts than layers (so no expert list could be mistaken for the
+# decoder layer list) and top-2 routing, so every token mixes two experts as the real models do.
+N_EXPERTS = 4
+EXPERTS_PER_TOKEN = 2
 VOCAB_SIZE = 400  # target size of the trained vocabulary (byte tokens and specials come on top)
 
 # Training text written for these tests: English prose, code, numbers, punctuation, and a few
@@ -100,12 +112,33 @@ GEMMA_LIKE_TEMPLATE = (
 )
 
 
+# GPT-OSS's harmony format, reduced to what shapes the rendered text: a default system message
+# with the date, system -> developer "# Instructions", assistant on the final channel.
+HARMONY_TEMPLATE = (
+    "{{ '<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\\n"
+    "Knowledge cutoff: 2024-06\\nCurrent date: ' + strftime_now('%Y-%m-%d') + '\\n\\n"
+    "Reasoning: medium\\n\\n# Valid channels: analysis, commentary, final.<|end|>' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{{ '<|start|>developer<|message|># Instructions\\n\\n' + message['content'] + '<|end|>' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '<|start|>assistant<|channel|>final<|message|>' + message['content'] + '<|end|>' }}"
+    "{% else %}"
+    "{{ '<|start|>' + message['role'] + '<|message|>' + message['content'] + '<|end|>' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start|>assistant' }}{% endif %}"
+)
+
+
 def _training_lines() -> list[str]:
     return [line for line in TRAINING_TEXT.splitlines() if line.strip()]
 
 
-def _byte_level_bpe() -> tuple[Tokenizer, dict[str, str]]:
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+def _byte_level_bpe(
+    specials: tuple[str, ...] | list[str] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+) -> tuple[Tokenizer, dict[str, str]]:
+    specials = list(specials)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -118,6 +151,12 @@ def _byte_level_bpe() -> tuple[Tokenizer, dict[str, str]]:
     )
     tok.train_from_iterator(_training_lines(), trainer=trainer)
     return tok, {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+
+
+def _harmony_bpe() -> tuple[Tokenizer, dict[str, str]]:
+    specials = ["<|endoftext|>", "<|start|>", "<|message|>", "<|end|>", "<|channel|>", "<|return|>"]
+    tok, _ = _byte_level_bpe(specials)
+    return tok, {"eos_token": "<|return|>", "pad_token": "<|endoftext|>"}
 
 
 def _sentencepiece_bpe() -> tuple[Tokenizer, dict[str, str]]:
@@ -172,8 +211,18 @@ def _unigram() -> tuple[Tokenizer, dict[str, str]]:
     return tok, {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 
 
-_BUILDERS = {"bpe": _byte_level_bpe, "sentencepiece": _sentencepiece_bpe, "unigram": _unigram}
-_TEMPLATES = {"bpe": CHATML_TEMPLATE, "sentencepiece": GEMMA_LIKE_TEMPLATE, "unigram": None}
+_BUILDERS = {
+    "bpe": _byte_level_bpe,
+    "sentencepiece": _sentencepiece_bpe,
+    "unigram": _unigram,
+    "harmony": _harmony_bpe,
+}
+_TEMPLATES = {
+    "bpe": CHATML_TEMPLATE,
+    "sentencepiece": GEMMA_LIKE_TEMPLATE,
+    "unigram": None,
+    "harmony": HARMONY_TEMPLATE,
+}
 
 
 @functools.cache
@@ -184,7 +233,7 @@ def _trained(kind: str) -> tuple[str, tuple[tuple[str, str], ...]]:
 
 
 def make_tokenizer(kind: str = "bpe", *, chat_template: bool = True) -> PreTrainedTokenizerFast:
-    """A freshly trained fast tokenizer of family ``kind`` ("bpe", "sentencepiece", "unigram").
+    """A freshly trained fast tokenizer of family ``kind`` (one of :data:`TOKENIZERS`).
 
     ``chat_template=False`` drops the family's chat template ("unigram" never has one), to test
     the plain-rendering fallback with any family. The result is deterministic across runs.
@@ -205,9 +254,11 @@ def _config(arch: str, tokenizer: PreTrainedTokenizerFast):
     from transformers import (
         Gemma3TextConfig,
         GPT2Config,
+        GptOssConfig,
         LlamaConfig,
         Qwen2Config,
         Qwen3Config,
+        Qwen3MoeConfig,
     )
 
     ids = {
@@ -235,6 +286,34 @@ def _config(arch: str, tokenizer: PreTrainedTokenizerFast):
         return Qwen3Config(head_dim=16, **common)
     if arch == "gemma3":
         return Gemma3TextConfig(head_dim=16, sliding_window=16, **common)
+    if arch == "gpt_oss":
+        # layer 0 slides over 16 tokens, layer 1 attends fully (GPT-OSS alternates them); every
+        # head has its learned sink logit; YaRN RoPE scaled 32x from 16 positions to the 512
+        return GptOssConfig(
+            head_dim=16,
+            sliding_window=16,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 150000.0,
+                "factor": 32.0,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+                "original_max_position_embeddings": 16,
+            },
+            num_local_experts=N_EXPERTS,
+            num_experts_per_tok=EXPERTS_PER_TOKEN,
+            **common,
+        )
+    if arch == "qwen3_moe":
+        return Qwen3MoeConfig(
+            head_dim=16,
+            moe_intermediate_size=D_MODEL,
+            num_experts=N_EXPERTS,
+            num_experts_per_tok=EXPERTS_PER_TOKEN,
+            norm_topk_prob=True,
+            **common,
+        )
     raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
 
 
@@ -253,8 +332,8 @@ def make_tiny_model(
     are drawn with ``torch.manual_seed(seed)``, so the same arguments give the same model. If the
     folder already exists it is returned as is (cheap re-use across tests).
 
-    arch: "gpt2", "llama", "gemma3", "qwen2" or "qwen3". tokenizer: "bpe", "sentencepiece" or
-    "unigram" (see the module docstring for what each family exercises).
+    arch: one of :data:`ARCHS`. tokenizer: one of :data:`TOKENIZERS` (see the module docstring
+    for what each family exercises).
     """
     name = f"{arch}-{tokenizer}" + ("" if chat_template else "-plain")
     folder = Path(root) / name

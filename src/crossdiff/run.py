@@ -63,6 +63,10 @@ class RunConfig:
     the offline 'stats' backend by default."""
     steer: dict[str, Any] = field(default_factory=dict)
     """top_features (per model), prompts, alphas, max_new_tokens; top_features 0 skips."""
+    about: dict[str, Any] = field(default_factory=dict)
+    """What the config is for, read by no stage and kept in RUN/config.yaml: the shipped
+    configs of the published pairs hold their models' facts and cost estimate here
+    (crossdiff.published)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -139,7 +143,11 @@ def load_config(
     preset: str = "default",
     overrides: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Preset, then the YAML file, then ``overrides`` (dotted keys allowed: 'train.steps')."""
+    """Preset, then the YAML file, then ``overrides`` (dotted keys allowed: 'train.steps').
+
+    ``path`` is a YAML file, or the name of a shipped config (``crossdiff.published``, e.g.
+    ``llama31-8b-instruct-vs-qwen3-8b``) when no file of that name exists.
+    """
     import yaml
 
     if preset not in PRESETS:
@@ -148,7 +156,9 @@ def load_config(
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise CrossdiffError(f"config file {p} does not exist")
+            from crossdiff.published import published_path
+
+            p = published_path(str(path))  # a shipped config, or an error listing them
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
