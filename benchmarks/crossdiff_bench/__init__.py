@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "analysis": "crossdiff_bench.analysis",
     "planted": "crossdiff_bench.planted",
     "scale": "crossdiff_bench.scale",
+    "gpu": "crossdiff_bench.gpu",
 }
 """Benchmark name -> module; each module defines ``register(subparsers)``."""
 
