@@ -397,6 +397,12 @@ def test_tiny_models_harvest_train_analyze_show(tiny_model, tmp_path: Path) -> N
             if i == 5:
                 text = HOSTILE_TEXT + " " + text
             fh.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+            if i % 3 == 2:  # chats too: the analysis says where each feature fires
+                chat = [
+                    {"role": "user", "content": lines[i % len(lines)]},
+                    {"role": "assistant", "content": lines[(i + 5) % len(lines)]},
+                ]
+                fh.write(json.dumps({"messages": chat}, ensure_ascii=False) + "\n")
     run = tmp_path / "run"
     harvest(
         HarvestConfig(
@@ -439,6 +445,20 @@ def test_tiny_models_harvest_train_analyze_show(tiny_model, tmp_path: Path) -> N
         assert w["b"]["text"][x["span_b_start"] : x["span_b_end"]] == x["tok_b"]
         # both models had read the same content up to the paired tokens
         assert x["content_end"] > 0
+    where = res.meta["where"]
+    assert 0 < where["chat_rows_share"] < 1
+    assert where["rows_by_role"]["user"] > 0 and where["rows_by_role"]["assistant"] > 0
+    assert where["store"]["chat_pairs"] + where["store"]["text_pairs"] == store.n_rows
+    rows = res.features.to_pylist()
+    fired = [f for f in rows if not f["dead"]]
+    for f in fired:
+        assert 0 <= f["chat_share"] <= 1 + 1e-6
+        if f["chat_share"] > 0:
+            assert f["user_share"] + f["assistant_share"] <= 1 + 1e-6
+    # the mass-weighted mean of the features' chat shares is the store's, weighted by activation
+    mass = np.array([f["mean_act"] * f["count"] for f in fired])
+    share = np.array([f["chat_share"] for f in fired])
+    assert 0 < float((mass * share).sum() / mass.sum()) < 1
     alive_a = [f for f in res.features.to_pylist() if f["klass"] == "A" and not f["dead"]]
     feature = alive_a[0]["feature"] if alive_a else 0
     text = show_feature(run, feature)

@@ -71,6 +71,7 @@ REASON_DOCS = "document limit reached"
 WINDOW_MARGIN = 16  # tokens of look-ahead past a window's end, so its tokenization is final
 CHARS_PER_TOKEN_GUESS = 6  # first guess of how much text fills a window (doubled if short)
 LITERAL_SPECIALS = ("cut", "keep")
+PAIR_POSITIONS = ("all", "word_end")
 
 
 @dataclass
@@ -117,6 +118,20 @@ class HarvestConfig:
     control token for one model and text for the other. "cut": a document's pairs end before
     the first such token of either model (its record says so); "keep": only that token never
     pairs, the pairs after it are kept although one model read a control token there."""
+    pair_positions: str = "all"
+    """Which aligned positions become rows. "all": every pair. "word_end": only pairs whose
+    shared end is a word end (the next content character is not a letter or digit, or the
+    content ends there), which removes at the source the word-piece positions where a
+    cross-tokenizer crosscoder learns tokenization artifacts (each document's record counts
+    the pairs removed; ``store info`` sums them)."""
+
+    def __post_init__(self) -> None:
+        from collections.abc import Mapping
+
+        if isinstance(self.corpus, Mapping):  # a mix given as {spec: share} (a config file)
+            from crossdiff.corpus.mix import format_mix, parse_mix
+
+            self.corpus = format_mix(parse_mix(self.corpus))
 
     def validate(self) -> None:
         if self.tokens is not None and self.tokens < 1:
@@ -135,6 +150,11 @@ class HarvestConfig:
             raise CrossdiffError(
                 f"literal_specials must be one of {', '.join(LITERAL_SPECIALS)}, "
                 f"got {self.literal_specials!r}"
+            )
+        if self.pair_positions not in PAIR_POSITIONS:
+            raise CrossdiffError(
+                f"pair_positions must be one of {', '.join(PAIR_POSITIONS)}, "
+                f"got {self.pair_positions!r}"
             )
 
 
@@ -189,8 +209,11 @@ def _make_window(
     rb: RenderedText,
     tb: TokenizedText,
     final: bool,
+    pair_positions: str = "all",
 ) -> Window:
-    """Window of the first ``n`` pairs; a final window counts its trailing content tokens too."""
+    """Window of the first ``n`` pairs; a final window counts its trailing content tokens too.
+    With ``pair_positions="word_end"`` only the pairs at word ends become rows (the window
+    still reads, and counts, the tokens up to the n-th pair)."""
     pos_a, pos_b = al.pos_a[:n], al.pos_b[:n]
     used_a, used_b = int(pos_a[-1]) + 1, int(pos_b[-1]) + 1
     mask_a = content_token_mask(ta.offsets, ta.special_mask, ra.content_spans)
@@ -202,12 +225,18 @@ def _make_window(
     drop_b = int(al.dropped_b if final else np.count_nonzero(al.dropped_end_b <= last))
     offs_a = np.asarray(ta.offsets, dtype=np.int32).reshape(-1, 2)
     offs_b = np.asarray(tb.offsets, dtype=np.int32).reshape(-1, 2)
+    content_end = al.content_end[:n]
+    if pair_positions == "word_end":
+        keep = word_end_mask(ra, offs_a[pos_a][:, 1])
+        pos_a, pos_b, content_end = pos_a[keep], pos_b[keep], content_end[keep]
     record = {
         "content_start": content_start,
-        "pairs": n,
+        "pairs": len(pos_a),
         "a": _side_record(ra, ta, used_a, count_a),
         "b": _side_record(rb, tb, used_b, count_b),
     }
+    if len(pos_a) < n:
+        record["pairs_removed"] = n - len(pos_a)
     if drop_a or drop_b:
         record["pairs_dropped"] = {"a": drop_a, "b": drop_b}
     return Window(
@@ -218,11 +247,28 @@ def _make_window(
         ids_b=list(tb.input_ids[:used_b]),
         pos_a=pos_a.copy(),
         pos_b=pos_b.copy(),
-        content_end=al.content_end[:n] + content_start,
+        content_end=content_end + content_start,
         span_a=offs_a[pos_a],
         span_b=offs_b[pos_b],
         record=record,
     )
+
+
+def word_end_mask(rendered: RenderedText, ends: np.ndarray) -> np.ndarray:
+    """Whether each pair end (a character offset in ``rendered.text``) is a word end: the next
+    character is not a letter or digit, or it is not content (the end of a message, of the
+    window's text). The same test as the analysis's ``word_internal`` descriptor reads from
+    the stored window text, seen from the character after the end."""
+    text = rendered.text
+    spans = sorted(rendered.content_spans)
+    starts = np.asarray([s for s, _ in spans], dtype=np.int64)
+    stops = np.asarray([e for _, e in spans], dtype=np.int64)
+    keep = np.ones(len(ends), dtype=bool)
+    for i, e in enumerate(np.asarray(ends, dtype=np.int64).tolist()):
+        j = int(np.searchsorted(starts, e, side="left")) - 1  # the last span starting before e
+        if j >= 0 and e < stops[j] and e < len(text) and text[e].isalnum():
+            keep[i] = False
+    return keep
 
 
 def _render(lm: LoadedModel, doc: Any) -> RenderedText:
@@ -262,6 +308,7 @@ def plan_document(
     lm_b: LoadedModel,
     max_seq_len: int,
     literal_specials: str = "cut",
+    pair_positions: str = "all",
 ) -> DocumentPlan:
     """Render, tokenize, align and window one corpus document (see the module docstring)."""
     record: dict[str, Any] = {
@@ -314,7 +361,9 @@ def plan_document(
         n_cut = cut(al, n, ra, ta, rb, tb)
         if n_cut:
             final = n == al.n_pairs or n_cut < n
-            plan.windows.append(_make_window(doc_index, 0, 0, al, n_cut, ra, ta, rb, tb, final))
+            plan.windows.append(
+                _make_window(doc_index, 0, 0, al, n_cut, ra, ta, rb, tb, final, pair_positions)
+            )
     else:
         text = doc.text or ""
         start, k = 0, 0
@@ -335,7 +384,9 @@ def plan_document(
             if n_cut == 0:
                 break
             final = (not more and n == al.n_pairs) or n_cut < n
-            plan.windows.append(_make_window(doc_index, k, start, al, n_cut, ra, ta, rb, tb, final))
+            plan.windows.append(
+                _make_window(doc_index, k, start, al, n_cut, ra, ta, rb, tb, final, pair_positions)
+            )
             if final:
                 break
             start += int(al.content_end[n - 1])
@@ -345,6 +396,8 @@ def plan_document(
         record["content_tokens_a"] += w.record["a"]["content_tokens"]
         record["content_tokens_b"] += w.record["b"]["content_tokens"]
         record["pairs"] += len(w.pos_a)
+        if w.record.get("pairs_removed"):
+            record["pairs_removed"] = record.get("pairs_removed", 0) + w.record["pairs_removed"]
         for side in ("a", "b"):
             dropped = w.record.get("pairs_dropped", {}).get(side, 0)
             if dropped:
@@ -443,13 +496,16 @@ def model_info(lm: LoadedModel, layer: int, layer_spec: int | str) -> ModelInfo:
 
 def _harvest_settings(config: HarvestConfig) -> dict[str, Any]:
     """The settings that shape rows: they must match for a store to be extended."""
-    return {
+    settings: dict[str, Any] = {
         "max_seq_len": config.max_seq_len,
         "batch_size": config.batch_size,
         "block_documents": config.batch_size * config.block_batches,
         "window_margin": WINDOW_MARGIN,
         "literal_specials": config.literal_specials,
     }
+    if config.pair_positions != "all":  # absent = "all": stores made before the option match
+        settings["pair_positions"] = config.pair_positions
+    return settings
 
 
 def _blocks(docs: Iterable[Any], size: int, first_index: int) -> Iterator[list[tuple[int, Any]]]:
@@ -500,7 +556,13 @@ class Harvester:
 
         plans = [
             plan_document(
-                i, doc, self.lm_a, self.lm_b, self.config.max_seq_len, self.config.literal_specials
+                i,
+                doc,
+                self.lm_a,
+                self.lm_b,
+                self.config.max_seq_len,
+                self.config.literal_specials,
+                self.config.pair_positions,
             )
             for i, doc in block
         ]

@@ -149,5 +149,6 @@ def build_meta(
         "partitions": partitions,
         "classes": classes,
         "check": {**check_info, "tokenization": state.tokenization_info},
+        "where": {**state.where_info, "store": store.composition()},
         "config": config.to_dict(),
     }

@@ -49,7 +49,7 @@ from crossdiff.analysis.results import (
     write_parquet,
 )
 from crossdiff.analysis.streaming import FeatureStats, PerFeatureTopK, sample_keys
-from crossdiff.analysis.tokenization import RowDescriptors
+from crossdiff.analysis.tokenization import ROLES, RowDescriptors
 from crossdiff.analysis.twins import TwinStats
 from crossdiff.crosscoder.model import WEIGHTS_FILE, Crosscoder
 from crossdiff.errors import CrossdiffError
@@ -99,6 +99,9 @@ class PassState:
     twins: TwinStats | None = None
     internal_mass: torch.Tensor | None = None  # (F,) activation at word-internal rows
     internal_rows: int = 0  # analysed rows that are word-internal (the base rate)
+    role_mass: torch.Tensor | None = None  # (4, F) activation per role (ROLES: text, system, ...)
+    role_rows: np.ndarray = field(default_factory=lambda: np.zeros(len(ROLES), np.int64))
+    where_info: dict[str, Any] = field(default_factory=dict)
     tokenization_info: dict[str, Any] = field(default_factory=dict)
     test_a: list[torch.Tensor] = field(default_factory=list)
     test_b: list[torch.Tensor] = field(default_factory=list)
@@ -174,6 +177,7 @@ def _first_pass(
         latent=latent,
         descriptors=RowDescriptors(store),
         internal_mass=torch.zeros(f, dtype=torch.float64, device=dev),
+        role_mass=torch.zeros(len(ROLES), f, dtype=torch.float64, device=dev),
     )
     if config.probe_split == "crossfit":
         state.fold_moments = [
@@ -237,10 +241,15 @@ def _fold_batch(
     state.sample.update(enc.feats, -keys, grow, enc.vals)
     if state.latent is not None:
         state.latent.update(enc.rows, enc.feats, enc.vals, xa - enc.recon_a, xb - enc.recon_b)
-    internal = state.descriptors.rows(meta["row"])["word_internal"]
+    desc = state.descriptors.rows(meta["row"])
+    internal = desc["word_internal"]
     state.internal_rows += int(internal.sum())
     at_internal = torch.from_numpy(internal).to(dev)[enc.rows]
     state.internal_mass.index_add_(0, enc.feats[at_internal], enc.vals[at_internal].double())
+    role = desc["role"].astype(np.int64)
+    state.role_rows += np.bincount(role, minlength=len(ROLES))
+    role_t = torch.from_numpy(role).to(dev)[enc.rows]
+    state.role_mass.index_put_((role_t, enc.feats), enc.vals.double(), accumulate=True)
     if state.twins is not None:
         state.twins.update(enc.rows, enc.feats, enc.vals, n)
     state.rows += n
@@ -330,6 +339,29 @@ def tokenization_columns(
     }
 
 
+def where_columns(state: PassState, act_sum: np.ndarray) -> dict[str, np.ndarray]:
+    """Per feature, where its activation mass lies: the share in chats (vs plain text) and,
+    of its mass in chats, the shares in user and in assistant messages; the store's base
+    rates (shares of analysed rows) go to ``state.where_info`` for the report to compare."""
+    mass = state.role_mass.cpu().numpy()
+    chat = mass[1:].sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chat_share = np.where(act_sum > 0, chat / np.maximum(act_sum, 1e-30), np.nan)
+        user = np.where(chat > 0, mass[ROLES.index("user")] / np.maximum(chat, 1e-30), np.nan)
+        assistant = np.where(
+            chat > 0, mass[ROLES.index("assistant")] / np.maximum(chat, 1e-30), np.nan
+        )
+    rows = state.role_rows.astype(np.float64)
+    chat_rows = rows[1:].sum()
+    state.where_info = {
+        "rows_by_role": {name: int(n) for name, n in zip(ROLES, state.role_rows.tolist())},
+        "chat_rows_share": float(chat_rows / max(rows.sum(), 1)),
+        "user_rows_share_of_chat": float(rows[ROLES.index("user")] / max(chat_rows, 1)),
+        "assistant_rows_share_of_chat": float(rows[ROLES.index("assistant")] / max(chat_rows, 1)),
+    }
+    return {"chat_share": chat_share, "user_share": user, "assistant_share": assistant}
+
+
 def analyze(
     run: str | Path | None = None,
     *,
@@ -404,6 +436,7 @@ def analyze(
     exclusive = klass != "S"
     ls_for_check = np.where(exclusive & alive, ls_ratio, np.nan)
     tok = tokenization_columns(state, store, config, check_cols, stats.sum.cpu().numpy())
+    where = where_columns(state, stats.sum.cpu().numpy())
     if state.twins is not None:
         twin_of, twin_corr = state.twins.twins(f, config.twin_min_corr)
     else:
@@ -451,6 +484,9 @@ def analyze(
             "cross_tok_r2": check_cols.get("cross_tok_r2", np.full(f, np.nan)).astype(np.float32),
             "internal_top_share": tok["internal_top_share"].astype(np.float32),
             "internal_mass_share": tok["internal_mass_share"].astype(np.float32),
+            "chat_share": where["chat_share"].astype(np.float32),
+            "user_share": where["user_share"].astype(np.float32),
+            "assistant_share": where["assistant_share"].astype(np.float32),
             "twin_of": twin_of,
             "twin_corr": twin_corr.astype(np.float32),
             "exclusivity": score.astype(np.float32),

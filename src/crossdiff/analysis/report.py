@@ -203,6 +203,28 @@ def _summary(meta: dict[str, Any]) -> str:
                 f"correlate ≥ {_fmt(cfg.get('twin_min_corr'))} on the same rows."
             )
         )
+    where = meta.get("where") or {}
+    if where:
+        comp = where.get("store") or {}
+        sources = comp.get("sources") or {}
+        total = max(1, sum(int(v.get("pairs", 0)) for v in sources.values()))
+        split = ", ".join(
+            f"{name} {100 * int(v.get('pairs', 0)) / total:.1f}%" for name, v in sources.items()
+        )
+        notes.append(
+            f"Where the pairs come from: {_pct(where.get('chat_rows_share'))} of the analysed "
+            f"pairs are in chats ({_pct(where.get('user_rows_share_of_chat'))} of those in user "
+            f"messages, {_pct(where.get('assistant_rows_share_of_chat'))} in assistant ones)"
+            + (f"; by source: {split}" if split else "")
+            + (
+                f"; harvested at {comp.get('pair_positions')} positions only "
+                f"({_fmt(comp.get('pairs_removed'))} pairs removed)"
+                if comp.get("pair_positions", "all") != "all"
+                else ""
+            )
+            + ". The lists give each feature's share of activation in chats and, within chats, "
+            "in assistant messages: compare with these base rates."
+        )
     ctrl = check.get("controls")
     if ctrl and ctrl.get("tested"):
         notes.append(
@@ -231,6 +253,14 @@ def _summary(meta: dict[str, Any]) -> str:
         + "".join(f'<p class="note">{e(n)}</p>' for n in notes)
         + "</div></div></section>"
     )
+
+
+def _pct(value: object) -> str:
+    """A share as a percentage, '—' when unknown."""
+    try:
+        return f"{100 * float(value):.0f}%"  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "—"
 
 
 def _plot(result: AnalysisResult) -> str:
@@ -288,10 +318,18 @@ def _feature_list(
     total = sum(int(counts.get(v, 0)) for v in groups) if counts else len(feats)
     min_active = int(result.meta.get("config", {}).get("min_test_active", 10))
     standard = result.meta.get("crosscoder", {}).get("kind") != "dfc"
+    where = result.meta.get("where") or {}
     head = (
         "<tr><th>rank</th><th>feature</th><th>verdict</th><th>exclusivity</th><th>cross R²</th>"
         + ("<th>latent scaling</th>" if standard else "")
-        + "<th>frequency</th><th>mean</th><th>s_max</th><th>why</th><th>strongest example ("
+        + "<th>frequency</th><th>mean</th><th>s_max</th>"
+        + '<th title="share of its activation in chats (store: '
+        + e(_pct(where.get("chat_rows_share")))
+        + ' of pairs)">in chats</th><th title="of its activation in chats, the share in '
+        "assistant messages (store: "
+        + e(_pct(where.get("assistant_rows_share_of_chat")))
+        + ')">assistant</th>'
+        + "<th>why</th><th>strongest example ("
         + e(_model_name(result.meta, m))
         + ")</th></tr>"
     )
@@ -311,6 +349,7 @@ def _feature_list(
             f"{_num_td(f['exclusivity'], 2)}{_num_td(f['cross_r2'], 2)}"
             + (_num_td(f["ls_ratio"], 2) if standard else "")
             + f"{_num_td(f['frequency'], 2)}{_num_td(f['mean_act'])}{_num_td(f['s_max'])}"
+            f"{_num_td(f.get('chat_share'), 2)}{_num_td(f.get('assistant_share'), 2)}"
             f'<td class="why">{e(verdict_reason(f, min_active))}</td>'
             f'<td class="snippet">{snippet}</td></tr>'
         )

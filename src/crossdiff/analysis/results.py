@@ -59,6 +59,12 @@ FEATURE_COLUMNS: dict[str, str] = {
     "internal_top_share": "share of the top examples at word-internal positions (the shared "
     "token end falls inside a word)",
     "internal_mass_share": "share of the activation mass at word-internal positions",
+    "chat_share": "share of the activation mass in chats (vs plain text); compare with the "
+    "store's share of chat rows (analysis.json where.chat_rows_share)",
+    "user_share": "of the mass in chats, the share in user messages (base rate: where."
+    "user_rows_share_of_chat)",
+    "assistant_share": "of the mass in chats, the share in assistant messages (base rate: "
+    "where.assistant_rows_share_of_chat)",
     "twin_of": "the other exclusive block's feature firing on the same rows (activation "
     "correlation >= twin_min_corr), or -1",
     "twin_corr": "the largest activation correlation with a feature of the other exclusive block",

@@ -140,7 +140,12 @@ def format_feature(
             f"{_fmt(f.get('cross_tok_r2'), 3)}"
             + (f"; twin #{f['twin_of']}" if (f.get("twin_of") or -1) >= 0 else "")
         )
-    elif f["check_side"]:
+    if f.get("chat_share") is not None and not f["dead"]:
+        lines.append(
+            f"  where          {_fmt(f.get('chat_share'), 2)} of activation in chats; in chats "
+            f"{_fmt(f.get('user_share'), 2)} user, {_fmt(f.get('assistant_share'), 2)} assistant"
+        )
+    if not (f.get("internal_top_share") is not None and f["verdict"]) and f["check_side"]:
         lines.append(
             f"  control check  cross-model R^2 {_fmt(f['cross_r2'], 3)} (a shared feature "
             "checked for comparison)"

@@ -24,6 +24,10 @@ Per stored pair (one row of the store), from the provenance columns and the docu
                   word boundary (how many pieces the word has taken so far)
 ================  ==========================================================================
 
+Where each pair lies (not tokenization, but read from the same provenance, so kept here):
+``role`` is 0 for plain text and 1/2/3 for a chat's system/user/assistant message (the message
+whose content holds the pair's end, in model A's rendering).
+
 ``design`` turns them into a small regression design (log-scaled counts, flags), which the
 exclusivity check adds to the other model's prediction so that "exclusive" means "exclusive
 beyond tokenization" (:mod:`crossdiff.analysis.check`).
@@ -39,7 +43,18 @@ import torch
 if TYPE_CHECKING:
     from crossdiff.store import ActivationStore
 
-DESCRIPTORS = ("word_internal", "same_start", "len_a", "len_b", "gap", "pieces_a", "pieces_b")
+DESCRIPTORS = (
+    "word_internal",
+    "same_start",
+    "len_a",
+    "len_b",
+    "gap",
+    "pieces_a",
+    "pieces_b",
+    "role",
+)
+ROLES = ("text", "system", "user", "assistant")
+"""``role`` codes: plain text, then a chat's message roles."""
 DESIGN_COLUMNS = (
     "word_internal",
     "same_start",
@@ -60,6 +75,31 @@ def _is_word_char(ch: str) -> bool:
     return ch.isalnum()
 
 
+def window_roles(record: dict, window: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(starts, ends, role codes) of the content spans of one window in model A's rendering.
+
+    A template may drop a message (a system prompt it has no place for) and a window may stop
+    inside a chat, so spans are matched to messages by content, in order, not by index."""
+    side = window.get("a", {})
+    spans = side.get("content_spans") or []
+    text = side.get("text", "")
+    messages = record.get("messages") or []
+    codes = []
+    p = 0
+    for s, e in spans:
+        piece = text[s:e].strip()[:32]
+        q = p
+        while q < len(messages) and piece and not messages[q]["content"].strip().startswith(piece):
+            q += 1
+        if q < len(messages):
+            p = q
+        role = messages[p]["role"] if p < len(messages) else "user"
+        codes.append(ROLES.index(role) if role in ROLES else 2)
+        p += 1
+    arr = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1], np.asarray(codes, dtype=np.int8)
+
+
 def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
     """Descriptors of every row of shard ``k`` (see module docstring), in row order."""
     from crossdiff.analysis.examples import iter_documents
@@ -77,16 +117,26 @@ def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
     span = {m: cols[f"span_{m}"].numpy().astype(np.int64) for m in "ab"}
     n = doc.shape[0]
     internal = np.zeros(n, dtype=bool)
+    role = np.zeros(n, dtype=np.int8)
     if n:
         texts: dict[tuple[int, int], str] = {}
+        roles: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for record in iter_documents(store, np.unique(doc)):
             for w, window in enumerate(record.get("windows") or []):
-                texts[(int(record["index"]), w)] = window.get("a", {}).get("text", "")
+                key = (int(record["index"]), w)
+                texts[key] = window.get("a", {}).get("text", "")
+                if record.get("messages") is not None:
+                    roles[key] = window_roles(record, window)
         for i in range(n):
-            text = texts.get((int(doc[i]), int(win[i])), "")
+            key = (int(doc[i]), int(win[i]))
+            text = texts.get(key, "")
             e = int(span["a"][i, 1])
             if 0 < e < len(text):
                 internal[i] = _is_word_char(text[e - 1]) and _is_word_char(text[e])
+            if key in roles:
+                starts, _, codes = roles[key]
+                j = int(np.searchsorted(starts, e, side="left")) - 1  # last span before e
+                role[i] = codes[max(j, 0)] if codes.size else ROLES.index("user")
     len_a = np.clip(span["a"][:, 1] - span["a"][:, 0], 0, CAP)
     len_b = np.clip(span["b"][:, 1] - span["b"][:, 0], 0, CAP)
     gap = np.full(n, CAP, dtype=np.int64)
@@ -113,6 +163,7 @@ def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
         "gap": gap,
         "pieces_a": np.clip(pieces["a"], 1, CAP),
         "pieces_b": np.clip(pieces["b"], 1, CAP),
+        "role": role,
     }
 
 

@@ -44,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--corpus",
         required=True,
-        help="a .txt/.jsonl/.parquet file, a folder of them, hf:NAME, or 'builtin'",
+        help="a .txt/.jsonl/.parquet file, a folder of them, hf:NAME, 'builtin' (web text and "
+        "chats, half and half), or a mix by share of pairs: SPEC=SHARE,SPEC=SHARE "
+        "(e.g. hf:my/chats=0.5,hf:my/web=0.5)",
     )
     p.add_argument("--out", required=True, help="store folder (created, or resumed if it exists)")
     p.add_argument(
@@ -64,6 +66,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=16384,
         help="rows per shard, at least (default 16384; under torchrun each block is a shard)",
+    )
+    p.add_argument(
+        "--pair-positions",
+        choices=("all", "word_end"),
+        default="all",
+        help="which aligned positions become rows: all (default), or word_end: only where the "
+        "next character is not a letter or digit (no word-piece positions, where "
+        "cross-tokenizer artifacts live)",
+    )
+    p.add_argument(
+        "--literal-specials",
+        choices=("cut", "keep"),
+        default="cut",
+        help="content holding a special token's literal string: cut the document's pairs "
+        "there (default) or keep them",
     )
     p.add_argument("--max-documents", type=int, default=None, help="read at most N documents")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from hub")
@@ -93,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
+        pair_positions=args.pair_positions,
+        literal_specials=args.literal_specials,
     )
     store = harvest(config)
     distributed.shutdown()  # under torchrun: leave the process group cleanly (no-op otherwise)

@@ -1,20 +1,23 @@
 """Corpora: the texts and chats both models read.
 
 ``load_corpus(spec)`` accepts a ``.txt``/``.jsonl``/``.parquet`` file, a folder of them,
-``hf:NAME[:CONFIG][:SPLIT]`` (streamed with the optional ``datasets`` package), or ``builtin``
-(the default: Wikipedia text from gensim's test data interleaved with the project's own chats).
-Order is deterministic, so a run can be resumed by skipping documents already done.
+``hf:NAME[:CONFIG][:SPLIT]`` (streamed with the optional ``datasets`` package), ``builtin``
+(the default: Wikipedia text from gensim's test data and the project's own chats, half and half
+by pairs), or a mix of any of these by share of pairs (``SPEC=SHARE,SPEC=SHARE``,
+:mod:`crossdiff.corpus.mix`). Order is deterministic, so a run can be resumed by skipping
+documents already done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from crossdiff.corpus.builtin import builtin_chats, builtin_corpus, builtin_texts
 from crossdiff.corpus.document import Document
 from crossdiff.corpus.files import SUFFIXES, check_file, folder_files, read_file, read_folder
 from crossdiff.corpus.hf import open_hf
+from crossdiff.corpus.mix import format_mix, is_mix, mix_documents, parse_mix
 from crossdiff.errors import CrossdiffError
 
 BUILTIN = "builtin"
@@ -35,7 +38,9 @@ def _checked(documents: Iterator[Document], spec: str, limit: int | None) -> Ite
         )
 
 
-def load_corpus(spec: str | Path = BUILTIN, *, limit: int | None = None) -> Iterator[Document]:
+def load_corpus(
+    spec: str | Path | Mapping[str, float] = BUILTIN, *, limit: int | None = None
+) -> Iterator[Document]:
     """The documents of a corpus, in a deterministic order; at most ``limit`` of them.
 
     The spec is checked at once (missing path, unknown extension, bad hf: spec, missing
@@ -44,6 +49,11 @@ def load_corpus(spec: str | Path = BUILTIN, *, limit: int | None = None) -> Iter
     """
     if limit is not None and (not isinstance(limit, int) or limit <= 0):
         raise CrossdiffError(f"corpus limit must be a positive number of documents, got {limit!r}")
+    if isinstance(spec, Mapping) or is_mix(spec):
+        parts = parse_mix(spec)  # type: ignore[arg-type]
+        sources = {p.spec: load_corpus(p.spec) for p in parts}  # every spec checked at once
+        mixed = mix_documents(parts, sources.__getitem__)
+        return _checked(mixed, format_mix(parts), limit)
     text = str(spec).strip()
     if text in (BUILTIN, "builtin:"):
         return _checked(builtin_corpus(), text, limit)

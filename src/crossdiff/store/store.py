@@ -222,6 +222,30 @@ class ActivationStore:
                 for line in fh:
                     yield json.loads(line)
 
+    def composition(self) -> dict[str, Any]:
+        """What the store's pairs are made of, from the documents files: pairs and documents
+        per corpus source, pairs from chats vs plain text, and the pairs the harvest's
+        ``pair_positions`` filter removed (``store info``, the report)."""
+        sources: dict[str, dict[str, int]] = {}
+        kinds = {"chat": 0, "text": 0}
+        removed = 0
+        for record in self.documents():
+            entry = sources.setdefault(str(record.get("source")), {"pairs": 0, "documents": 0})
+            pairs = int(record.get("pairs") or 0)
+            entry["pairs"] += pairs
+            entry["documents"] += 1
+            kinds["chat" if record.get("messages") is not None else "text"] += pairs
+            removed += int(record.get("pairs_removed") or 0)
+        total = max(1, sum(kinds.values()))
+        return {
+            "sources": sources,
+            "chat_pairs": kinds["chat"],
+            "text_pairs": kinds["text"],
+            "chat_share": kinds["chat"] / total,
+            "pair_positions": self.manifest.harvest.get("pair_positions", "all"),
+            "pairs_removed": removed,
+        }
+
     def document(self, index: int) -> dict[str, Any]:
         """The record of document ``index`` (``doc_index`` in the rows).
 
@@ -285,6 +309,7 @@ class ActivationStore:
             "invalid Unicode repaired"
         )
         lines.append(f"  corpus: {m.corpus}")
+        lines.extend(_composition_lines(self))
         for side in ("a", "b"):
             st = m.norm_stats.get(side, {})
             if st.get("sample_size"):
@@ -303,6 +328,31 @@ class ActivationStore:
         lines.extend(_moments_lines(self))
         lines.append(f"  harvest settings: {m.harvest}")
         return "\n".join(lines)
+
+
+def _composition_lines(store: ActivationStore) -> list[str]:
+    """``store info``'s lines on where the pairs come from (sources, chat vs text) and what the
+    ``pair_positions`` filter removed."""
+    comp = store.composition()
+    total = max(1, comp["chat_pairs"] + comp["text_pairs"])
+    parts = [
+        f"{name} {v['pairs'] / total:.1%} ({v['pairs']:,} pairs, {v['documents']:,} documents)"
+        for name, v in comp["sources"].items()
+    ]
+    lines = [
+        f"  pairs from chats: {comp['chat_share']:.1%} ({comp['chat_pairs']:,}), from plain "
+        f"text: {1 - comp['chat_share']:.1%} ({comp['text_pairs']:,})"
+    ]
+    if len(parts) > 1:
+        lines.append("  sources: " + "; ".join(parts))
+    if comp["pair_positions"] != "all":
+        aligned = total + comp["pairs_removed"]
+        lines.append(
+            f"  pair positions: {comp['pair_positions']} only; {comp['pairs_removed']:,} of "
+            f"{aligned:,} aligned pairs removed ({comp['pairs_removed'] / max(1, aligned):.1%}), "
+            f"{total / max(1, aligned):.1%} kept"
+        )
+    return lines
 
 
 def _moments_lines(store: ActivationStore) -> list[str]:
