@@ -5,13 +5,16 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import random
 import re
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from crossdiff.corpus import Document, builtin_chats, load_corpus
+from crossdiff.corpus.mix import pair_estimate
 from crossdiff.corpus.wiki import (
     CHUNK_WORDS,
     MIN_CHUNK_WORDS,
@@ -160,21 +163,86 @@ def test_hf_without_datasets_or_offline():
 
 
 # ---------------------------------------------------------------------- built-in
-def test_builtin_corpus_interleaves_text_and_chats():
+def _shares(docs, weight=pair_estimate):
+    chat = sum(weight(d) for d in docs if d.is_chat)
+    return chat / max(1, sum(weight(d) for d in docs))
+
+
+def test_builtin_corpus_mixes_text_and_chats_half_and_half_in_every_prefix():
     docs = list(load_corpus("builtin"))
     assert docs == list(load_corpus())  # default spec, deterministic
     ids = [d.doc_id for d in docs]
     assert len(ids) == len(set(ids))
-    kinds = [d.is_chat for d in docs[:40]]
-    assert kinds == [False, True] * 20  # a short prefix already holds both
     chats = [d for d in docs if d.is_chat]
     texts = [d for d in docs if not d.is_chat]
-    assert len(chats) >= 150 and len(texts) > 1000
+    assert len(chats) == len(builtin_chats())  # the mix ends when the chats run out
+    assert len(texts) > 100
     assert {d.source for d in chats} == {"builtin:chats"}
     assert {d.source for d in texts} == {"builtin:wiki"}
+    total = 0
+    for n in (2, 10, 50, 200, len(docs) // 2, len(docs)):  # every prefix keeps the mix
+        prefix = docs[:n]
+        total = sum(pair_estimate(d) for d in prefix)
+        largest = max(pair_estimate(d) for d in prefix)
+        assert abs(_shares(prefix) - 0.5) <= largest / total + 1e-9, n
+    assert total > 200_000  # enough for the default run's 250k-pair budget at ~1 pair/unit
     # the prefix covers several articles, not one article's chunks
     first_words = {d.text.split()[0] for d in texts[:10]}
     assert len(first_words) >= 8
+
+
+def test_mix_spec_keeps_its_shares_in_every_prefix_and_stops_with_a_source(tmp_path):
+    rng = random.Random(0)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    for name, n, size in (("a", 400, 30), ("b", 60, 200), ("c", 1000, 5)):
+        lines = [
+            json.dumps({"text": " ".join(rng.choices(words, k=rng.randint(1, 2 * size)))})
+            for _ in range(n)
+        ]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    a, b, c = (str(tmp_path / f"{x}.jsonl") for x in "abc")
+    spec = f"{a}=2,{b}=1,{c}=1"
+    docs = list(load_corpus(spec))
+    assert docs == list(load_corpus({a: 0.5, b: 0.25, c: 0.25}))  # same mix as a mapping
+    by = {x: str(tmp_path / f"{x}.jsonl") for x in "abc"}
+    sources = [next(k for k, v in by.items() if d.source.endswith(Path(v).name)) for d in docs]
+    weights = [pair_estimate(d) for d in docs]
+    running = {x: 0 for x in "abc"}
+    total = 0
+    for k, (src, w) in enumerate(zip(sources, weights), start=1):
+        running[src] += w
+        total += w
+        if k >= 20:
+            largest = max(weights[:k])
+            for x, share in (("a", 0.5), ("b", 0.25), ("c", 0.25)):
+                assert abs(running[x] / total - share) <= 2 * largest / total, (k, x)
+    # it ended when one source ran out, not after
+    counts = {x: sources.count(x) for x in "abc"}
+    assert counts["b"] == 60 or counts["a"] == 400 or counts["c"] == 1000
+    assert list(load_corpus(spec, limit=7)) == docs[:7]
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("builtin:wiki=0.5", "at least two"),
+        ("builtin:wiki=0.5,builtin:wiki=0.5", "more than once"),
+        ("builtin:wiki=0,builtin:chats=1", "positive number"),
+        ({"builtin:wiki": "x", "builtin:chats": 1}, "positive number"),
+        ("builtin:wiki=0.5,/no/such/file.jsonl=0.5", "does not exist"),
+    ],
+)
+def test_bad_mix_specs_are_rejected_with_the_value(spec, match):
+    with pytest.raises(CrossdiffError, match=match):
+        list(load_corpus(spec))
+
+
+def test_pair_estimate_counts_words_marks_and_cjk_characters():
+    assert pair_estimate(Document("x:0", "Hello, world! 42", None, "x")) == 5
+    assert pair_estimate(Document("x:1", "天安门广场", None, "x")) == 5
+    chat = Document("x:2", None, [{"role": "user", "content": "Hi there"}], "x")
+    assert pair_estimate(chat) == 2
+    assert pair_estimate(Document("x:3", "", None, "x")) == 1
 
 
 def test_builtin_chats_cover_the_topics_where_models_differ():

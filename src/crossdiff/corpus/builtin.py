@@ -1,19 +1,24 @@
-"""The built-in default corpus: Wikipedia text interleaved with the project's own chats.
+"""The built-in default corpus: Wikipedia text and the project's own chats, half and half.
 
 - ``builtin:wiki``: chunks of the English Wikipedia sample in gensim's test data (see
   :mod:`crossdiff.corpus.wiki`): 1,819 chunks of up to 300 words from 106 articles,
   436k words in all, taken round-robin over articles (every article's lead first).
-- ``builtin:chats``: 200 chats written for this project (``crossdiff/data/chats.jsonl``):
-  single-turn prompts, some with a short assistant reply, and a few multi-turn chats with and
-  without system prompts, covering topics where models tend to differ (politics of China,
-  Taiwan, the US, Russia; history; safety refusals; requests for copyrighted text; identity
-  questions; code; math; medicine; Chinese, Korean, Arabic, French, Spanish, German, Japanese
-  and other languages; emoji) as well as everyday ones.
+- ``builtin:chats``: the project's conversations. First 200 chats written by hand
+  (``crossdiff/data/chats.jsonl``): single-turn prompts, some with a short assistant reply, and
+  a few multi-turn chats with and without system prompts, covering topics where models tend to
+  differ (politics of China, Taiwan, the US, Russia; history; safety refusals; requests for
+  copyrighted text; identity questions; code; math; medicine; many languages; emoji). Then
+  1,286 generated ones (``crossdiff/data/chats_generated.jsonl``, rebuilt by
+  ``scripts/make_chats.py``): user prompts made by the project from templates (politics and
+  history of 36 countries, comparisons of nations and products, requests for copyrighted text,
+  medical and legal questions, requests that instruction-tuned models refuse, sycophancy
+  probes, everyday tasks, identity; ten languages), each answered once, greedy, by one of the
+  two built-in models (the record says which: half each).
 
-Order: text and chats alternate (text, chat, text, chat, ...) until the chats run out, then the
-remaining text follows. Chats are taken round-robin over their topics (politics, history,
-safety, ..., then the second chat of each topic, ...), so any prefix (a small ``--tokens``
-budget) holds text and chats of many topics; all chats come within the first ~90k tokens.
+Order: ``builtin`` mixes text and chats half and half by (estimated) pairs in every prefix
+(:mod:`crossdiff.corpus.mix`) and ends when the chats run out. Chats are taken round-robin over
+their topics, and texts round-robin over articles, so any prefix (a small ``--tokens`` budget)
+holds text and chats of many topics.
 """
 
 from __future__ import annotations
@@ -29,17 +34,25 @@ WIKI_SOURCE = "builtin:wiki"
 CHATS_SOURCE = "builtin:chats"
 
 
+CHAT_FILES = ("chats.jsonl", "chats_generated.jsonl")
+"""The hand-written chats, then the generated ones (``scripts/make_chats.py``)."""
+
+
 def _chat_records() -> list[tuple[str, Document]]:
-    """(topic, chat) in file order; doc ids ``builtin:chats:<line index>``."""
-    resource = files("crossdiff.data").joinpath("chats.jsonl")
+    """(topic, chat) in file order; doc ids ``builtin:chats:<index>`` count the chats of both
+    files in order (the hand-written ones keep the ids they had before the generated ones)."""
     records = []
-    for lineno, line in enumerate(resource.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            record = json.loads(line)
-            messages = check_messages(record["messages"], f"chats.jsonl line {lineno}")
-            doc_id = f"{CHATS_SOURCE}:{len(records)}"
-            document = Document(doc_id, None, messages, CHATS_SOURCE)
-            records.append((record.get("topic", ""), document))
+    for name in CHAT_FILES:
+        resource = files("crossdiff.data").joinpath(name)
+        if not resource.is_file():
+            continue
+        for lineno, line in enumerate(resource.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                record = json.loads(line)
+                messages = check_messages(record["messages"], f"{name} line {lineno}")
+                doc_id = f"{CHATS_SOURCE}:{len(records)}"
+                document = Document(doc_id, None, messages, CHATS_SOURCE)
+                records.append((record.get("topic", ""), document))
     return records
 
 
@@ -71,12 +84,14 @@ def builtin_texts() -> Iterator[Document]:
     yield from _round_robin(list(by_article.values()))
 
 
+BUILTIN_MIX = {WIKI_SOURCE: 0.5, CHATS_SOURCE: 0.5}
+"""The default corpus's shares of pairs: the method's half web text, half chat."""
+
+
 def builtin_corpus() -> Iterator[Document]:
-    """The default corpus: text and chats alternating, then the rest of the text."""
-    chats = iter(builtin_chats())
-    for text in builtin_texts():
-        yield text
-        chat = next(chats, None)
-        if chat is not None:
-            yield chat
-    yield from chats  # only if there were fewer texts than chats
+    """The default corpus: Wikipedia text and the chats, half and half by pairs in every
+    prefix (:mod:`crossdiff.corpus.mix`); it ends when the chats run out."""
+    from crossdiff.corpus.mix import mix_documents, parse_mix
+
+    sources = {WIKI_SOURCE: builtin_texts, CHATS_SOURCE: lambda: iter(builtin_chats())}
+    return mix_documents(parse_mix(BUILTIN_MIX), lambda spec: sources[spec]())
