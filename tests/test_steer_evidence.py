@@ -287,3 +287,162 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
     assert ev.bootstrap_ci(vals, seed=3) == (mean, lo, hi)
     assert ev.bootstrap_ci([None, 0.5]) == (0.5, 0.5, 0.5)
     assert ev.bootstrap_ci([]) is None
+
+
+# ---- a real planted direction in a tiny model beats the null -----------------------------------
+KEYWORD = "dog"
+"""The planted behaviour: the whole word "dog" (token ``▁dog``) appears in the answer. Pushed
+into its text, the tiny model carries on with its own lines about dogs, so a moderate push
+leaves the answer coherent."""
+PLANTED_PROMPTS = [
+    "SELECT name, age",
+    "The weather today",
+    "Doctors recommend",
+    "She asked the",
+    "When we compare two",
+    "It's a long way",
+    "Governments, elections and",
+    "Numbers like",
+    "I love pizza",
+    "Bonjour, comment",
+]
+TRAIN_STEPS = 40
+PLANTED_ALPHAS = [-1.0, 0.0, 0.6, 0.8, 1.0, 1.2, 1.4]
+PLANTED_PUSH = 1.0
+"""Norm of the planted decoder row (raw scale), with s_max = 1. Measured dose-response on these
+10 prompts: the word appears in 0/10 answers at alpha <= 0.8, 5/10 at 1.2 (3 broken), 6/10 at
+1.4 (5 broken: "dog dog dog dog"), so alpha 1.2 is the push that is strong and still coherent."""
+
+
+@pytest.fixture(scope="module")
+def word_model(tmp_path_factory):
+    """SPEC_A's tiny Llama, trained for a few seconds until it recites ``tiny.TRAINING_TEXT``.
+
+    A random model's own text is byte soup ("lps is��202"), which the coherence rule rightly
+    calls non-words at every alpha, and a random model restricted to words loops ("is is is"),
+    which it rightly calls repetition: no alpha could count as coherent. Trained on the text its
+    tokenizer was trained on (40 full-batch AdamW steps, loss 6.5 -> ~0.1), greedy decoding
+    continues a line's opening with the rest of the line, so the coherence rule has text to judge.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from crossdiff.models import load_model
+    from tiny import TRAINING_TEXT, make_tiny_model
+
+    folder = make_tiny_model(tmp_path_factory.mktemp("word_model"), *SPEC_A)
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    lines = [line for line in TRAINING_TEXT.splitlines() if line.strip()]
+    seqs = [[*tok(line).input_ids, tok.eos_token_id] for line in lines]
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    labels = ids.masked_fill(mask == 0, -100)
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(TRAIN_STEPS):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    final = loss.item()
+    assert final < 0.5, f"the tiny model did not learn its text (loss {final:.2f})"
+    model.eval().save_pretrained(folder)
+    return load_model(str(folder), dtype="float32", device="cpu")
+
+
+def _planted_direction(lm) -> torch.Tensor:
+    """The residual direction that raises ``▁model``'s logit: its unembedding row through the
+    final RMSNorm's gain (the hook sits after the last decoder layer, right before that norm)."""
+    tid = lm.tokenizer.convert_tokens_to_ids("▁" + KEYWORD)
+    row = lm.model.get_output_embeddings().weight[tid].detach().float()
+    gain = lm.model.model.norm.weight.detach().float()
+    d = row * gain
+    return d / d.norm()
+
+
+@pytest.fixture
+def planted_run(run_dir, tmp_path, word_model):  # noqa: F811
+    """A copy of the tiny run whose A-exclusive feature A_EXCL writes the planted direction."""
+    import shutil
+
+    from crossdiff.crosscoder import Crosscoder
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    paths = RunPaths(run)
+    cc = Crosscoder.from_pretrained(paths.crosscoder)
+    target = _planted_direction(word_model) * PLANTED_PUSH
+    with torch.no_grad():
+        cc.W_dec_a[int(cc.local_a[A_EXCL])] = target * cc.scale("a")
+    torch.testing.assert_close(cc.decoder_weight("a", raw_scale=True)[A_EXCL], target)
+    cc.save_pretrained(paths.crosscoder)
+    return run
+
+
+def _planted_steer(run, lm, feature, nulls):
+    return api.steer(
+        run,
+        feature,
+        prompts=PLANTED_PROMPTS,
+        alphas=PLANTED_ALPHAS,
+        s_max=1.0,
+        score=f"keywords:{KEYWORD}",
+        nulls=len(nulls),
+        loaded_models={"a": lm},
+        dtype="float32",
+        device="cpu",
+        max_new_tokens=8,
+        chat=False,
+        save=False,
+    )
+
+
+def test_planted_direction_in_a_tiny_model_beats_the_null(planted_run, word_model, monkeypatch):
+    """The product's steer() (generation, coherence, nulls at matched norm, bootstrap, verdict)
+    on a real tiny model: pushing along the planted direction makes the word appear in coherent
+    answers; random features pushed as hard do not, and a random feature is not called."""
+    others = [f for f in range(4) if f != A_EXCL]  # the tiny DFC's other A-exclusive features
+    monkeypatch.setattr(api, "pick_nulls", lambda run, feature, n, seed=0: (others[:n], None))
+    result = _planted_steer(planted_run, word_model, A_EXCL, others)
+    m = result.model("a")
+    evid = m.evidence
+    assert result.verdict == ev.VERDICT_BEATS, evid
+    assert evid["beats_null_at"] and all(a > 0 for a in evid["beats_null_at"])
+    zero = PLANTED_ALPHAS.index(0.0)
+    for alpha in evid["beats_null_at"]:
+        i = PLANTED_ALPHAS.index(alpha)
+        assert evid["coherent"][i]
+        assert evid["ci_low"][i] > evid["null_high"][i]  # CIs apart, above the null band
+    assert evid["effects"][zero] == 0.0  # the unsteered model never says the word
+    # alpha = 0 reproduces the unsteered model, token for token
+    for p, prompt in enumerate(PLANTED_PROMPTS):
+        ids = prompt_ids(word_model, prompt, False)
+        text = word_model.tokenizer.decode(greedy(word_model, ids, 8), skip_special_tokens=True)
+        assert m.generations[p][zero] == text
+    # every null was pushed with the planted row's norm at every alpha
+    for null in m.nulls:
+        got = [abs(c) * null["vector_norm"] for c in null["coefs"]]
+        assert got == pytest.approx([abs(a) * PLANTED_PUSH for a in PLANTED_ALPHAS], rel=1e-5)
+    # a random feature swept the same way, against the others, does not beat its null
+    rest = others[1:]  # its null: the other random features (not the planted one)
+    monkeypatch.setattr(api, "pick_nulls", lambda run, feature, n, seed=0: (rest[:n], None))
+    random_feature = _planted_steer(planted_run, word_model, others[0], rest)
+    assert random_feature.verdict == ev.VERDICT_NULL
+
+
+def test_subset_evaluates_part_of_the_prompts():
+    """``ModelSteering.subset`` feeds the same evidence code a part of the prompt set (the
+    planted benchmark's suppression is measured on the prompts where the behaviour occurs)."""
+    base = [1.0, 0, 0, 0, 0, 0]
+    planted = [[b, b, b, 1.0, 1.0] for b in base]
+    nulls = [[[b] * 5 for b in base], [[b] * 5 for b in base]]
+    m = _model(planted, nulls)
+    part = m.subset([1, 2, 3])
+    assert part.scores == planted[1:4] and len(part.generations) == 3
+    assert [n["scores"] for n in part.nulls] == [s[1:4] for s in nulls]
+    assert part.coherence["broken"] == m.coherence["broken"][1:4] and part.evidence is None
+    direct = ev.evaluate(_model(planted[1:4], [s[1:4] for s in nulls]), ALPHAS, "k")
+    assert ev.evaluate(part, ALPHAS, "k") == direct
+    assert direct["null_high"][3] == 0.0 and direct["beats_null_at"] == [2.0, 4.0]

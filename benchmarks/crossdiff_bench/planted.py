@@ -114,6 +114,10 @@ class PlantedConfig:
     min_coherent: float = 0.5
     """An alpha counts for 'suppress'/'amplify' only if at least this share of its
     generations pass :func:`coherent` (pushes that break the model lower any rate)."""
+    steer_nulls: int = 3
+    """Random alive features of the same label swept beside each steered feature, each pushed
+    with its added-vector norm (the product's null, :mod:`crossdiff.steering.evidence`): the
+    evidence verdicts below need effects whose bootstrap CI lies outside their band."""
     harvest_batch: int = 32
     """Windows per harvest forward pass."""
     work_dir: str | None = None
@@ -413,6 +417,10 @@ def steer_feature(
     """Steer ``feature`` in its own model and (cross-model check) in the other; behaviour rates
     per alpha on the prompts where the behaviour is expected ('on') and not ('off').
 
+    With ``cfg.steer_nulls`` the product's evidence (:func:`steering_evidence`) is added:
+    effects with bootstrap CIs against random features pushed as hard, and whether suppression
+    ('on' prompts) and amplification ('off' prompts) beat that null while coherent.
+
     ``suppress.works``: the own model's 'on' rate drops by at least ``rate_change`` at some
     negative alpha whose generations are mostly coherent; ``amplify.works``: its 'off' rate
     rises by that much at some such positive alpha (both later also required to beat a random
@@ -433,6 +441,8 @@ def steer_feature(
         max_new_tokens=cfg.max_new_tokens,
         score=lambda p, g: float(behaviour_present(concept, p, g)),
         loaded_models={"a": models[0], "b": models[1]},
+        nulls=cfg.steer_nulls,
+        null_seed=cfg.data_seed,
         save=True,
         progress=cfg.progress,
     )
@@ -486,6 +496,74 @@ def steer_feature(
         "no_effect": bool(rise <= cfg.other_tolerance),
     }
     out["saved"] = str(result.path) if result.path else None
+    if cfg.steer_nulls:
+        out["evidence"] = steering_evidence(result, n_on)
+    return out
+
+
+def steering_evidence(result: Any, n_on: int) -> dict[str, Any]:
+    """The product's steering evidence (:func:`crossdiff.steering.evidence.evaluate`) per
+    steered model on the 'on' prompts (the first ``n_on``: suppression) and on the 'off' ones
+    (amplification), from a :func:`crossdiff.steer` result swept with nulls.
+
+    ``lowers`` / ``raises``: the negative / positive coherent alphas at which the effect's 95%
+    CI lies entirely below / above the null band (CIs apart, in the behaviour's direction).
+    """
+    from crossdiff.steering.evidence import evaluate
+
+    alphas = result.alphas
+    out: dict[str, Any] = {"null_features": None, "models": {}}
+    for m in result.models:
+        n_all = len(m.generations)
+        per: dict[str, Any] = {}
+        for name, rows, sign in (
+            ("suppress", range(n_on), -1.0),
+            ("amplify", range(n_on, n_all), 1.0),
+        ):
+            evid = evaluate(m.subset(rows), alphas, result.scorer)
+            hits = []
+            for i, a in enumerate(alphas):
+                if a * sign <= 0 or not evid["coherent"][i] or evid["effects"] is None:
+                    continue
+                lo, hi = evid["ci_low"][i], evid["ci_high"][i]
+                nlo, nhi = (
+                    (evid["null_low"] or [None] * len(alphas))[i],
+                    (evid["null_high"] or [None] * len(alphas))[i],
+                )
+                if None in (lo, hi, nlo, nhi):
+                    continue
+                if (sign < 0 and hi < nlo) or (sign > 0 and lo > nhi):
+                    hits.append(float(a))
+            best = None
+            if evid["effects"] is not None:
+                cand = hits or [
+                    a for i, a in enumerate(alphas) if a * sign > 0 and evid["coherent"][i]
+                ]
+                if cand:
+                    pick = min if sign < 0 else max
+                    i = alphas.index(
+                        pick(cand, key=lambda a: evid["effects"][alphas.index(a)] or 0.0)
+                    )
+                    best = {
+                        "alpha": float(alphas[i]),
+                        "effect": evid["effects"][i],
+                        "ci": [evid["ci_low"][i], evid["ci_high"][i]],
+                        "null_band": [
+                            (evid["null_low"] or [None] * len(alphas))[i],
+                            (evid["null_high"] or [None] * len(alphas))[i],
+                        ],
+                        "unsteered": evid["effects"][alphas.index(0.0)] if 0.0 in alphas else None,
+                    }
+            per[name] = {
+                "beats_null": bool(hits),
+                "at": hits,
+                "best": best,
+                "coherent_range": evid["coherent_range"],
+                "verdict": evid["verdict"],
+                "evidence": evid,
+            }
+            out["null_features"] = evid["null_features"]
+        out["models"][m.model] = per
     return out
 
 
@@ -569,6 +647,7 @@ def run_planted(cfg: PlantedConfig) -> dict[str, Any]:
                 st["control"] = steer_feature(cfg, Path(entry["run"]), concept, control, models)
                 mark_specific(st, cfg.rate_change)
     timings["steer"] = time.perf_counter() - t0
+    results["steering_target"] = steering_target(results["crosscoders"])
 
     results["rediscovery"] = {
         kind: {
@@ -582,6 +661,35 @@ def run_planted(cfg: PlantedConfig) -> dict[str, Any]:
     timings["total"] = time.perf_counter() - t_start
     results["timings"] = timings
     return results
+
+
+def steering_target(entries: list[dict[str, Any]], kind: str = "dfc") -> dict[str, Any] | None:
+    """Issue 14's target on the first steered crosscoder of ``kind``: for both planted features,
+    suppression lowers the behaviour beyond the null (CIs apart) at a coherent alpha in their own
+    model, and the random control feature's suppression does not. None without evidence."""
+    entry = next((e for e in entries if e["kind"] == kind and e.get("steering")), None)
+    if entry is None:
+        return None
+    out: dict[str, Any] = {"kind": kind, "seed": entry["seed"], "concepts": {}}
+    for concept in CONCEPTS:
+        st = entry["steering"].get(concept)
+        if st is None or "evidence" not in st:
+            out["concepts"][concept] = {"feature_beats": None, "control_beats": None}
+            continue
+        own = CONCEPT_OWNER[concept]
+        ctl = st.get("control")
+        out["concepts"][concept] = {
+            "feature_beats": st["evidence"]["models"][own]["suppress"]["beats_null"],
+            "control_beats": (
+                ctl["evidence"]["models"][own]["suppress"]["beats_null"]
+                if ctl is not None and "evidence" in ctl
+                else None
+            ),
+        }
+    out["met"] = all(
+        c["feature_beats"] is True and c["control_beats"] is False for c in out["concepts"].values()
+    )
+    return out
 
 
 def eval_row_facts(cfg: PlantedConfig, rows: Any, x_a: Any, x_b: Any) -> dict[str, Any]:
@@ -759,6 +867,8 @@ def format_results(results: dict[str, Any]) -> str:
                 f"{st['other_model']['max_rise']:+.2f} "
                 f"({'no effect' if st['other_model']['no_effect'] else 'EFFECT'})"
             )
+            if "evidence" in st:
+                lines.extend(_evidence_lines(st["evidence"], own, "    evidence"))
             ctl = st.get("control")
             if ctl is not None:
                 lines.append(
@@ -768,6 +878,20 @@ def format_results(results: dict[str, Any]) -> str:
                     f"amplify {ctl['amplify']['rate_unsteered']:.2f} -> "
                     f"{ctl['amplify']['rate_best']:.2f}"
                 )
+                if "evidence" in ctl:
+                    lines.extend(_evidence_lines(ctl["evidence"], own, "      control evidence"))
+    target = results.get("steering_target")
+    if target is not None:
+        parts = [
+            f"{c} feature {_yes(v['feature_beats'])}, control {_yes(v['control_beats'])}"
+            for c, v in target["concepts"].items()
+        ]
+        lines.append(
+            f"steering target ({target['kind']} s{target['seed']}: suppression beats the null "
+            "while coherent, the random control's does not): "
+            + "; ".join(parts)
+            + (" -> MET" if target["met"] else " -> NOT MET")
+        )
     for kind, counts in results["rediscovery"].items():
         n = cfg["seeds"]
         lines.append(
@@ -776,6 +900,38 @@ def format_results(results: dict[str, Any]) -> str:
     t = results["timings"]
     lines.append("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))
     return "\n".join(lines)
+
+
+def _yes(value: bool | None) -> str:
+    return "n/a" if value is None else ("beats" if value else "does not beat")
+
+
+def _evidence_lines(evidence: dict[str, Any], own: str, prefix: str) -> list[str]:
+    """One line per steered model: suppression and amplification against the null band."""
+    lines = []
+    for side, per in evidence["models"].items():
+        parts = []
+        for name in ("suppress", "amplify"):
+            e = per[name]
+            b = e["best"]
+            if b is None:
+                parts.append(f"{name}: no coherent alpha")
+                continue
+            band = b["null_band"]
+            band_text = "no null" if None in band else f"null band [{band[0]:.2f}, {band[1]:.2f}]"
+            parts.append(
+                f"{name} {'BEATS' if e['beats_null'] else 'no'}"
+                + (f" at {e['at']}" if e["at"] else "")
+                + f" (alpha {b['alpha']:g}: {b['unsteered']:.2f} -> {b['effect']:.2f} "
+                f"CI [{b['ci'][0]:.2f}, {b['ci'][1]:.2f}] vs {band_text}; coherent "
+                f"{e['coherent_range']})"
+            )
+        who = "own" if side == own else "other"
+        lines.append(
+            f"{prefix} {side.upper()} ({who}, nulls #{evidence['null_features']}): "
+            + "; ".join(parts)
+        )
+    return lines
 
 
 # ------------------------------------------------------------------------------------------
@@ -794,6 +950,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, help="BatchTopK k")
     p.add_argument("--steps", type=int, help="crosscoder training steps")
     p.add_argument("--steer-seeds", type=int, help="steer the features of the first N seeds")
+    p.add_argument(
+        "--steer-nulls",
+        type=int,
+        help="random same-label features swept beside each steered one (default 3; 0: none)",
+    )
     p.add_argument(
         "--high-norm-factor",
         type=float,
@@ -815,6 +976,7 @@ def _cli(args: argparse.Namespace) -> int:
         "k": args.k,
         "steps": args.steps,
         "steer_seeds": args.steer_seeds,
+        "steer_nulls": args.steer_nulls,
         "high_norm_factor": args.high_norm_factor,
         "work_dir": args.work_dir,
         "threads": args.threads,

@@ -369,9 +369,21 @@ def test_tiny_end_to_end_run_is_complete_and_repeatable(tmp_path):
                 for m in st["models"].values():
                     assert len(m["rate_on"]) == len(m["rate_off"]) == 3
                     assert all(0.0 <= r <= 1.0 for r in m["rate_on"] + m["rate_off"])
+                # the product's evidence, on the on (suppress) and off (amplify) prompts
+                evid = st["evidence"]
+                assert set(evid["models"]) == {"a", "b"}
+                assert 0 < len(evid["null_features"]) <= cfg.steer_nulls
+                for per in evid["models"].values():
+                    for name in ("suppress", "amplify"):
+                        assert per[name]["beats_null"] in (True, False)
+                        assert len(per[name]["evidence"]["coherent"]) == 3
     for counts in first["rediscovery"].values():
         assert all(0 <= v <= cfg.seeds for v in counts.values())
     assert "rediscovered by dfc" in format_results(first)
+    target = first["steering_target"]
+    if target is not None:
+        assert target["met"] in (True, False) and set(target["concepts"]) == set(pdata.CONCEPTS)
+        assert "steering target" in format_results(first)
     json.dumps(first)  # JSON-serializable as --json-out writes it
 
     second = run_planted(cfg)

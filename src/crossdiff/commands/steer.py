@@ -46,7 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="multiples of s_max, comma- or space-separated (default -4,-2,0,2,4)",
     )
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    p.add_argument("--prompts", help="file of prompts: .txt one per line, or .jsonl")
+    p.add_argument(
+        "--prompts",
+        help="file of prompts (.txt one per line, or .jsonl), or a built-in suite: "
+        "builtin:political, builtin:national, builtin:copyright, builtin:sycophancy "
+        "(its default scorer applies unless --score is given)",
+    )
     p.add_argument(
         "--model",
         default="auto",
@@ -88,7 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--score",
         metavar="RULE",
-        help="regex:PATTERN, keywords:a,b,c, or judge:CRITERION (LLM judge)",
+        help="regex:PATTERN, keywords:a,b,c, builtin:SUITE (a suite's default scorer), or "
+        "judge:CRITERION (LLM judge)",
     )
     s.add_argument(
         "--no-explanation-score",
@@ -121,9 +127,15 @@ def run(args: argparse.Namespace) -> int:
     from crossdiff.errors import CrossdiffError
     from crossdiff.steering import steer
     from crossdiff.steering.prompts import read_prompts
+    from crossdiff.steering.suites import is_builtin, load_suite
 
     prompts = list(args.prompt)
-    if args.prompts:
+    score = args.score
+    if args.prompts and is_builtin(args.prompts):
+        suite = load_suite(args.prompts)
+        prompts.extend(suite.prompts())
+        score = score if score is not None else suite.score_rule
+    elif args.prompts:
         prompts.extend(read_prompts(args.prompts))
     if not prompts:
         raise CrossdiffError("give at least one prompt: --prompt TEXT or --prompts FILE")
@@ -155,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         batched=not args.no_batch,
         s_max=args.s_max,
-        score=args.score,
+        score=score,
         explanation_score=not args.no_explanation_score,
         nulls=args.nulls,
         null_seed=args.null_seed,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,43 @@ class ModelSteering:
         if self.direction == "decoder":
             return self.model.upper()
         return f"{self.model.upper()} ({self.direction})"
+
+    def subset(self, prompts: Sequence[int]) -> ModelSteering:
+        """This model's sweep restricted to the prompts at indices ``prompts`` (its nulls too).
+
+        For evidence on part of a prompt set, e.g. suppression measured only on the prompts
+        where the behaviour occurs: ``evidence.evaluate(m.subset(on), alphas, scorer)``.
+        The evidence itself is not carried over (it was computed on all prompts).
+        """
+        rows = [int(p) for p in prompts]
+
+        def pick(grid: list | None) -> list | None:
+            return None if grid is None else [grid[p] for p in rows]
+
+        def pick_coherence(coh: dict[str, Any] | None) -> dict[str, Any] | None:
+            return None if coh is None else {k: pick(v) for k, v in coh.items()}
+
+        nulls = None
+        if self.nulls is not None:
+            nulls = [
+                {
+                    **n,
+                    "generations": pick(n.get("generations")),
+                    "scores": pick(n.get("scores")),
+                    "coherence": pick_coherence(n.get("coherence")),
+                    "rates": None,
+                }
+                for n in self.nulls
+            ]
+        return replace(
+            self,
+            generations=pick(self.generations) or [],
+            rates=None,
+            scores=pick(self.scores),
+            coherence=pick_coherence(self.coherence),
+            nulls=nulls,
+            evidence=None,
+        )
 
 
 @dataclass

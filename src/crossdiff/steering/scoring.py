@@ -5,7 +5,8 @@ rate); the rate of one alpha is the mean score over the prompts. Three kinds:
 
 - any Python callable ``fn(prompt, generation) -> float | bool | None``;
 - a rule: ``regex:PATTERN`` (case-insensitive search), ``keywords:word,word`` (any of the words,
-  whole words, case-insensitive), or a bare pattern (= ``regex:``);
+  whole words, case-insensitive), ``builtin:SUITE`` (a built-in prompt suite's default scorer,
+  :mod:`.suites`), or a bare pattern (= ``regex:``);
 - ``LLMJudge``: a model behind an OpenAI-compatible ``/chat/completions`` endpoint answers YES
   or NO to "does this response show <criterion>?" (rule ``judge:CRITERION``). The API key is read
   from an environment variable (default ``OPENAI_API_KEY``; no key, no Authorization header,
@@ -42,6 +43,9 @@ class RegexScorer:
     """1.0 where the pattern occurs in the generation (case-insensitive), else 0.0."""
 
     pattern: str
+    label: str | None = None
+    """The scorer's name when not ``regex:PATTERN`` (a built-in suite's ``builtin:NAME``, short
+    enough for tables and plot titles and still a rule that rebuilds the scorer)."""
 
     def __post_init__(self) -> None:
         try:
@@ -53,7 +57,7 @@ class RegexScorer:
 
     @property
     def name(self) -> str:
-        return f"regex:{self.pattern}"
+        return self.label or f"regex:{self.pattern}"
 
     def __call__(self, prompt: str, generation: str) -> float:
         return 1.0 if self._re.search(generation) else 0.0
@@ -211,6 +215,15 @@ def make_scorer(
         return RegexScorer(body)
     if kind in ("keyword", "keywords"):
         return KeywordScorer(body.split(","))
+    if kind == "builtin":
+        from crossdiff.steering.suites import load_suite
+
+        suite = load_suite(body)
+        scorer = suite.scorer()
+        if scorer is None:
+            hint = f', e.g. --score "judge:{suite.judge}"' if suite.judge else ""
+            raise CrossdiffError(f"built-in suite {suite.name!r}: {suite.scoring}{hint}")
+        return scorer
     if kind == "judge":
         if not judge_url or not judge_model:
             raise CrossdiffError(
