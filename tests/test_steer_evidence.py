@@ -446,3 +446,25 @@ def test_subset_evaluates_part_of_the_prompts():
     direct = ev.evaluate(_model(planted[1:4], [s[1:4] for s in nulls]), ALPHAS, "k")
     assert ev.evaluate(part, ALPHAS, "k") == direct
     assert direct["null_high"][3] == 0.0 and direct["beats_null_at"] == [2.0, 4.0]
+
+
+def test_null_band_leaves_out_nulls_that_break_the_model():
+    """A random feature that breaks the model at an alpha lowers the behaviour by breakage;
+    the band holds only the nulls coherent there, so a coherent suppression can beat it."""
+    n_p = 6
+    on = [[0.0, 0.0, 1.0, 1.0, 1.0] for _ in range(n_p)]  # suppressed at alpha -4 and -2
+    ok = [[1.0] * 5 for _ in range(n_p)]
+    broke_scores = [[0.0, 0.0, 1.0, 1.0, 1.0] for _ in range(n_p)]  # rate 0 ... because broken
+    broke = [[True, True, False, False, False] for _ in range(n_p)]
+    fine = [[False] * 5 for _ in range(n_p)]
+    m = _model(on, [ok, broke_scores])
+    m.nulls[0]["coherence"] = {"broken": fine}
+    m.nulls[1]["coherence"] = {"broken": broke}
+    out = ev.evaluate(m, ALPHAS, "k")
+    assert out["null_coherent"][1] == [False, False, True, True, True]
+    assert out["null_low"][:2] == [1.0, 1.0]  # the broken null is left out at -4 and -2
+    assert out["verdict"] == ev.VERDICT_BEATS and out["beats_null_at"] == [-4.0, -2.0]
+    # every null broken at an alpha: no band there, so nothing to beat
+    m.nulls[0]["coherence"] = {"broken": broke}
+    out = ev.evaluate(m, ALPHAS, "k")
+    assert out["null_low"][:2] == [None, None] and out["verdict"] == ev.VERDICT_NULL

@@ -15,7 +15,9 @@ feature moves the behaviour" from "any push this hard does something":
   the analysis table (seeded), each pushed with the same added-vector norm as the feature at
   every alpha (coefficient ``alpha x s_max x |d| / |d_null|``);
 - **effects**: per alpha, the mean behaviour score over prompts with a seeded bootstrap 95% CI
-  over prompts; the null band is [min, max] of the null features' effects.
+  over prompts; the null band is [min, max] of the effects of the null features that are
+  coherent at that alpha (a null that breaks the model lowers any rate; that is breakage, not
+  a behaviour a feature can be said to beat). An alpha where no null stays coherent has no band.
 
 Verdict: "moves the behaviour beyond the null while coherent" when at some coherent non-zero
 alpha the feature's CI lies entirely outside the null band; else "does not beat the null";
@@ -302,6 +304,7 @@ def evaluate(
         "ci_high": None,
         "null_features": [int(n["feature"]) for n in (m.nulls or [])],
         "null_effects": None,
+        "null_coherent": None,
         "null_low": None,
         "null_high": None,
         "beats_null_at": [],
@@ -320,11 +323,18 @@ def evaluate(
     if not null_eff:
         ev["verdict"] = VERDICT_NO_NULL
         return ev
+    # a null that breaks the model at an alpha moves any rate by breakage, not behaviour: the
+    # band holds only the nulls that stay coherent there (by the feature's own rule)
+    null_coh = []
+    for n in m.nulls or []:
+        nb = (n.get("coherence") or {}).get("broken")
+        null_coh.append(coherent_alphas(alphas, nb) if nb else [True] * n_a)
     ev["null_effects"] = null_eff
+    ev["null_coherent"] = null_coh
     lows: list[float | None] = []
     highs: list[float | None] = []
     for a in range(n_a):
-        vals = [row[a] for row in null_eff if row[a] is not None]
+        vals = [row[a] for row, coh in zip(null_eff, null_coh) if row[a] is not None and coh[a]]
         lows.append(min(vals) if vals else None)
         highs.append(max(vals) if vals else None)
     ev["null_low"], ev["null_high"] = lows, highs
