@@ -101,10 +101,26 @@ class PlantedConfig:
     """Steer the matched features of the first N seeds of each kind."""
     n_prompts: int = 16
     """Prompts per set (behaviour expected / not expected) for the LM check and steering."""
-    alphas: tuple[float, ...] = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0)
+    alphas: tuple[float, ...] = (
+        -8.0,
+        -4.0,
+        -2.0,
+        -1.5,
+        -1.25,
+        -1.0,
+        0.0,
+        1.0,
+        1.25,
+        1.5,
+        2.0,
+        4.0,
+        8.0,
+    )
     """Steering strengths in units of the feature's s_max (docs/METHOD.md §5). The small ones are
     there because these tiny LMs break down ("cities cities cities ...") at |alpha| >= 4,
-    which the coherence guard then leaves out."""
+    which the coherence guard then leaves out; the steps between 1 and 2 because a found
+    feature's coherent window can lie there (measured, --quick: refusal #82 breaks B at -2, is
+    0.75 at -1, and 0.00 with 4/12 broken at -1.5, beyond the null)."""
     max_new_tokens: int = 16
     """Greedy tokens generated per prompt."""
     rate_change: float = 0.3
