@@ -85,6 +85,9 @@ def write_store(path, *, same_tokenizer: bool = False, n_docs: int = 160, seed: 
             dog = torch.tensor([wd == "dog" for wd in words])
             x_a[:, 0] = torch.where(internal, 2.0 + torch.rand(n, generator=gen), -1.0)
             x_a[:, 1] = torch.where(fox, 2.0 + torch.rand(n, generator=gen), -1.0)
+            # a word's later piece: the row right after a long word's internal end
+            later = torch.tensor([j > 0 and words[j - 1] == "<internal>" for j in range(n)])
+            x_a[:, 3] = torch.where(later, 2.0 + torch.rand(n, generator=gen), -1.0)
             # the twins' signal: both models carry it at "dog", each its own non-linear way
             x_a[:, 2] = torch.where(dog, 2.0 + torch.rand(n, generator=gen), -1.0)
             x_b[:, 2] = torch.where(dog, 2.0 + torch.rand(n, generator=gen), -1.0)
@@ -117,7 +120,11 @@ def make_run(root, **kw):
         cc.W_enc_a[:, 2] = torch.eye(D_A)[2]
         cc.W_dec_a[2] = torch.eye(D_A)[2]
         cc.b_enc[2] = -0.5
+        cc.W_enc_a[:, 3] = torch.eye(D_A)[3]  # A-exclusive local 3 reads later word pieces
+        cc.W_dec_a[3] = torch.eye(D_A)[3]
+        cc.b_enc[3] = -0.5
     roles["a_twin"] = 2
+    roles["a_later"] = 3
     roles["b_twin"] = p.n_a + 1  # planted_crosscoder's B local 1 already reads B dim 2
     cc.save_pretrained(paths.crosscoder)
     return roles
@@ -142,6 +149,9 @@ def test_descriptors_mark_word_internal_rows(tmp_path):
     assert set(np.unique(desc["pieces_a"][desc["word_internal"]]).tolist()) == {1}
     after = np.flatnonzero(desc["word_internal"]) + 1
     assert (desc["pieces_a"][after] == 2).all()
+    # the piece after an internal end starts inside the word: a later piece, in both models
+    assert desc["later_a"][after].all() and desc["later_b"][after].all()
+    assert desc["later_a"].sum() == desc["word_internal"].sum()
     assert (desc["same_start"]).all()  # the same spans in both models here
 
 
@@ -154,6 +164,12 @@ def test_word_piece_feature_is_flagged_and_concept_feature_is_not(tmp_path):
     assert t["internal_top_share"][a_only] == pytest.approx(1.0)
     assert t["verdict"][a_concept] == "confirmed"
     assert t["internal_top_share"][a_concept] == pytest.approx(0.0)
+    # a feature of a word's later piece (S|inking) ends at word ends, yet is a tokenizer artifact
+    a_later = roles["a_later"]
+    assert t["verdict"][a_later] == "tokenization"
+    assert t["later_top_share"][a_later] == pytest.approx(1.0)
+    assert t["internal_top_share"][a_later] == pytest.approx(0.0)
+    assert t["later_top_share"][a_concept] == pytest.approx(0.0)
     # cross-fitted: every candidate is scored on all its activations in the store
     assert t["test_active"][a_concept] == t["count"][a_concept]
     # twins: the two exclusive features reading the same rows point at each other

@@ -99,6 +99,7 @@ class PassState:
     twins: TwinStats | None = None
     internal_mass: torch.Tensor | None = None  # (F,) activation at word-internal rows
     internal_rows: int = 0  # analysed rows that are word-internal (the base rate)
+    later_rows: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
     role_mass: torch.Tensor | None = None  # (4, F) activation per role (ROLES: text, system, ...)
     role_rows: np.ndarray = field(default_factory=lambda: np.zeros(len(ROLES), np.int64))
     where_info: dict[str, Any] = field(default_factory=dict)
@@ -244,6 +245,8 @@ def _fold_batch(
     desc = state.descriptors.rows(meta["row"])
     internal = desc["word_internal"]
     state.internal_rows += int(internal.sum())
+    for m in "ab":
+        state.later_rows[m] += int(desc[f"later_{m}"].sum())
     at_internal = torch.from_numpy(internal).to(dev)[enc.rows]
     state.internal_mass.index_add_(0, enc.feats[at_internal], enc.vals[at_internal].double())
     role = desc["role"].astype(np.int64)
@@ -290,26 +293,39 @@ def _recurrence(paths: RunPaths | None, f: int) -> np.ndarray:
     return np.full(f, -1, dtype=np.int32)
 
 
+def _top_shares(state: PassState, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Per feature, the share of its top examples where each boolean descriptor holds."""
+    filled = state.top.filled().cpu().numpy()
+    rows = state.top.row.cpu().numpy()
+    f = rows.shape[0]
+    out = {name: np.full(f, np.nan) for name in names}
+    if filled.any():
+        desc = state.descriptors.rows(rows[filled])
+        n = filled.sum(1)
+        for name in names:
+            per = np.zeros(rows.shape, dtype=np.float64)
+            per[filled] = desc[name]
+            out[name] = np.where(n > 0, per.sum(1) / np.maximum(n, 1), np.nan)
+    return out
+
+
 def tokenization_columns(
     state: PassState,
     store: Any,
     config: AnalysisConfig,
     check_cols: dict[str, np.ndarray],
     act_sum: np.ndarray,
+    klass: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """Per feature: the share of its top examples and of its activation mass at word-internal
-    positions, and the 'tokenization' flag (see AnalysisConfig.tokenization_*). A pair of
+    positions, the share of its top examples where its own model's token is a later piece of
+    a split word, and the 'tokenization' flag (see AnalysisConfig.tokenization_*). A pair of
     identical tokenizers never flags: there is no cross-tokenizer artifact to find."""
     f = act_sum.shape[0]
-    filled = state.top.filled().cpu().numpy()
-    rows = state.top.row.cpu().numpy()
-    top_share = np.full(f, np.nan)
-    if filled.any():
-        internal = state.descriptors.rows(rows[filled])["word_internal"]
-        per = np.zeros(rows.shape, dtype=np.float64)
-        per[filled] = internal
-        n = filled.sum(1)
-        top_share = np.where(n > 0, per.sum(1) / np.maximum(n, 1), np.nan)
+    shares = _top_shares(state, ("word_internal", "later_a", "later_b"))
+    top_share = shares["word_internal"]
+    # an A feature reads A's tokens, a B feature B's (shared features: A's, for the column)
+    later_share = np.where(klass == "B", shares["later_b"], shares["later_a"])
     with np.errstate(invalid="ignore", divide="ignore"):
         mass_share = np.where(
             act_sum > 0, state.internal_mass.cpu().numpy() / np.maximum(act_sum, 1e-30), np.nan
@@ -317,6 +333,13 @@ def tokenization_columns(
     base = state.internal_rows / max(state.rows, 1)
     min_share = max(config.tokenization_min_share, config.tokenization_min_ratio * base)
     by_share = (np.nan_to_num(top_share) >= min_share) | (np.nan_to_num(mass_share) >= min_share)
+    later_base = {m: state.later_rows[m] / max(state.rows, 1) for m in "ab"}
+    later_min = {
+        m: max(config.tokenization_min_share, config.tokenization_min_ratio * later_base[m])
+        for m in "ab"
+    }
+    later_min_own = np.where(klass == "B", later_min["b"], later_min["a"])
+    by_share |= (klass != "S") & (np.nan_to_num(later_share) >= later_min_own)
     cross = check_cols["cross_r2"]
     cross_tok = check_cols.get("cross_tok_r2", np.full(f, np.nan))
     by_regression = (np.nan_to_num(cross_tok, nan=-1.0) >= config.exclusive_max_r2) & ~(
@@ -330,11 +353,14 @@ def tokenization_columns(
     state.tokenization_info = {
         "word_internal_base_rate": base,
         "flag_share": min_share,
+        "later_piece_base_rate": later_base,
+        "later_piece_flag_share": later_min,
         "same_tokenizer": bool(same_tokenizer),
     }
     return {
         "internal_top_share": top_share,
         "internal_mass_share": mass_share,
+        "later_top_share": later_share,
         "tokenization": flag,
     }
 
@@ -435,7 +461,7 @@ def analyze(
         ls_ratio = np.where(np.abs(ls_own) > 1e-12, ls_other / ls_own, np.nan)
     exclusive = klass != "S"
     ls_for_check = np.where(exclusive & alive, ls_ratio, np.nan)
-    tok = tokenization_columns(state, store, config, check_cols, stats.sum.cpu().numpy())
+    tok = tokenization_columns(state, store, config, check_cols, stats.sum.cpu().numpy(), klass)
     where = where_columns(state, stats.sum.cpu().numpy())
     if state.twins is not None:
         twin_of, twin_corr = state.twins.twins(f, config.twin_min_corr)
@@ -484,6 +510,7 @@ def analyze(
             "cross_tok_r2": check_cols.get("cross_tok_r2", np.full(f, np.nan)).astype(np.float32),
             "internal_top_share": tok["internal_top_share"].astype(np.float32),
             "internal_mass_share": tok["internal_mass_share"].astype(np.float32),
+            "later_top_share": tok["later_top_share"].astype(np.float32),
             "chat_share": where["chat_share"].astype(np.float32),
             "user_share": where["user_share"].astype(np.float32),
             "assistant_share": where["assistant_share"].astype(np.float32),

@@ -149,6 +149,8 @@ def verdict_reason(f: dict, min_test_active: int = 10) -> str:
             parts.append(f"{num('internal_top_share'):.0%} of top examples inside a word")
         if math.isfinite(num("internal_mass_share")):
             parts.append(f"{num('internal_mass_share'):.0%} of its activation there")
+        if math.isfinite(num("later_top_share")):
+            parts.append(f"{num('later_top_share'):.0%} of top tokens are later pieces of a word")
         if math.isfinite(num("cross_tok_r2")):
             parts.append(
                 f"tokenization + other model R² {num('cross_tok_r2'):.2f} (other model alone "

@@ -198,7 +198,9 @@ def _summary(meta: dict[str, Any]) -> str:
                 else f"{100 * float(tok.get('word_internal_base_rate', 0)):.1f}% of the pairs "
                 "end inside a word; a candidate with at least "
                 f"{100 * float(tok.get('flag_share', 0)):.0f}% of its top examples or activation "
-                "there, or explained by descriptors of the tokenization plus the other model, is "
+                "there, or with at least that share of its top tokens being later pieces of a "
+                "word its own tokenizer split (at least 3x that model's base rate), or explained "
+                "by descriptors of the tokenization plus the other model, is "
                 "flagged 'tokenization'. Twins: an A- and a B-exclusive feature whose activations "
                 f"correlate ≥ {_fmt(cfg.get('twin_min_corr'))} on the same rows."
             )

@@ -59,6 +59,9 @@ FEATURE_COLUMNS: dict[str, str] = {
     "internal_top_share": "share of the top examples at word-internal positions (the shared "
     "token end falls inside a word)",
     "internal_mass_share": "share of the activation mass at word-internal positions",
+    "later_top_share": "share of the top examples where the feature's own model's token is a "
+    "later piece of a word its tokenizer split (the token starts inside a word: S|inking); "
+    "shared features: model A's",
     "chat_share": "share of the activation mass in chats (vs plain text); compare with the "
     "store's share of chat rows (analysis.json where.chat_rows_share)",
     "user_share": "of the mass in chats, the share in user messages (base rate: where."

@@ -135,7 +135,8 @@ def format_feature(
     if f.get("internal_top_share") is not None and f["verdict"]:
         lines.append(
             f"  tokenization   {_fmt(f.get('internal_top_share'), 2)} of top examples and "
-            f"{_fmt(f.get('internal_mass_share'), 2)} of activation inside words; R^2 on "
+            f"{_fmt(f.get('internal_mass_share'), 2)} of activation inside words, "
+            f"{_fmt(f.get('later_top_share'), 2)} of top tokens later word pieces; R^2 on "
             f"descriptors {_fmt(f.get('tok_r2'), 3)}, with the other model "
             f"{_fmt(f.get('cross_tok_r2'), 3)}"
             + (f"; twin #{f['twin_of']}" if (f.get("twin_of") or -1) >= 0 else "")

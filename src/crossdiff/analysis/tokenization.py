@@ -22,6 +22,10 @@ Per stored pair (one row of the store), from the provenance columns and the docu
                   from the last boundary both tokenizers share
 ``pieces_a/_b``   tokens that model's tokenizer spent since the last stored pair that ended at a
                   word boundary (how many pieces the word has taken so far)
+``later_a/_b``    that model's token starts inside a word (a letter or digit on both sides of
+                  its start): it is a later piece of a word its tokenizer split (``S|inking``).
+                  A store harvested at word ends only (``pair_positions="word_end"``) has no
+                  word-internal ends, but its features can still read such pieces
 ================  ==========================================================================
 
 Where each pair lies (not tokenization, but read from the same provenance, so kept here):
@@ -51,6 +55,8 @@ DESCRIPTORS = (
     "gap",
     "pieces_a",
     "pieces_b",
+    "later_a",
+    "later_b",
     "role",
 )
 ROLES = ("text", "system", "user", "assistant")
@@ -73,6 +79,11 @@ otherwise dominate the log-scaled regressors)."""
 
 def _is_word_char(ch: str) -> bool:
     return ch.isalnum()
+
+
+def _later_piece(text: str, start: int) -> bool:
+    """Whether a token starting at ``start`` of ``text`` continues a word (see module doc)."""
+    return 0 < start < len(text) and _is_word_char(text[start - 1]) and _is_word_char(text[start])
 
 
 def window_roles(record: dict, window: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -117,14 +128,17 @@ def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
     span = {m: cols[f"span_{m}"].numpy().astype(np.int64) for m in "ab"}
     n = doc.shape[0]
     internal = np.zeros(n, dtype=bool)
+    later = {m: np.zeros(n, dtype=bool) for m in "ab"}
     role = np.zeros(n, dtype=np.int8)
     if n:
         texts: dict[tuple[int, int], str] = {}
+        texts_b: dict[tuple[int, int], str] = {}
         roles: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for record in iter_documents(store, np.unique(doc)):
             for w, window in enumerate(record.get("windows") or []):
                 key = (int(record["index"]), w)
                 texts[key] = window.get("a", {}).get("text", "")
+                texts_b[key] = window.get("b", {}).get("text", "")
                 if record.get("messages") is not None:
                     roles[key] = window_roles(record, window)
         for i in range(n):
@@ -133,6 +147,8 @@ def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
             e = int(span["a"][i, 1])
             if 0 < e < len(text):
                 internal[i] = _is_word_char(text[e - 1]) and _is_word_char(text[e])
+            later["a"][i] = _later_piece(text, int(span["a"][i, 0]))
+            later["b"][i] = _later_piece(texts_b.get(key, ""), int(span["b"][i, 0]))
             if key in roles:
                 starts, _, codes = roles[key]
                 j = int(np.searchsorted(starts, e, side="left")) - 1  # last span before e
@@ -163,6 +179,8 @@ def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
         "gap": gap,
         "pieces_a": np.clip(pieces["a"], 1, CAP),
         "pieces_b": np.clip(pieces["b"], 1, CAP),
+        "later_a": later["a"],
+        "later_b": later["b"],
         "role": role,
     }
 
