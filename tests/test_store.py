@@ -332,6 +332,31 @@ def test_skip_reads_only_the_group_it_lands_in(store: ActivationStore, monkeypat
     assert len(reads) < len(store.manifest.shards)
 
 
+@pytest.mark.parametrize("split", ["all", "train"])
+def test_a_rank_reads_only_its_rows_of_each_batch(tmp_path: Path, split: str, monkeypatch) -> None:
+    """``part=(rank, world)`` is rows ``rank::world`` of the same plan's batches (also after
+    ``skip`` and across groups and epochs), read through memory maps, never a whole group."""
+    s = ActivationStore.create(tmp_path / "s", manifest())
+    fill(s, 120, shard_rows=20)
+    src = s.source(split, eval_fraction=0.2, shuffle_buffer_rows=45)
+    full = src.batches(10, seed=4, skip=3)
+    expected = [next(full) for _ in range(2 * len(src) // 10)]  # two epochs
+    whole_reads: list[tuple[str, ...]] = []
+    original = reader_mod.read_columns
+
+    def counting(path, names):
+        whole_reads.append(tuple(names))
+        return original(path, names)
+
+    monkeypatch.setattr(reader_mod, "read_columns", counting)
+    parts = [src.batches(10, seed=4, skip=3, part=(r, 3)) for r in range(3)]
+    for x_a, x_b in expected:
+        for r, part in enumerate(parts):
+            pa, pb = next(part)
+            assert torch.equal(pa, x_a[r::3]) and torch.equal(pb, x_b[r::3])
+    assert all(names == ("doc_index",) for names in whole_reads)  # never x_a / x_b whole
+
+
 def test_train_eval_split_is_by_document(tmp_path: Path) -> None:
     s = ActivationStore.create(tmp_path / "s", manifest())
     fill(s, 200, shard_rows=50)

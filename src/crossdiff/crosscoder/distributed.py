@@ -2,18 +2,21 @@
 
 Why data parallel and how: a crosscoder at the published size (F = 131,072, widths 4096) fits
 on one GPU, but 100k steps take a day; ranks that each process a slice of every batch and
-average their gradients cut that by the number of GPUs. ``train_crosscoder`` turns this on by
+sum their gradients cut that by the number of GPUs. ``train_crosscoder`` turns this on by
 itself when it runs under ``torchrun`` with more than one process (``WORLD_SIZE > 1``):
 
-- every rank reads the same global batch from the source (same seed, same order), applies
-  the high-norm filter to the *whole* batch (so the filter is the one a single process
-  applies), and keeps rows ``rank, rank + world, ...`` of what remains;
-- BatchTopK selects ``k x rows`` over each rank's slice (not over the global batch), the
-  usual way BatchTopK is data-parallelised; the inference threshold is fed the minimum over
-  ranks, and a feature counts as fired when it fired on any rank;
-- gradients are averaged with one all-reduce per step (a flattened buffer) before clipping, so
-  every rank takes the identical Adam step; weights are broadcast from rank 0 at the start, so
-  ranks cannot drift;
+- every rank reads only its own rows ``rank, rank + world, ...`` of each global batch
+  (:func:`crossdiff.crosscoder.sources.rank_batches`; the shuffle plan is a function of the
+  source and the seed, so no rank needs the others' rows to know which are its own);
+- whatever in a step is a statistic of the whole batch is agreed across ranks
+  (:mod:`crossdiff.crosscoder.global_batch`): the high-norm filter's medians, BatchTopK's
+  k x n selection over the *global* batch (exact), the loss means and AuxK's normalization,
+  so the result does not depend on the number of ranks beyond float noise (tested: 1 vs 2
+  ranks);
+- each rank's loss is its share of the global mean, so the gradients are *summed* with one
+  all-reduce per step (a flattened buffer that also carries which features fired) before
+  clipping, and every rank takes the identical Adam step; weights are broadcast from rank 0
+  at the start, so ranks cannot drift;
 - rank 0 alone writes checkpoints, logs and the final crosscoder; the others wait at a barrier.
 
 This is what PyTorch's ``DistributedDataParallel`` does for an ordinary module; the explicit
@@ -106,6 +109,62 @@ def average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None
         n = g.numel()
         g.copy_(flat[offset : offset + n].view_as(g))
         offset += n
+
+
+def sum_gradients(params: list[torch.nn.Parameter], extra: torch.Tensor) -> torch.Tensor:
+    """Sum the ranks' gradients in place, in one all-reduce, and return the sum of ``extra``.
+
+    Each rank's loss is already its share of the global batch mean (rows / global count), so
+    the sum is the gradient one process would get. ``extra`` (e.g. the (F,) count of ranks a
+    feature fired on) rides in the same buffer instead of costing a second collective.
+    """
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [extra.to(grads[0].dtype).reshape(-1)])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset : offset + n].view_as(g))
+        offset += n
+    return flat[offset:].view_as(extra)
+
+
+def all_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over ranks (a new tensor; ``x`` is left as it is)."""
+    y = x.clone()
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y
+
+
+def all_min(x: torch.Tensor) -> torch.Tensor:
+    """Elementwise minimum of ``x`` over ranks (a new tensor)."""
+    y = x.clone()
+    dist.all_reduce(y, op=dist.ReduceOp.MIN)
+    return y
+
+
+def all_gather_rows(x: torch.Tensor, sizes: list[int] | None = None) -> list[torch.Tensor]:
+    """Every rank's ``x`` (rows may differ in number), in rank order.
+
+    ``sizes`` (rows per rank) saves the collective that learns them when they are known.
+    Rows are padded to the largest rank's count, since collectives move equal shapes.
+    """
+    world = dist.get_world_size()
+    if sizes is None:
+        n = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+        parts_n = [torch.zeros_like(n) for _ in range(world)]
+        dist.all_gather(parts_n, n)
+        sizes = [int(v) for v in parts_n]
+    width = max(sizes)
+    padded = x.new_zeros((width, *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return [p[:s] for p, s in zip(parts, sizes)]
 
 
 def any_fired(fired: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -37,6 +38,9 @@ from crossdiff.crosscoder.sparse import (
 )
 from crossdiff.errors import CrossdiffError
 from crossdiff.store.stats import HIGH_NORM_FACTOR
+
+if TYPE_CHECKING:
+    from crossdiff.crosscoder.global_batch import GlobalBatch
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -87,6 +91,28 @@ def _normalized_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MSE of pred vs target, relative to predicting target's mean (OpenAI's AuxK form)."""
     denom = (target - target.mean(0, keepdim=True)).pow(2).sum(-1).mean().clamp_min(1e-12)
     return (pred - target).pow(2).sum(-1).mean() / denom
+
+
+def _aux_mse(
+    ea: torch.Tensor,
+    ta: torch.Tensor,
+    eb: torch.Tensor,
+    tb: torch.Tensor,
+    batch: GlobalBatch | None,
+) -> torch.Tensor:
+    """Both models' normalized AuxK MSE; over the global batch when it is spread over ranks
+    (the denominators are then the global residual variances, from one all-reduce)."""
+    if batch is None:
+        return _normalized_mse(ea, ta) + _normalized_mse(eb, tb)
+    den_a, den_b = batch.centred_sq_means(ta, tb)
+    num_a = batch.row_mean((ea - ta).pow(2).sum(-1))
+    num_b = batch.row_mean((eb - tb).pow(2).sum(-1))
+    return num_a / den_a.clamp_min(1e-12) + num_b / den_b.clamp_min(1e-12)
+
+
+def _row_mean(x: torch.Tensor, batch: GlobalBatch | None) -> torch.Tensor:
+    """Mean of per-row values: of this batch, or this rank's share of the global batch's."""
+    return x.mean() if batch is None else batch.row_mean(x)
 
 
 class Crosscoder(nn.Module):
@@ -301,10 +327,16 @@ class Crosscoder(nn.Module):
         return [(slice(0, split), k_main), (slice(split, cfg.n_features), k_dsf)]
 
     def select(
-        self, pre: torch.Tensor, *, k: int | None = None, use_threshold: bool = False
+        self,
+        pre: torch.Tensor,
+        *,
+        k: int | None = None,
+        use_threshold: bool = False,
+        batch: GlobalBatch | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Choose the active (rows, feats) from pre-activations; also the per-group minimum
-        selected score. ``use_threshold`` applies the calibrated BatchTopK threshold."""
+        selected score. ``use_threshold`` applies the calibrated BatchTopK threshold; with
+        ``batch`` (data-parallel training) BatchTopK selects over the global batch."""
         cfg = self.config
         k = k or cfg.k
         with torch.no_grad():
@@ -317,6 +349,12 @@ class Crosscoder(nn.Module):
                     rows, feats = select_topk(s, kg)
                 elif use_threshold and not math.isnan(thr):
                     rows, feats = select_threshold(s, thr)
+                elif batch is not None:
+                    rows, feats, low = batch.batch_topk(s, kg)
+                    mins.append(low)
+                    all_rows.append(rows)
+                    all_feats.append(feats + sl.start)
+                    continue
                 else:
                     rows, feats = select_batch_topk(s, kg * s.shape[0])
                 sel_scores = s[rows, feats]
@@ -418,11 +456,14 @@ class Crosscoder(nn.Module):
         aux_alpha: float = 0.0,
         l1_coeff: float = 0.0,
         compute_dtype: torch.dtype | None = None,
+        batch: GlobalBatch | None = None,
     ) -> LossOutput:
         """Training loss on a normalized batch: both models' reconstruction errors (squared
         L2 per sample, averaged), plus AuxK on dead features (top-k modes) or the
         decoder-norm-weighted L1 penalty (relu mode). Selection is by batch top-k (not the
-        threshold), as in training."""
+        threshold), as in training. With ``batch`` the rows are this rank's part of a global
+        batch: selection and AuxK's normalization are global and the loss is this rank's
+        share of the global mean (its gradients are summed over ranks)."""
         self._check_inputs(x_a, x_b)
         cfg = self.config
         var_a = (x_a - x_a.mean(0)).pow(2).sum()
@@ -432,9 +473,9 @@ class Crosscoder(nn.Module):
             pre = self.preacts(x_a, x_b, compute_dtype)
             f = pre.clamp_min(0)
             ra, rb = self.decode(f)
-            la = (ra - x_a).pow(2).sum(-1).mean()
-            lb = (rb - x_b).pow(2).sum(-1).mean()
-            l1 = l1_coeff * (f * self.decoder_norms().sum(1)).sum(-1).mean()
+            la = _row_mean((ra - x_a).pow(2).sum(-1), batch)
+            lb = _row_mean((rb - x_b).pow(2).sum(-1), batch)
+            l1 = l1_coeff * _row_mean((f * self.decoder_norms().sum(1)).sum(-1), batch)
             fired = (f > 0).any(0)
             l0 = float((f > 0).sum(-1).float().mean())
             return LossOutput(
@@ -442,12 +483,12 @@ class Crosscoder(nn.Module):
             )
         with torch.no_grad():
             pre = self.preacts(x_a, x_b, compute_dtype)
-        rows, feats, mins = self.select(pre, k=k, use_threshold=False)
+        rows, feats, mins = self.select(pre, k=k, use_threshold=False, batch=batch)
         vals = self._gather(pre, x_a, x_b, rows, feats)
         codes = SparseCodes(rows, feats, vals, x_a.shape[0], cfg.n_features, mins)
         ra, rb = self.decode_sparse(codes)
-        la = (ra - x_a).pow(2).sum(-1).mean()
-        lb = (rb - x_b).pow(2).sum(-1).mean()
+        la = _row_mean((ra - x_a).pow(2).sum(-1), batch)
+        lb = _row_mean((rb - x_b).pow(2).sum(-1), batch)
         fired = torch.zeros(cfg.n_features, dtype=torch.bool, device=x_a.device)
         fired[feats] = True
         aux = zero
@@ -460,9 +501,7 @@ class Crosscoder(nn.Module):
             avals = self._gather(pre, x_a, x_b, arows, afeats)
             acodes = SparseCodes(arows, afeats, avals, x_a.shape[0], cfg.n_features, mins)
             ea, eb = self.decode_sparse(acodes, bias=False)
-            aux = aux_alpha * (
-                _normalized_mse(ea, (x_a - ra).detach()) + _normalized_mse(eb, (x_b - rb).detach())
-            )
+            aux = aux_alpha * _aux_mse(ea, (x_a - ra).detach(), eb, (x_b - rb).detach(), batch)
         l0 = rows.numel() / max(1, x_a.shape[0])
         return LossOutput(la + lb + aux, la + lb, la, lb, aux, zero, fired, l0, mins, var_a, var_b)
 

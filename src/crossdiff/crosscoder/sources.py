@@ -5,6 +5,10 @@ trainer applies the normalization scales. Determinism plus ``skip`` is what make
 run exact: a run resumed at step s asks for ``batches(..., skip=s)`` and sees exactly the
 batches an uninterrupted run would have seen. The on-disk activation store implements the
 same interface (``ActivationStore.source()``).
+
+Under ``torchrun`` a rank wants only its rows ``rank::world`` of each global batch
+(:func:`rank_batches`); a source that can read just those (both sources here) offers
+``batches(..., part=(rank, world))``, and any other source is read whole and sliced.
 """
 
 from __future__ import annotations
@@ -45,6 +49,26 @@ def source_moments(source: PairSource) -> Moments | None:
     return fn() if callable(fn) else None
 
 
+def rank_batches(
+    source: PairSource, batch_size: int, *, seed: int = 0, skip: int = 0, part: tuple[int, int]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Rows ``rank, rank + world, ...`` of every batch of ``source.batches(batch_size,
+    seed=seed, skip=skip)``, where ``part = (rank, world)``.
+
+    Read directly where the source supports ``part`` (it then reads about 1/world of each
+    batch); otherwise every batch is read whole and sliced (correct, but every rank reads it).
+    """
+    rank, world = part
+    if world == 1:
+        return source.batches(batch_size, seed=seed, skip=skip)
+    if getattr(source, "reads_parts", False):
+        return source.batches(batch_size, seed=seed, skip=skip, part=part)  # type: ignore[call-arg]
+    return (
+        (x_a[rank::world], x_b[rank::world])
+        for x_a, x_b in source.batches(batch_size, seed=seed, skip=skip)
+    )
+
+
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     """The row order of one epoch: a fresh permutation per (seed, epoch)."""
     return np.random.default_rng([seed, epoch]).permutation(n)
@@ -52,6 +76,9 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 class ArraySource:
     """A source over two in-memory arrays (notebooks, tests): shuffled every epoch."""
+
+    reads_parts = True
+    """``batches(..., part=(rank, world))`` indexes only that rank's rows."""
 
     def __init__(
         self,
@@ -92,8 +119,17 @@ class ArraySource:
         return self._moments
 
     def batches(
-        self, batch_size: int, *, seed: int = 0, skip: int = 0
+        self, batch_size: int, *, seed: int = 0, skip: int = 0, part: tuple[int, int] = (0, 1)
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The shuffled stream; ``part=(rank, world)``: rows ``rank::world`` of each batch."""
+        rank, world = part
+        for idx in self._indices(batch_size, seed, skip):
+            if world > 1:
+                idx = idx[rank::world]
+            yield self.x_a[idx].float(), self.x_b[idx].float()
+
+    def _indices(self, batch_size: int, seed: int, skip: int) -> Iterator[torch.Tensor]:
+        """Row indices of each batch: epochs of fresh permutations, batches run across them."""
         n = len(self)
         pos = skip * batch_size
         epoch, offset = divmod(pos, n)
@@ -109,5 +145,4 @@ class ArraySource:
                 if offset >= n:
                     epoch, offset = epoch + 1, 0
                     perm = epoch_permutation(n, seed, epoch)
-            idx = torch.from_numpy(np.concatenate(parts))
-            yield self.x_a[idx].float(), self.x_b[idx].float()
+            yield torch.from_numpy(np.concatenate(parts))

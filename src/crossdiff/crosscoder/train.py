@@ -33,8 +33,9 @@ from typing import Any
 import torch
 
 from crossdiff.crosscoder.config import CrosscoderConfig
+from crossdiff.crosscoder.global_batch import GlobalBatch
 from crossdiff.crosscoder.model import Crosscoder
-from crossdiff.crosscoder.sources import PairSource, source_moments
+from crossdiff.crosscoder.sources import PairSource, rank_batches, source_moments
 from crossdiff.errors import CrossdiffError, reject_unknown_fields
 from crossdiff.models.hardware import resolve_device
 from crossdiff.store.moments import Moments, moments_of_arrays
@@ -578,7 +579,8 @@ def train_crosscoder(
     if state.step >= tc.steps:
         return model
     if (
-        state.step == 0
+        main  # the other ranks get it from the broadcast below
+        and state.step == 0
         and tc.exclusive_init == "residual"
         and model.partition.n_a + model.partition.n_b
     ):
@@ -593,23 +595,18 @@ def train_crosscoder(
         bar = tqdm(
             total=tc.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True
         )
-    stream = source.batches(tc.batch_size, seed=tc.seed, skip=state.step)
+    rank, world = (dinfo.rank, dinfo.world_size) if dinfo is not None else (0, 1)
+    stream = rank_batches(source, tc.batch_size, seed=tc.seed, skip=state.step, part=(rank, world))
     t0, s0 = time.perf_counter(), state.step
     log_path = ckpt_dir / LOG_FILE if ckpt_dir is not None and main else None
     params = list(model.parameters())
     model.train()
     try:
         for step in range(state.step, tc.steps):
-            x_a, x_b = next(stream)
-            x_a, x_b = _filtered(model, x_a, x_b, tc, device, step)
-            n_kept = x_a.shape[0]
+            x_a, x_b, batch = _next_batch(model, stream, tc, device, step, dinfo)
+            n_kept = x_a.shape[0] if batch is None else batch.n_total
             if step == 0:  # fresh run: decoder bias at the geometric median (paper init)
-                with torch.no_grad():
-                    model.b_dec_a.copy_(geometric_median(x_a))
-                    model.b_dec_b.copy_(geometric_median(x_b))
-            if dinfo is not None:  # this rank's slice of the (filtered) global batch
-                x_a = x_a[dinfo.rank :: dinfo.world_size]
-                x_b = x_b[dinfo.rank :: dinfo.world_size]
+                _init_decoder_bias(model, x_a, x_b, batch)
             k_now = annealed_k(step, final_k, tc)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, tc)
@@ -623,13 +620,13 @@ def train_crosscoder(
                 aux_alpha=tc.aux_alpha,
                 l1_coeff=tc.l1_coeff,
                 compute_dtype=cdtype,
+                batch=batch,
             )
             opt.zero_grad(set_to_none=True)
             out.total.backward()
             fired, min_score = out.fired, out.min_score
             if dinfo is not None:
-                distributed.average_gradients(params, dinfo.world_size)
-                fired = distributed.any_fired(fired)
+                fired = distributed.sum_gradients(params, fired) > 0
                 if min_score is not None:
                     min_score = distributed.min_over_ranks(min_score)
             if tc.grad_clip > 0:
@@ -641,23 +638,12 @@ def train_crosscoder(
                 state.since_fired[fired] = 0
             state.samples += n_kept
             state.step = step + 1
-            resampled = _maybe_resample(model, opt, state, tc, dead_window, x_a, x_b, dinfo)
+            resampled = _maybe_resample(model, opt, state, tc, dead_window, x_a, x_b, batch)
             if state.step % tc.log_every == 0 or state.step == tc.steps:
                 metrics = {
                     "step": state.step,
-                    "loss": float(out.total.detach()),
-                    "fve_a": 1
-                    - float(out.recon_a.detach()) * x_a.shape[0] / max(float(out.var_a), 1e-12),
-                    "fve_b": 1
-                    - float(out.recon_b.detach()) * x_b.shape[0] / max(float(out.var_b), 1e-12),
-                    "l0": out.l0,
-                    # each model's share of the loss weight (its variation in the scaled
-                    # batch) and of the remaining reconstruction error
-                    "loss_share_b": float(out.var_b) / max(float(out.var_a + out.var_b), 1e-12),
-                    "error_share_b": float(out.recon_b.detach())
-                    / max(float((out.recon_a + out.recon_b).detach()), 1e-12),
+                    **_loss_metrics(out, x_a.shape[0], n_kept, batch),
                     "k": k_now,
-                    "aux": float(out.aux.detach()),
                     "dead": float(dead_mask.float().mean()),
                     "resampled": resampled,
                     "lr": lr_at(step, tc),
@@ -695,12 +681,71 @@ def train_crosscoder(
     return model
 
 
+def _next_batch(
+    model: Crosscoder, stream, tc: TrainConfig, device, step: int, dinfo
+) -> tuple[torch.Tensor, torch.Tensor, GlobalBatch | None]:
+    """This rank's rows of the next batch, as the step sees them, and (under torchrun) where
+    they sit in the global batch (the high-norm filter is then the global batch's)."""
+    x_a, x_b = next(stream)
+    if dinfo is None:
+        return (*_filtered(model, x_a, x_b, tc, device, step), None)
+    x_a, x_b = _normalized(model, x_a, x_b, device, step)
+    batch, x_a, x_b = GlobalBatch.filtered(x_a, x_b, tc.high_norm_factor, tc.batch_size, dinfo)
+    return x_a, x_b, batch
+
+
+@torch.no_grad()
+def _init_decoder_bias(model: Crosscoder, x_a, x_b, batch: GlobalBatch | None) -> None:
+    """Decoder biases at the geometric median of the first (whole, global) batch."""
+    if batch is not None:
+        x_a, x_b = batch.gather(x_a), batch.gather(x_b)
+    model.b_dec_a.copy_(geometric_median(x_a))
+    model.b_dec_b.copy_(geometric_median(x_b))
+
+
+def _loss_metrics(out, n_rows: int, n_total: int, batch: GlobalBatch | None) -> dict[str, float]:
+    """The step's loss, FVE, L0 and loss shares; over the global batch under torchrun (one
+    all-reduce of seven numbers, at log steps only; the variances are summed within ranks)."""
+    vals = torch.stack(
+        [
+            out.total.detach(),
+            out.recon_a.detach(),
+            out.recon_b.detach(),
+            out.aux.detach(),
+            out.var_a.detach(),
+            out.var_b.detach(),
+            out.var_a.new_tensor(out.l0 * n_rows),
+        ]
+    ).float()
+    if batch is not None:
+        vals = batch.sum(vals)
+    total, ra, rb, aux, va, vb, nnz = (float(v) for v in vals)
+    return {
+        "loss": total,
+        "fve_a": 1 - ra * n_total / max(va, 1e-12),
+        "fve_b": 1 - rb * n_total / max(vb, 1e-12),
+        "l0": nnz / max(n_total, 1),
+        # each model's share of the loss weight (its variation in the scaled batch) and of
+        # the remaining reconstruction error
+        "loss_share_b": vb / max(va + vb, 1e-12),
+        "error_share_b": rb / max(ra + rb, 1e-12),
+        "aux": aux,
+    }
+
+
 def _maybe_resample(
-    model: Crosscoder, opt, state: _State, tc: TrainConfig, dead_window: int, x_a, x_b, dinfo
+    model: Crosscoder,
+    opt,
+    state: _State,
+    tc: TrainConfig,
+    dead_window: int,
+    x_a,
+    x_b,
+    batch: GlobalBatch | None,
 ) -> int:
     """Resample the features dead for a whole window, at ``resample_every`` steps (see
-    crosscoder/resample.py); under torchrun rank 0's result is broadcast (the dead set and
-    the reset optimizer entries are the same on every rank)."""
+    crosscoder/resample.py); under torchrun every rank resamples from the whole global batch
+    (gathered: resampling draws rows of it), then rank 0's result is broadcast."""
     if (
         not tc.resample_every
         or model.config.activation == "relu"
@@ -712,21 +757,29 @@ def _maybe_resample(
     from crossdiff.crosscoder.resample import resample_dead
 
     dead = state.since_fired >= dead_window
+    if batch is not None:
+        x_a, x_b = batch.gather(x_a), batch.gather(x_b)
     n = resample_dead(model, opt, dead, x_a, x_b, seed=tc.seed, step=state.step)
     state.since_fired[dead] = 0
-    if dinfo is not None:
+    if batch is not None:
         from crossdiff.crosscoder import distributed
 
         distributed.broadcast_module(model)
     return n
 
 
-def _filtered(model: Crosscoder, x_a, x_b, tc: TrainConfig, device, step: int) -> tuple:
-    """A raw batch -> finite-checked, normalized, high-norm-filtered, as the step sees it."""
+def _normalized(model: Crosscoder, x_a, x_b, device, step: int) -> tuple:
+    """A raw batch -> finite-checked and normalized, on the training device."""
     check_finite(x_a, "a", step)
     check_finite(x_b, "b", step)
     x_a = model.normalize(x_a.to(device, torch.float32), "a")
     x_b = model.normalize(x_b.to(device, torch.float32), "b")
+    return x_a, x_b
+
+
+def _filtered(model: Crosscoder, x_a, x_b, tc: TrainConfig, device, step: int) -> tuple:
+    """A raw batch -> finite-checked, normalized, high-norm-filtered, as the step sees it."""
+    x_a, x_b = _normalized(model, x_a, x_b, device, step)
     if tc.high_norm_factor > 0:
         na, nb = x_a.norm(dim=1), x_b.norm(dim=1)
         keep = (na <= tc.high_norm_factor * na.median()) & (nb <= tc.high_norm_factor * nb.median())

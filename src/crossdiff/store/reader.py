@@ -9,11 +9,18 @@ group that batch starts in, never the data before it.
 Train and eval are split by document (a hash of the document index against ``eval_fraction``),
 so no eval document leaks into training through a neighbouring window, and the split of the
 existing documents does not change when a store grows.
+
+Data-parallel training reads *parts* of batches: ``batches(..., part=(rank, world))`` yields
+rows ``rank::world`` of every batch of the same plan, and reads only those rows, from
+memory-mapped shards (:func:`read_rows`), rather than loading each shuffle group whole. The
+checksum check on first read is shared out: rank r checks shards ``r, r + world, ...``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -69,6 +76,32 @@ def read_shard(
     return cols
 
 
+_NUMPY_DTYPE = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}
+"""How a safetensors dtype is memory-mapped (bf16 as its raw 16 bits, viewed by torch)."""
+
+
+def map_tensor(path: Path, name: str) -> tuple[np.memmap | np.ndarray, str]:
+    """Tensor ``name`` of a safetensors file as a read-only memory map, and its dtype name:
+    indexing rows of it reads only the pages that hold them (a rank reads its share of a
+    batch, not the whole shuffle group the batch is drawn from)."""
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        info = json.loads(fh.read(n))[name]
+    shape = tuple(int(v) for v in info["shape"])
+    dtype = _NUMPY_DTYPE[info["dtype"]]
+    if 0 in shape:  # numpy cannot map zero bytes
+        return np.zeros(shape, dtype=dtype), info["dtype"]
+    offset = 8 + n + int(info["data_offsets"][0])
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape), info["dtype"]
+
+
+def read_rows(mapped: tuple[np.ndarray, str], rows: np.ndarray) -> torch.Tensor:
+    """Rows ``rows`` (any order) of a tensor from :func:`map_tensor`, as a torch tensor."""
+    arr, dtype = mapped
+    t = torch.from_numpy(np.ascontiguousarray(arr[rows]))
+    return t.view(torch.bfloat16) if dtype == "BF16" else t
+
+
 def _check_split(split: str | None, eval_fraction: float) -> None:
     if split not in (None, "train", "eval", "all"):
         raise CrossdiffError(f"split must be 'train', 'eval' or 'all', got {split!r}")
@@ -92,6 +125,9 @@ class StoreSource:
     so no row is dropped or repeated within an epoch.
     """
 
+    reads_parts = True
+    """``batches(..., part=(rank, world))`` reads only that rank's rows (data parallel)."""
+
     def __init__(
         self,
         store: ActivationStore,
@@ -105,6 +141,7 @@ class StoreSource:
         self.store = store
         self.verify_reads = verify_reads
         self._verified: set[int] = set()  # shards whose checksum this source has checked
+        self._mapped_group: tuple[list[int], list] = ([], [])  # part reads: the current group
         self.split = split
         self.eval_fraction = eval_fraction
         m = store.manifest
@@ -185,10 +222,9 @@ class StoreSource:
             parts_b.append(cols["x_b"])
         return torch.cat(parts_a), torch.cat(parts_b)
 
-    def _row_pieces(
-        self, seed: int, start_row: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(x_a, x_b, row order) per group from ``start_row`` of the infinite stream on."""
+    def _plan(self, seed: int, start_row: int) -> Iterator[tuple[list[int], np.ndarray]]:
+        """(shards, row order) per group from ``start_row`` of the infinite stream on; the
+        plan alone, nothing read (it depends only on the manifest, the split and the seed)."""
         epoch, offset = divmod(start_row, self.n_rows)
         while True:
             for g, shards in enumerate(self.epoch_groups(seed, epoch)):
@@ -196,18 +232,105 @@ class StoreSource:
                 if offset >= rows:
                     offset -= rows
                     continue
-                x_a, x_b = self._load_group(shards)
                 perm = np.random.default_rng([seed, epoch, g + 1]).permutation(rows)
-                yield x_a, x_b, torch.from_numpy(perm[offset:])
+                yield shards, perm[offset:]
                 offset = 0
             epoch += 1
 
+    def _row_pieces(
+        self, seed: int, start_row: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(x_a, x_b, row order) per group from ``start_row`` of the infinite stream on."""
+        for shards, order in self._plan(seed, start_row):
+            x_a, x_b = self._load_group(shards)
+            yield x_a, x_b, torch.from_numpy(order)
+
     def batches(
-        self, batch_size: int, *, seed: int = 0, skip: int = 0
+        self, batch_size: int, *, seed: int = 0, skip: int = 0, part: tuple[int, int] = (0, 1)
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Infinite (x_a, x_b) float32 raw batches; ``skip=n`` drops the first n batches."""
+        """Infinite (x_a, x_b) float32 raw batches; ``skip=n`` drops the first n batches;
+        ``part=(rank, world)``: rows ``rank::world`` of each, reading only those."""
         if batch_size < 1 or skip < 0:
             raise CrossdiffError(f"batch_size must be >= 1 and skip >= 0; got {batch_size}, {skip}")
+        if part[1] > 1:
+            return self._part_batches(batch_size, seed, skip, part)
+        return self._whole_batches(batch_size, seed, skip)
+
+    def _part_batches(
+        self, batch_size: int, seed: int, skip: int, part: tuple[int, int]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's rows of each batch, read from the shards row by row (memory-mapped)."""
+        rank, world = part
+        mine = np.arange(rank, batch_size, world)
+        plan = self._plan(seed, skip * batch_size)
+        shards, order = next(plan)
+        pos = 0
+        while True:
+            segments, start = [], 0
+            while start < batch_size:
+                if pos >= len(order):
+                    shards, order = next(plan)
+                    pos = 0
+                take = order[pos : pos + batch_size - start]
+                sel = mine[(mine >= start) & (mine < start + len(take))] - start
+                segments.append(self._read_group_rows(shards, take[sel], part))
+                pos += len(take)
+                start += len(take)
+            yield (
+                torch.cat([a for a, _ in segments]).float(),
+                torch.cat([b for _, b in segments]).float(),
+            )
+
+    def _read_group_rows(
+        self, shards: list[int], rows: np.ndarray, part: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows (indices into the group's concatenated split rows) of x_a and x_b, in order."""
+        counts = self._counts[shards]
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        which = np.searchsorted(starts, rows, side="right") - 1
+        out_a = torch.empty(len(rows), self.d_a, dtype=torch.bfloat16)
+        out_b = torch.empty(len(rows), self.d_b, dtype=torch.bfloat16)
+        if self._mapped_group[0] != shards:  # a new group: map its shards once
+            self._mapped_group = (list(shards), [self._map_shard(k, part) for k in shards])
+        for i, (file_rows, map_a, map_b) in enumerate(self._mapped_group[1]):
+            hit = np.flatnonzero(which == i)
+            if len(hit) == 0:
+                continue
+            at = file_rows[rows[hit] - starts[i]]
+            idx = torch.from_numpy(hit)
+            out_a[idx] = read_rows(map_a, at).to(torch.bfloat16)
+            out_b[idx] = read_rows(map_b, at).to(torch.bfloat16)
+        return out_a, out_b
+
+    def _map_shard(self, k: int, part: tuple[int, int]) -> tuple[np.ndarray, tuple, tuple]:
+        """Shard ``k``'s file rows in this split (its 8-byte doc_index column is read) and its
+        x_a / x_b memory maps, their shapes checked against the manifest; on first touch this
+        rank checks the checksum of its share of the shards (``k % world == rank``)."""
+        rank, world = part
+        if self.verify_reads and k not in self._verified and k % world == rank:
+            check.verify_checksum(self.store, k)
+        self._verified.add(k)
+        path = self.store.path / self.store.manifest.shards[k].file
+        try:
+            map_a, map_b = map_tensor(path, "x_a"), map_tensor(path, "x_b")
+        except Exception as exc:  # OSError, JSON, KeyError: a damaged or vanished file
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise check.damaged(
+                self.store, f"{check.shard_where(self.store, k)}: cannot be mapped ({reason})"
+            ) from None
+        check.check_columns(
+            self.store, k, {"x_a": torch.empty(map_a[0].shape), "x_b": torch.empty(map_b[0].shape)}
+        )
+        n = self.store.manifest.shards[k].rows
+        if self.split in (None, "all"):
+            return np.arange(n), map_a, map_b
+        doc = read_shard(self.store, k, ["doc_index"])["doc_index"].numpy()
+        return np.flatnonzero(split_mask(doc, self.split, self.eval_fraction)), map_a, map_b
+
+    def _whole_batches(
+        self, batch_size: int, seed: int, skip: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The stream of whole batches, from whole shuffle groups in memory."""
         pieces = self._row_pieces(seed, skip * batch_size)
         x_a, x_b, order = next(pieces)
         pos = 0
