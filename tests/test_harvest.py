@@ -394,7 +394,7 @@ def test_default_pair_real_models(tmp_path: Path) -> None:
         model_b="gemma3-270m",
         corpus="builtin",
         out=str(tmp_path / "store"),
-        max_documents=6,
+        max_documents=16,  # the mix's first documents: text and chats, half and half by pairs
         max_seq_len=128,  # the wiki texts need several windows
         batch_size=2,
         block_batches=1,  # commit every 2 documents: several shards
@@ -409,8 +409,11 @@ def test_default_pair_real_models(tmp_path: Path) -> None:
     docs = list(store.documents())
     assert any(d["messages"] for d in docs) and any(len(d["windows"]) > 1 for d in docs)
     cov = m.coverage()
-    assert store.n_rows > 500
-    assert cov["coverage_a"] > 0.9 and cov["coverage_b"] > 0.9, cov
+    assert store.n_rows > 400
+    comp = store.composition()  # the built-in mix: both kinds from the first documents on
+    assert comp["chat_pairs"] > 100 and comp["text_pairs"] > 100, comp
+    # the first chats include Chinese, Arabic, Korean: SmolLM2's byte-level BPE pairs less there
+    assert cov["coverage_a"] > 0.7 and cov["coverage_b"] > 0.9, cov
     assert check_same_text(store) == store.n_rows
     assert check_hidden_states(store, *models, max_windows=3, exact=False) == 3
     for side in ("a", "b"):
