@@ -92,3 +92,26 @@ def test_cli_takes_a_suite_and_its_default_scorer(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "'builtin:sycophantic'" in err and "builtin:sycophancy" in err
     assert len(calls) == n
+
+
+def test_the_run_steer_stage_takes_a_suite_or_a_prompt_file(monkeypatch, tmp_path):
+    """``steer: {prompts: builtin:NAME}`` in a run config: the suite's prompts and scorer."""
+    import crossdiff.run as run_mod
+    from crossdiff.paths import RunPaths
+    from crossdiff.run import RunConfig
+
+    calls: list[dict] = []
+    monkeypatch.setattr(run_mod, "top_exclusive_features", lambda root, n: {"A": [3]})
+    monkeypatch.setattr(crossdiff.steering, "steer", lambda run, f, **kw: calls.append(kw))
+    paths = RunPaths(tmp_path / "run")
+    for prompts, score in (("builtin:copyright", "builtin:copyright"), ("builtin:national", None)):
+        cfg = RunConfig(steer={"top_features": 1, "prompts": prompts})
+        assert run_mod._stage_steer(cfg, paths, progress=False) == "done"
+        assert calls[-1]["prompts"] == load_suite(prompts).prompts()
+        assert calls[-1].get("score") == score
+    file = tmp_path / "prompts.txt"
+    file.write_text("Who made you?\n\nIs Taiwan a country?\n")
+    cfg = RunConfig(steer={"top_features": 1, "prompts": str(file), "score": "regex:x"})
+    run_mod._stage_steer(cfg, paths, progress=False)
+    assert calls[-1]["prompts"] == ["Who made you?", "Is Taiwan a country?"]
+    assert calls[-1]["score"] == "regex:x"

@@ -62,7 +62,9 @@ class RunConfig:
     """crossdiff.interpret.InterpretConfig fields (explainer, judge, max_features, ...);
     the offline 'stats' backend by default."""
     steer: dict[str, Any] = field(default_factory=dict)
-    """top_features (per model), prompts, alphas, max_new_tokens; top_features 0 skips."""
+    """top_features (per model), prompts (a list, a prompt file, or a built-in suite such as
+    'builtin:copyright' with its default scorer), alphas, max_new_tokens; top_features 0
+    skips."""
     about: dict[str, Any] = field(default_factory=dict)
     """What the config is for, read by no stage and kept in RUN/config.yaml: the shipped
     configs of the published pairs hold their models' facts and cost estimate here
@@ -277,6 +279,12 @@ def _stage_steer(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
     if per_model <= 0:
         return "skipped (disabled)"
     prompts = sc.pop("prompts", DEFAULT_PROMPTS[:3])
+    if isinstance(prompts, str):  # a suite (builtin:copyright) or a prompt file
+        from crossdiff.steering.suites import prompts_and_scorer
+
+        prompts, default_score = prompts_and_scorer(prompts)
+        if default_score is not None:
+            sc.setdefault("score", default_score)
     alphas = sc.pop("alphas", list(DEFAULT_ALPHAS))
     # random-feature null for the verdict (docs/steering.md); 2 keeps the stage within ~2x
     sc.setdefault("nulls", 2)

@@ -126,17 +126,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from crossdiff.errors import CrossdiffError
     from crossdiff.steering import steer
-    from crossdiff.steering.prompts import read_prompts
-    from crossdiff.steering.suites import is_builtin, load_suite
+    from crossdiff.steering.suites import prompts_and_scorer
 
     prompts = list(args.prompt)
     score = args.score
-    if args.prompts and is_builtin(args.prompts):
-        suite = load_suite(args.prompts)
-        prompts.extend(suite.prompts())
-        score = score if score is not None else suite.score_rule
-    elif args.prompts:
-        prompts.extend(read_prompts(args.prompts))
+    if args.prompts:
+        more, default_score = prompts_and_scorer(args.prompts)
+        prompts.extend(more)
+        score = score if score is not None else default_score
     if not prompts:
         raise CrossdiffError("give at least one prompt: --prompt TEXT or --prompts FILE")
     alphas = [a for text in args.alphas for a in _floats(text)]

@@ -172,3 +172,15 @@ def load_suite(name: str) -> PromptSuite:
             + " (e.g. --prompts builtin:political)"
         )
     return SUITES[key]
+
+
+def prompts_and_scorer(spec: str) -> tuple[list[Prompt], str | None]:
+    """The prompts of a suite (``builtin:NAME``) with its default scorer rule, or of a prompt
+    file with none: one reading of ``--prompts`` for ``crossdiff steer`` and the run's steer
+    stage (``steer: {prompts: builtin:copyright}``)."""
+    if is_builtin(spec):
+        suite = load_suite(spec)
+        return suite.prompts(), suite.score_rule
+    from crossdiff.steering.prompts import read_prompts
+
+    return list(read_prompts(spec)), None
