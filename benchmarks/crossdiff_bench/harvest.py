@@ -179,10 +179,10 @@ def _sync(device: Any) -> None:
 
 def _bare(lm_a: Any, lm_b: Any, layer_a: int, layer_b: int, seqs_a: list, seqs_b: list) -> None:
     """Both models up to their layer on one padded batch, and nothing else."""
-    from crossdiff.harvest import _pad_batch, _pad_id
+    from crossdiff.harvest import _pad_batch
 
-    ids_a, mask_a = _pad_batch(seqs_a, _pad_id(lm_a))
-    ids_b, mask_b = _pad_batch(seqs_b, _pad_id(lm_b))
+    ids_a, mask_a = _pad_batch(seqs_a, lm_a.pad_id)
+    ids_b, mask_b = _pad_batch(seqs_b, lm_b.pad_id)
     lm_a.capture(ids_a, mask_a, layer_a)
     lm_b.capture(ids_b, mask_b, layer_b)
     _sync(lm_a.device)
@@ -264,12 +264,12 @@ def early_exit(lm: Any, layer: int, batches: list[list[list[int]]]) -> dict[str,
     """Capture vs a full forward with all hidden states, alternating, on the same batches."""
     import torch
 
-    from crossdiff.harvest import _pad_batch, _pad_id
+    from crossdiff.harvest import _pad_batch
 
     t_capture = t_full = 0.0
     max_diff = 0.0
     for seqs in batches:
-        ids, mask = _pad_batch(seqs, _pad_id(lm))
+        ids, mask = _pad_batch(seqs, lm.pad_id)
         for order in (0, 1):
             if order == 0:
                 t0 = time.perf_counter()

@@ -448,21 +448,13 @@ def _pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
     return ids, mask
 
 
-def _pad_id(lm: LoadedModel) -> int:
-    tok = lm.tokenizer
-    for candidate in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0
-
-
 def capture_windows(
     lm: LoadedModel, layer: int, seqs: list[list[int]], positions: list[np.ndarray]
 ) -> torch.Tensor:
     """Run one padded batch to ``layer`` and gather the rows at ``positions`` (in order)."""
     import torch
 
-    ids, mask = _pad_batch(seqs, _pad_id(lm))
+    ids, mask = _pad_batch(seqs, lm.pad_id)
     hidden = lm.capture(ids, mask, layer)
     rows_i = torch.cat(
         [torch.full((len(p),), i, dtype=torch.long) for i, p in enumerate(positions)]

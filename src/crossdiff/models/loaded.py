@@ -184,6 +184,24 @@ class LoadedModel:
         return RenderedText(text, [(0, len(text))], add_special_tokens=True)
 
     @cached_property
+    def pad_id(self) -> int:
+        """The id that fills padded positions of a batch (harvest windows, generation rows).
+
+        Padded positions are masked out of attention, so any id works; the tokenizer's pad
+        token, else its EOS, else the generation config's pad, else BOS, else 0."""
+        tok = self.tokenizer
+        gen = getattr(self.model, "generation_config", None)
+        for candidate in (
+            tok.pad_token_id,
+            tok.eos_token_id,
+            getattr(gen, "pad_token_id", None),
+            tok.bos_token_id,
+        ):
+            if isinstance(candidate, int):
+                return candidate
+        return 0
+
+    @cached_property
     def special_ids(self) -> frozenset[int]:
         """Ids of all special tokens of the tokenizer (BOS/EOS/pad/unk and added specials)."""
         return special_token_ids(self.tokenizer)

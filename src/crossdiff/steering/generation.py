@@ -90,14 +90,6 @@ def prompt_ids(lm: LoadedModel, prompt: Prompt, chat: bool) -> list[int]:
     return ids
 
 
-def _pad_id(lm: LoadedModel) -> int:
-    tok = lm.tokenizer
-    for candidate in (tok.pad_token_id, tok.eos_token_id, lm.model.generation_config.pad_token_id):
-        if isinstance(candidate, int):
-            return candidate
-    return 0
-
-
 def _eos_ids(lm: LoadedModel) -> set[int]:
     ids: set[int] = set()
     for value in (lm.model.generation_config.eos_token_id, lm.tokenizer.eos_token_id):
@@ -122,7 +114,7 @@ def _generate_batch(
     fn: HiddenFn,
     settings: GenerationSettings,
 ) -> list[list[int]]:
-    pad = _pad_id(lm)
+    pad = lm.pad_id
     width = max(map(len, seqs))
     ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=lm.device)
     mask = torch.tensor(
