@@ -4,6 +4,7 @@ BatchTopK budget, persistence, exact resume, presets, and bad-input errors."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -197,6 +198,26 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, source):
     assert torch.equal(o1.recon_a, o2.recon_a)
 
 
+def train_stopped_at_step_9(source, cfg, tc, root: Path):
+    """The uninterrupted crosscoder (``root/full``) and, in ``root/cut``, a run stopped by a
+    crash at step 9 whose newest checkpoint is step 8 (``checkpoint_every=4``)."""
+    full = train_crosscoder(source, cfg, tc, checkpoint_dir=root / "full", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def crash(step, metrics):
+        if step >= 9:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_crosscoder(
+            source, cfg, tc, checkpoint_dir=root / "cut", progress=False, callback=crash
+        )
+    assert latest_checkpoint(root / "cut").name == "step-00000008"
+    return full
+
+
 @pytest.mark.parametrize(
     "exclusive_init,resample", [("random", None), ("residual", None), ("residual", 3)]
 )
@@ -211,20 +232,7 @@ def test_resume_equals_uninterrupted(tmp_path, source, exclusive_init, resample)
         resample_until=1.0,
         dead_window_tokens=128,
     )
-    full = train_crosscoder(source, cfg, tc, checkpoint_dir=tmp_path / "full", progress=False)
-
-    class Stop(Exception):
-        pass
-
-    def crash(step, metrics):
-        if step >= 9:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train_crosscoder(
-            source, cfg, tc, checkpoint_dir=tmp_path / "cut", progress=False, callback=crash
-        )
-    assert latest_checkpoint(tmp_path / "cut").name == "step-00000008"
+    full = train_stopped_at_step_9(source, cfg, tc, tmp_path)
     resumed = train_crosscoder(source, cfg, tc, checkpoint_dir=tmp_path / "cut", progress=False)
     for (n, t1), (_, t2) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert same(t1, t2), n

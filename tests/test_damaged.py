@@ -27,7 +27,7 @@ from crossdiff.store.check import nonfinite_count
 from crossdiff.store.fileio import sha256_file
 from test_crosscoder import D_A as CC_D_A
 from test_crosscoder import D_B as CC_D_B
-from test_crosscoder import F, paired_data, quick_train, same
+from test_crosscoder import F, paired_data, quick_train, same, train_stopped_at_step_9
 from test_store import fill, manifest
 
 TRAIN_ARGS = [
@@ -297,20 +297,7 @@ def cut_run(tmp_path: Path):
     source = ArraySource(*paired_data())
     cfg = CrosscoderConfig.dfc(CC_D_A, CC_D_B, F, exclusive=0.1, k=4)
     tc = quick_train(steps=14, checkpoint_every=4, exclusive_init="residual", init_samples=512)
-    full = train_crosscoder(source, cfg, tc, checkpoint_dir=tmp_path / "full", progress=False)
-
-    class Stop(Exception):
-        pass
-
-    def crash(step, metrics):
-        if step >= 9:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train_crosscoder(
-            source, cfg, tc, checkpoint_dir=tmp_path / "cut", progress=False, callback=crash
-        )
-    assert latest_checkpoint(tmp_path / "cut").name == "step-00000008"
+    full = train_stopped_at_step_9(source, cfg, tc, tmp_path)
     return source, cfg, tc, full
 
 
