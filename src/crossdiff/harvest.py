@@ -257,8 +257,9 @@ def _make_window(
 def word_end_mask(rendered: RenderedText, ends: np.ndarray) -> np.ndarray:
     """Whether each pair end (a character offset in ``rendered.text``) is a word end: the next
     character is not a letter or digit, or it is not content (the end of a message, of the
-    window's text). The same test as the analysis's ``word_internal`` descriptor reads from
-    the stored window text, seen from the character after the end."""
+    window's text). Stricter than the analysis's ``word_internal`` descriptor, which also
+    asks for a letter or digit before the end: a pair ending at ``(`` before ``a`` is not
+    word-internal but is not a word end either, so it is dropped here."""
     text = rendered.text
     spans = sorted(rendered.content_spans)
     starts = np.asarray([s for s, _ in spans], dtype=np.int64)

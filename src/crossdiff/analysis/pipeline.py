@@ -461,8 +461,9 @@ def analyze(
         ls_ratio = np.where(np.abs(ls_own) > 1e-12, ls_other / ls_own, np.nan)
     exclusive = klass != "S"
     ls_for_check = np.where(exclusive & alive, ls_ratio, np.nan)
-    tok = tokenization_columns(state, store, config, check_cols, stats.sum.cpu().numpy(), klass)
-    where = where_columns(state, stats.sum.cpu().numpy())
+    act_sum = stats.sum.cpu().numpy()
+    tok = tokenization_columns(state, store, config, check_cols, act_sum, klass)
+    where = where_columns(state, act_sum)
     if state.twins is not None:
         twin_of, twin_corr = state.twins.twins(f, config.twin_min_corr)
     else:

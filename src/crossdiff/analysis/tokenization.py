@@ -77,17 +77,15 @@ CAP = 64
 otherwise dominate the log-scaled regressors)."""
 
 
-def _is_word_char(ch: str) -> bool:
-    return ch.isalnum()
+def _inside_word(text: str, offset: int) -> bool:
+    """Whether character offset ``offset`` of ``text`` falls inside a word: a letter or digit
+    on both sides. A pair ending there is ``word_internal``; a token starting there is a later
+    piece of a split word (``later_a``/``later_b``)."""
+    return 0 < offset < len(text) and text[offset - 1].isalnum() and text[offset].isalnum()
 
 
-def _later_piece(text: str, start: int) -> bool:
-    """Whether a token starting at ``start`` of ``text`` continues a word (see module doc)."""
-    return 0 < start < len(text) and _is_word_char(text[start - 1]) and _is_word_char(text[start])
-
-
-def window_roles(record: dict, window: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(starts, ends, role codes) of the content spans of one window in model A's rendering.
+def window_roles(record: dict, window: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, role codes) of the content spans of one window in model A's rendering.
 
     A template may drop a message (a system prompt it has no place for) and a window may stop
     inside a chat, so spans are matched to messages by content, in order, not by index."""
@@ -107,8 +105,8 @@ def window_roles(record: dict, window: dict) -> tuple[np.ndarray, np.ndarray, np
         role = messages[p]["role"] if p < len(messages) else "user"
         codes.append(ROLES.index(role) if role in ROLES else 2)
         p += 1
-    arr = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
-    return arr[:, 0], arr[:, 1], np.asarray(codes, dtype=np.int8)
+    starts = np.asarray([s for s, _ in spans], dtype=np.int64)
+    return starts, np.asarray(codes, dtype=np.int8)
 
 
 def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
@@ -133,7 +131,7 @@ def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
     if n:
         texts: dict[tuple[int, int], str] = {}
         texts_b: dict[tuple[int, int], str] = {}
-        roles: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        roles: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         for record in iter_documents(store, np.unique(doc)):
             for w, window in enumerate(record.get("windows") or []):
                 key = (int(record["index"]), w)
@@ -145,12 +143,11 @@ def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
             key = (int(doc[i]), int(win[i]))
             text = texts.get(key, "")
             e = int(span["a"][i, 1])
-            if 0 < e < len(text):
-                internal[i] = _is_word_char(text[e - 1]) and _is_word_char(text[e])
-            later["a"][i] = _later_piece(text, int(span["a"][i, 0]))
-            later["b"][i] = _later_piece(texts_b.get(key, ""), int(span["b"][i, 0]))
+            internal[i] = _inside_word(text, e)
+            later["a"][i] = _inside_word(text, int(span["a"][i, 0]))
+            later["b"][i] = _inside_word(texts_b.get(key, ""), int(span["b"][i, 0]))
             if key in roles:
-                starts, _, codes = roles[key]
+                starts, codes = roles[key]
                 j = int(np.searchsorted(starts, e, side="left")) - 1  # last span before e
                 role[i] = codes[max(j, 0)] if codes.size else ROLES.index("user")
     len_a = np.clip(span["a"][:, 1] - span["a"][:, 0], 0, CAP)

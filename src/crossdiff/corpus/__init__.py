@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from crossdiff.corpus.builtin import builtin_chats, builtin_corpus, builtin_texts
+from crossdiff.corpus.builtin import BUILTIN_MIX, builtin_chats, builtin_corpus, builtin_texts
 from crossdiff.corpus.document import Document
 from crossdiff.corpus.files import SUFFIXES, check_file, folder_files, read_file, read_folder
 from crossdiff.corpus.hf import open_hf
@@ -56,7 +56,7 @@ def load_corpus(
         return _checked(mixed, format_mix(parts), limit)
     text = str(spec).strip()
     if text in (BUILTIN, "builtin:"):
-        return _checked(builtin_corpus(), text, limit)
+        return load_corpus(BUILTIN_MIX, limit=limit)
     if text == "builtin:wiki":
         return _checked(builtin_texts(), text, limit)
     if text == "builtin:chats":

@@ -90,8 +90,8 @@ BUILTIN_MIX = {WIKI_SOURCE: 0.5, CHATS_SOURCE: 0.5}
 
 def builtin_corpus() -> Iterator[Document]:
     """The default corpus: Wikipedia text and the chats, half and half by pairs in every
-    prefix (:mod:`crossdiff.corpus.mix`); it ends when the chats run out."""
-    from crossdiff.corpus.mix import mix_documents, parse_mix
+    prefix; it ends when the chats run out. It is the mix ``BUILTIN_MIX``, opened by
+    :func:`crossdiff.corpus.load_corpus` like any other mix."""
+    from crossdiff.corpus import load_corpus
 
-    sources = {WIKI_SOURCE: builtin_texts, CHATS_SOURCE: lambda: iter(builtin_chats())}
-    return mix_documents(parse_mix(BUILTIN_MIX), lambda spec: sources[spec]())
+    return load_corpus(BUILTIN_MIX)
