@@ -246,3 +246,42 @@ def test_bench_without_the_benchmarks_says_what_to_install(monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "pip install -e benchmarks/" in err and err.startswith("crossdiff bench: error:")
+
+
+def test_run_with_seeds_trains_members_and_counts_recurrence(tmp_path, tiny_model):
+    """recurrence: {seeds: 2} trains RUN/crosscoders/s1-x0.1 beside the run's crosscoder,
+    matches them before the analysis (whose recurs column then holds k of 1), and a rerun
+    keeps both."""
+    from crossdiff.recurrence import load_recurrence
+
+    cfg = tiny_config(tmp_path, tiny_model)
+    cfg.recurrence = {"seeds": 2, "rows": 512}
+    run = tmp_path / "run"
+    records = run_pipeline(run, cfg, progress=False, stop_after="analyze", log=lambda *_: None)
+    status = {r.name: r.status for r in records}
+    assert status["recurrence"].startswith("done (1 further crosscoders")
+    paths = RunPaths(run)
+    assert (paths.crosscoders / "s1-x0.1" / "model.safetensors").is_file()
+    res = load_recurrence(run)
+    assert res is not None and res.meta["n_others"] == 1
+    table = pq.read_table(paths.analysis / "features.parquet").to_pydict()
+    recurs = dict(zip(table["feature"], table["recurs"], strict=True))
+    klass = dict(zip(table["feature"], table["klass"], strict=True))
+    assert recurs and all(
+        (recurs[f] in (0, 1)) if klass[f] in ("A", "B") else recurs[f] == -1 for f in recurs
+    )
+    assert {f: recurs[f] for f in res.recurs()} == res.recurs()
+    again = run_pipeline(run, cfg, progress=False, stop_after="recurrence", log=lambda *_: None)
+    assert {r.name: r.status for r in again}["recurrence"] == "skipped (complete)"
+
+
+def test_recurrence_section_errors_name_the_value():
+    from crossdiff.recurrence.stage import split_section
+
+    with pytest.raises(CrossdiffError, match=r"recurrence\.seeds=-1"):
+        split_section({"seeds": -1})
+    with pytest.raises(CrossdiffError, match="unknown recurrence config keys \\['sedes'\\]"):
+        split_section({"sedes": 5})
+    with pytest.raises(CrossdiffError, match="min_cosine=2"):
+        split_section({"seeds": 3, "min_cosine": 2})
+    assert split_section(None)[0] == 0

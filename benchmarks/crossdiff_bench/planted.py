@@ -130,7 +130,7 @@ class PlantedConfig:
     min_coherent: float = 0.5
     """An alpha counts for 'suppress'/'amplify' only if at least this share of its
     generations pass :func:`coherent` (pushes that break the model lower any rate)."""
-    steer_nulls: int = 3
+    steer_nulls: int = 5
     """Random alive features of the same label swept beside each steered feature, each pushed
     with its added-vector norm (the product's null, :mod:`crossdiff.steering.evidence`): the
     evidence verdicts below need effects whose bootstrap CI lies outside their band."""
@@ -664,6 +664,11 @@ def run_planted(cfg: PlantedConfig) -> dict[str, Any]:
                 mark_specific(st, cfg.rate_change)
     timings["steer"] = time.perf_counter() - t0
     results["steering_target"] = steering_target(results["crosscoders"])
+    results["steering_seeds"] = steering_seeds(results["crosscoders"])
+
+    t0 = time.perf_counter()
+    results["recurrence"] = planted_recurrence(results["crosscoders"], x_a, x_b)
+    timings["recurrence"] = time.perf_counter() - t0
 
     results["rediscovery"] = {
         kind: {
@@ -705,6 +710,79 @@ def steering_target(entries: list[dict[str, Any]], kind: str = "dfc") -> dict[st
     out["met"] = all(
         c["feature_beats"] is True and c["control_beats"] is False for c in out["concepts"].values()
     )
+    return out
+
+
+def steering_seeds(entries: list[dict[str, Any]], kind: str = "dfc") -> dict[str, Any]:
+    """:func:`steering_target` over every steered seed of ``kind``: per seed and concept
+    whether the found feature's suppression beats the null and whether the random control's
+    does; ``met`` counts the seeds where both features beat and neither control does."""
+    per = []
+    for e in entries:
+        if e["kind"] != kind or not e.get("steering"):
+            continue
+        t = steering_target([e], kind)
+        if t is not None:
+            per.append(t)
+    return {
+        "kind": kind,
+        "seeds": per,
+        "met": sum(bool(t["met"]) for t in per),
+        "feature_beats": {
+            c: sum(t["concepts"][c]["feature_beats"] is True for t in per) for c in CONCEPTS
+        },
+        "control_beats": {
+            c: sum(t["concepts"][c]["control_beats"] is True for t in per) for c in CONCEPTS
+        },
+        "n": len(per),
+    }
+
+
+def planted_recurrence(
+    entries: list[dict[str, Any]], x_a: Any, x_b: Any, kind: str = "dfc"
+) -> dict[str, Any] | None:
+    """Issue 15 on the planted benchmark: the first seed's DFC is the reference; its exclusive
+    features are matched one to one against every other seed's (the product's matching,
+    :func:`crossdiff.recurrence.match_crosscoders`, default rule, on the held-out eval rows
+    minus the reference's huge-norm rows). Per concept: in how many of the others the
+    reference's found feature has a match (``recurs`` of ``n_others``), and in how many that
+    match is the feature the concept's AUROC found in that seed (``agrees``). None with fewer
+    than two crosscoders of ``kind``."""
+    from crossdiff.crosscoder.model import Crosscoder
+    from crossdiff.recurrence import MatchConfig, match_crosscoders
+
+    mine = [e for e in entries if e["kind"] == kind]
+    if len(mine) < 2:
+        return None
+    ccs = [Crosscoder.from_pretrained(Path(e["run"]) / "crosscoder").eval() for e in mine]
+    ref = ccs[0]
+    keep = ref.inlier_mask(ref.normalize(x_a.float(), "a"), ref.normalize(x_b.float(), "b"))
+    matches = match_crosscoders(ccs[0], ccs[1:], x_a[keep], x_b[keep], MatchConfig())
+    out: dict[str, Any] = {
+        "kind": kind,
+        "reference_seed": mine[0]["seed"],
+        "n_others": len(ccs) - 1,
+        "rows": int(keep.sum()),
+        "concepts": {},
+    }
+    for concept in CONCEPTS:
+        ref_feat = mine[0]["concepts"][concept]["feature"]
+        model = CONCEPT_OWNER[concept]
+        found_in = []
+        agrees = 0
+        for e, per in zip(mine[1:], matches):
+            mm = per[model]
+            idx = np.flatnonzero(mm.ref_features == ref_feat) if ref_feat is not None else []
+            hit = int(mm.matched[idx[0]]) if len(idx) else -1
+            found_in.append(hit)
+            agrees += int(hit >= 0 and hit == e["concepts"][concept]["feature"])
+        out["concepts"][concept] = {
+            "reference_feature": ref_feat,
+            "matched": found_in,
+            "recurs": sum(h >= 0 for h in found_in),
+            "agrees": agrees,
+            "found_per_seed": [e["concepts"][concept]["feature"] for e in mine[1:]],
+        }
     return out
 
 
@@ -908,6 +986,27 @@ def format_results(results: dict[str, Any]) -> str:
             + "; ".join(parts)
             + (" -> MET" if target["met"] else " -> NOT MET")
         )
+    seeds = results.get("steering_seeds")
+    if seeds and seeds["n"] > 1:
+        lines.append(
+            f"steering target over {seeds['n']} {seeds['kind']} seeds: met in {seeds['met']}; "
+            + "; ".join(
+                f"{c} feature beats {seeds['feature_beats'][c]}/{seeds['n']}, control beats "
+                f"{seeds['control_beats'][c]}/{seeds['n']}"
+                for c in CONCEPTS
+            )
+        )
+    rec = results.get("recurrence")
+    if rec:
+        lines.append(
+            f"recurrence ({rec['kind']} s{rec['reference_seed']} against {rec['n_others']} other "
+            f"seeds, {rec['rows']:,} rows): "
+            + "; ".join(
+                f"{c} #{v['reference_feature']} found again in {v['recurs']}/{rec['n_others']} "
+                f"(the seed's own found feature in {v['agrees']})"
+                for c, v in rec["concepts"].items()
+            )
+        )
     for kind, counts in results["rediscovery"].items():
         n = cfg["seeds"]
         lines.append(
@@ -969,7 +1068,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--steer-nulls",
         type=int,
-        help="random same-label features swept beside each steered one (default 3; 0: none)",
+        help="random same-label features swept beside each steered one (default 5; 0: none)",
     )
     p.add_argument(
         "--high-norm-factor",

@@ -1,4 +1,5 @@
-"""``crossdiff run``: harvest -> train -> analyze -> report -> steer, in one run folder.
+"""``crossdiff run``: harvest -> train -> recurrence -> analyze -> interpret -> steer -> report,
+in one run folder.
 
 Every stage reads the previous stage's output from the run folder and writes its own, and is
 skipped when its output is complete (harvest and training resume when interrupted), so a run
@@ -56,6 +57,10 @@ class RunConfig:
     """CrosscoderConfig fields, plus 'expansion' and 'exclusive' (fraction per model)."""
     train: dict[str, Any] = field(default_factory=dict)
     """crossdiff.TrainConfig fields."""
+    recurrence: dict[str, Any] = field(default_factory=dict)
+    """Rediscovery (crossdiff.recurrence.stage): 'seeds' (crosscoders in all, the run's own
+    included; 0 or 1: off, the default), 'exclusive' (fractions for the further ones, e.g.
+    '0.01,0.03,0.05') and any MatchConfig field (min_cosine, min_correlation, rule, rows)."""
     analysis: dict[str, Any] = field(default_factory=dict)
     """crossdiff.analysis.AnalysisConfig fields."""
     interpret: dict[str, Any] = field(default_factory=dict)
@@ -305,6 +310,12 @@ def _stage_report(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
     return "done"
 
 
+def _stage_recurrence(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
+    from crossdiff.recurrence.stage import stage
+
+    return stage(cfg.recurrence, paths.root, progress)
+
+
 def _stage_interpret(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
     from crossdiff.interpret import stage
 
@@ -314,6 +325,7 @@ def _stage_interpret(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
 STAGES = [
     ("harvest", _stage_harvest),
     ("train", _stage_train),
+    ("recurrence", _stage_recurrence),
     ("analyze", _stage_analyze),
     ("interpret", _stage_interpret),
     ("steer", _stage_steer),

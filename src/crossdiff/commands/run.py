@@ -26,6 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="crosscoder training steps")
     p.add_argument("--device", help="device for every stage (cpu, cuda, ...)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        help="crosscoders to train in all, the run's own included, for rediscovery "
+        "(recurrence stage: RUN/crosscoders, RUN/recurrence, the recurs column); default 1: "
+        "off. Each further one costs about one train stage",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -52,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         "layer_b": _layer(args.layer_b),
         "harvest.tokens": args.tokens,
         "train.steps": args.steps,
+        "recurrence.seeds": args.seeds,
         "harvest.device": args.device,
         "train.device": args.device,
         "analysis.device": args.device,

@@ -15,9 +15,15 @@ feature moves the behaviour" from "any push this hard does something":
   the analysis table (seeded), each pushed with the same added-vector norm as the feature at
   every alpha (coefficient ``alpha x s_max x |d| / |d_null|``);
 - **effects**: per alpha, the mean behaviour score over prompts with a seeded bootstrap 95% CI
-  over prompts; the null band is [min, max] of the effects of the null features that are
-  coherent at that alpha (a null that breaks the model lowers any rate; that is breakage, not
-  a behaviour a feature can be said to beat). An alpha where no null stays coherent has no band.
+  over prompts; the null band is the envelope of the 95% CIs of the null features that are
+  coherent at that alpha, [min of their lows, max of their highs], so "beats the null" means
+  the confidence intervals are apart, not only the point effects. A null that breaks the model
+  lowers any rate; that is breakage, not a behaviour a feature can be said to beat, so broken
+  nulls are left out; and an alpha where fewer than ``MIN_NULL_COHERENT_SHARE`` of the nulls
+  stay coherent has no band at all: pushes that large break most random features, and a
+  feature's "effect" there cannot be told from a push that happens not to break the text
+  (measured on the planted benchmark: a random control then "beat" a band made of the one
+  null left coherent).
 
 Verdict: "moves the behaviour beyond the null while coherent" when at some coherent non-zero
 alpha the feature's CI lies entirely outside the null band; else "does not beat the null";
@@ -26,6 +32,7 @@ alpha the feature's CI lies entirely outside the null band; else "does not beat 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -45,6 +52,9 @@ MAX_NONWORD = 0.5
 """Share of non-words above which a generation is broken."""
 MAX_BROKEN_SHARE = 0.5
 """An alpha is coherent while the share of its broken generations is below this."""
+MIN_NULL_COHERENT_SHARE = 0.5
+"""An alpha has a null band only where at least this share of the null features (and at
+least one) stay coherent."""
 NGRAM = 3
 N_BOOT = 1000
 LOSS_BATCH = 8
@@ -316,10 +326,8 @@ def evaluate(
     ev["effects"] = [c[0] if c else None for c in own]
     ev["ci_low"] = [c[1] if c else None for c in own]
     ev["ci_high"] = [c[2] if c else None for c in own]
-    null_eff = [
-        [c[0] if c else None for c in (_effects(n.get("scores"), n_a, seed) or [None] * n_a)]
-        for n in (m.nulls or [])
-    ]
+    null_cis = [_effects(n.get("scores"), n_a, seed) or [None] * n_a for n in (m.nulls or [])]
+    null_eff = [[c[0] if c else None for c in row] for row in null_cis]
     if not null_eff:
         ev["verdict"] = VERDICT_NO_NULL
         return ev
@@ -333,10 +341,12 @@ def evaluate(
     ev["null_coherent"] = null_coh
     lows: list[float | None] = []
     highs: list[float | None] = []
+    need = max(1, math.ceil(MIN_NULL_COHERENT_SHARE * len(null_cis)))
     for a in range(n_a):
-        vals = [row[a] for row, coh in zip(null_eff, null_coh) if row[a] is not None and coh[a]]
-        lows.append(min(vals) if vals else None)
-        highs.append(max(vals) if vals else None)
+        cis = [row[a] for row, coh in zip(null_cis, null_coh) if row[a] is not None and coh[a]]
+        enough = len(cis) >= need
+        lows.append(min(c[1] for c in cis) if enough else None)
+        highs.append(max(c[2] for c in cis) if enough else None)
     ev["null_low"], ev["null_high"] = lows, highs
     beats = []
     for a, alpha in enumerate(alphas):
