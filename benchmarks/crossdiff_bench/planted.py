@@ -108,7 +108,11 @@ class PlantedConfig:
         -1.5,
         -1.25,
         -1.0,
+        -0.75,
+        -0.5,
         0.0,
+        0.5,
+        0.75,
         1.0,
         1.25,
         1.5,
@@ -120,7 +124,9 @@ class PlantedConfig:
     there because these tiny LMs break down ("cities cities cities ...") at |alpha| >= 4,
     which the coherence guard then leaves out; the steps between 1 and 2 because a found
     feature's coherent window can lie there (measured, --quick: refusal #82 breaks B at -2, is
-    0.75 at -1, and 0.00 with 4/12 broken at -1.5, beyond the null)."""
+    0.75 at -1, and 0.00 with 4/12 broken at -1.5, beyond the null); and +-0.5, +-0.75 because
+    at the default size B broke on at least half the prompts at -1.25 in 5 of 5 seeds and the
+    refusal feature's only coherent negative alpha was -1 (measured, 5 seeds, 5 nulls)."""
     max_new_tokens: int = 16
     """Greedy tokens generated per prompt."""
     rate_change: float = 0.3
