@@ -1,10 +1,12 @@
 """Explain the planted benchmark's found features with `crossdiff interpret` (stats backend).
 
-Usage: python scripts/planted_interpret.py PLANTED_JSON OUT_DIR
-(PLANTED_JSON from `crossdiff bench planted --json-out`). For each DFC seed it makes a run
-folder of symlinks (store, crosscoder, analysis), explains the found praise / refusal features
-and 5 random reviewable features of the same block, and prints (seed, concept, feature,
-explanation, detection, random median, random max). BENCHMARKS.md reports its output.
+Usage: python scripts/planted_interpret.py PLANTED_JSON OUT_DIR [NEGATIVES [N_RANDOM]]
+(PLANTED_JSON from `crossdiff bench planted --json-out`; NEGATIVES random / hard / mixed, the
+default mixed; N_RANDOM default 10). For each DFC seed it makes a run folder of symlinks
+(store, crosscoder, analysis), explains the found praise / refusal features and N_RANDOM random
+alive, not near-dead features of the same block, and prints (seed, concept, feature,
+explanation, detection, random median, random max, random >= 0.8). BENCHMARKS.md reports its
+output.
 """
 
 import glob
@@ -21,6 +23,8 @@ with open(sys.argv[1]) as fh:
     d = json.load(fh)
 data = glob.glob(os.path.join(d["work_dir"], "pair-*", "data-*"))[0]
 root = sys.argv[2]
+negatives = sys.argv[3] if len(sys.argv) > 3 else "mixed"
+n_random = int(sys.argv[4]) if len(sys.argv) > 4 else 10
 out = []
 for r in d["crosscoders"]:
     if r["kind"] != "dfc":
@@ -45,7 +49,7 @@ for r in d["crosscoders"]:
     rand = {}
     for c, m in (("praise", "A"), ("refusal", "B")):
         pool = [int(i) for i in np.flatnonzero((k == m) & alive & ~nd) if int(i) != found[c]]
-        rand[c] = rng.sample(pool, 5)
+        rand[c] = rng.sample(pool, n_random)
     feats = sorted({*found.values(), *rand["praise"], *rand["refusal"]})
     subprocess.run(
         [
@@ -56,6 +60,8 @@ for r in d["crosscoders"]:
             run,
             "--features",
             ",".join(map(str, feats)),
+            "--negatives",
+            negatives,
             "--no-progress",
         ],
         check=True,
@@ -75,6 +81,7 @@ for r in d["crosscoders"]:
                 e["detection"][i],
                 float(np.nanmedian(rd)),
                 float(np.nanmax(rd)),
+                int(sum(x >= 0.8 for x in rd)),
             )
         )
 for o in out:

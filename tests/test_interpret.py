@@ -36,7 +36,16 @@ from crossdiff.interpret import (
     stage,
 )
 from crossdiff.interpret.llm import parse_categories, parse_explanation, parse_probabilities
-from crossdiff.interpret.samples import Context, decoy
+from crossdiff.interpret.samples import (
+    BACKGROUND,
+    Context,
+    FeatureJob,
+    Pool,
+    SameToken,
+    choose_negatives,
+    decoy,
+    feature_rng,
+)
 from crossdiff.interpret.scores import auroc, score, wilson
 from crossdiff.paths import RunPaths
 from crossdiff_bench.synthetic import WORDS, planted_crosscoder, write_synthetic_store
@@ -151,6 +160,8 @@ def test_specs_name_the_fix() -> None:
             parse_spec(bad)
     with pytest.raises(CrossdiffError, match="judge_batch"):
         interpret(".", quiet(judge_batch=0))
+    with pytest.raises(CrossdiffError, match="random, hard, mixed"):
+        interpret(".", quiet(negatives="neighbours"))
 
 
 # ---- the stats backend on the planted run ------------------------------------------------------
@@ -172,18 +183,164 @@ def test_stats_names_the_planted_concepts(run: Path) -> None:
     # the harm screen's lexicon: refusal -> censorship, weapon -> violence; flagged go first
     assert refuse["harm_categories"] == ["censorship"]
     assert weapon["harm_categories"] == ["violence"]
-    assert res.review_first[0] == 0 and b_feature(run) in res.review_first
-    flags = [r["harm_flagged"] for r in res.rows()]
-    assert flags == sorted(flags, reverse=True)  # flagged features first
+    assert {0, b_feature(run)} <= set(res.review_first)
+    flags = [(r["harm_flagged"], len(r["harm_categories"])) for r in res.rows()]
+    assert flags == sorted(flags, reverse=True)  # flagged features first, most categories first
+    # the default negatives are mixed; "refuse" fires on every occurrence: no hard negative
+    assert refuse["detection_hard_n"] == 0 and weapon["detection_hard_n"] == 0
+    assert random_feature["detection_hard_n"] > 0
     assert {r["klass"] for r in res.rows()} >= {"A", "B", "S"}
     meta = json.loads((RunPaths(run).interpret / "interpret.json").read_text())
     assert meta["samples"]["non_activating"].startswith("random store rows where")
+    assert meta["samples"]["negatives"] == "mixed"
+    assert meta["samples"]["hard"]["used"] == sum(r["detection_hard_n"] for r in res.rows())
     assert meta["counts"]["features"] == len(res.rows()) and meta["calls"] == {}
     table = pq.read_table(RunPaths(run).interpret / "explanations.parquet")
     assert table.num_rows == len(res.rows()) and "harm_categories" in table.column_names
     # deterministic: a rerun gives the same table
     again = interpret(run, quiet())
     assert again.table.drop(["explainer"]).equals(res.table.drop(["explainer"]))
+
+
+# ---- hard negatives ----------------------------------------------------------------------------
+def _examples_of(run: Path, feature: int) -> set[int]:
+    from crossdiff.analysis import load_analysis
+
+    t = load_analysis(run).examples.to_pydict()
+    return {r for f, r in zip(t["feature"], t["row"]) if f == feature}
+
+
+def _activations(run: Path, rows: list[int]) -> dict[int, np.ndarray]:
+    """Dense activations of store rows (the planted crosscoder is a ReLU one)."""
+    from crossdiff.crosscoder import Crosscoder
+    from crossdiff.interpret.samples import _read_rows
+    from crossdiff.store import ActivationStore
+
+    cc = Crosscoder.from_pretrained(RunPaths(run).crosscoder).eval()
+    x_a, x_b = _read_rows(ActivationStore.open(RunPaths(run).store), np.array(sorted(rows)))
+    with torch.no_grad():
+        f = cc.encode(cc.normalize(x_a.float(), "a"), cc.normalize(x_b.float(), "b"))
+    return dict(zip(sorted(rows), f.numpy()))
+
+
+def test_hard_negatives_share_the_token_and_are_silent(run: Path) -> None:
+    from crossdiff.analysis import load_analysis
+    from crossdiff.interpret.samples import build_jobs, token_key
+
+    jobs, notes = build_jobs(run, load_analysis(run), quiet(features=[0, 1], negatives="hard"))
+    by = {j.feature: j for j in jobs}
+    noise = by[1]  # fires on 15% of the rows whatever the word: its words have silent rows
+    assert noise.hard_n == noise.hard_wanted == len(noise.held_out) == len(noise.negatives)
+    for pos, neg in zip(noise.held_out, noise.negatives):
+        assert token_key(neg.tok) == token_key(pos.tok) and neg.activation == 0.0
+    neg_rows = {c.row for c in noise.negatives}
+    bg_rows = {c.row for c in noise.background}
+    assert noise.background_hard_n > 0 and len(noise.background) == BACKGROUND
+    assert not neg_rows & bg_rows and not (neg_rows | bg_rows) & _examples_of(run, 1)
+    acts = _activations(run, sorted(neg_rows | bg_rows))
+    assert all(acts[r][1] == 0.0 for r in neg_rows | bg_rows)  # exactly 0, not just small
+    # fallback: feature 0 fires on every "refuse", so its negatives are all random ones
+    refuse = by[0]
+    assert refuse.hard_wanted == len(refuse.held_out) > 0 and refuse.hard_n == 0
+    assert len(refuse.negatives) == len(refuse.held_out) and refuse.background_hard_n == 0
+    assert all(token_key(c.tok) != "refuse" for c in refuse.negatives)
+    hard = notes["hard"]
+    assert hard["wanted"] == noise.hard_wanted + refuse.hard_wanted
+    assert hard["used"] == noise.hard_n and hard["features_no_hard"] == 1
+    assert hard["features_all_hard"] == 1 and hard["searched_rows"] == N_DOCS * N_WORDS
+    # mixed: every other held-out example asks for one
+    jobs, notes = build_jobs(run, load_analysis(run), quiet(features=[1], negatives="mixed"))
+    (mixed,) = jobs
+    assert mixed.hard_wanted == mixed.hard_n == (len(mixed.held_out) + 1) // 2
+    assert notes["hard"]["used"] == mixed.hard_n
+    res = interpret(run, quiet(features=[0, 1], negatives="hard"))
+    rows = {r["feature"]: r for r in res.rows()}
+    assert rows[1]["detection_hard_n"] == noise.hard_n and rows[0]["detection_hard_n"] == 0
+
+
+def test_random_negatives_are_the_old_selection(run: Path) -> None:
+    """negatives=random: the pool's rows where the feature is 0, not among its examples, in
+    the feature's seeded order: detection's first, then the background (as before hard
+    negatives existed)."""
+    from crossdiff.analysis import load_analysis
+    from crossdiff.interpret.samples import build_jobs
+    from crossdiff.store import ActivationStore
+
+    jobs, notes = build_jobs(run, load_analysis(run), quiet(negatives="random"))
+    assert notes["negatives"] == "random" and "hard" not in notes
+    total = ActivationStore.open(RunPaths(run).store).n_rows
+    pool = np.sort(np.random.default_rng(0).choice(total, size=min(2000, total), replace=False))
+    acts = _activations(run, pool.tolist())
+    for job in jobs:
+        exclude = _examples_of(run, job.feature)
+        order = feature_rng(0, job.feature, "pool").permutation(len(pool))
+        want = [int(pool[k]) for k in order if pool[k] not in exclude]
+        want = [r for r in want if acts[r][job.feature] == 0.0][: len(job.held_out) + BACKGROUND]
+        assert [c.row for c in job.negatives + job.background] == want
+        assert len(job.negatives) == len(job.held_out) and job.hard_n == job.hard_wanted == 0
+
+
+def _words(rng: np.random.Generator, n: int) -> list[str]:
+    plain = [w for w in WORDS if w not in ("bank", "river", "money", "refuse")]
+    return [plain[i] for i in rng.integers(len(plain), size=n)]
+
+
+def _at(rng: np.random.Generator, before: list[str], tok: str, act: float, row: int) -> Context:
+    pre = " ".join(_words(rng, 5) + before)
+    return Context(pre + " ", tok, " " + " ".join(_words(rng, 3)), act, row)
+
+
+def test_hard_negatives_need_the_context_a_token_feature_keeps_its_score() -> None:
+    """Synthetic: feature 7 fires on "bank" after "river" and is silent on "bank" after
+    "money"; feature 8 fires on every "refuse". Against random negatives a token-level
+    explanation of feature 7 looks perfect; against hard ones it is at chance, while the
+    explanation written against same-token contexts names the context and keeps its score.
+    Feature 8 has no silent occurrence: the same (random) negatives and the same score."""
+    from crossdiff.interpret.stats import StatsExplainer, StatsJudge
+
+    rng = np.random.default_rng(0)
+    pool_ctx = [_at(rng, [], w, 0.0, r) for r, w in enumerate(_words(rng, 400))]
+    pool = Pool(np.arange(400), {"a": pool_ctx, "b": pool_ctx}, [frozenset()] * 400, "test")
+    money = [_at(rng, ["money"], "bank", 0.0, 1000 + i) for i in range(150)]
+    river = [_at(rng, ["the", "river"], "bank", 5.0, 2000 + i) for i in range(60)]
+    refuse = [_at(rng, [], "refuse", 5.0, 3000 + i) for i in range(80)]
+    active = {c.row: frozenset() for c in money}
+    active.update({c.row: frozenset({7}) for c in river} | {c.row: frozenset({8}) for c in refuse})
+    candidates = {("a", "bank"): money + river[:20], ("a", "refuse"): refuse[:40]}
+    same = SameToken(candidates, active, 10_000, 290)
+
+    def job(feature: int, positives: list[Context], mode: str) -> FeatureJob:
+        explain, held = positives[:12], positives[12:22]
+        neg = choose_negatives(feature, "a", explain, held, set(), pool, same, mode, 0)
+        return FeatureJob(
+            feature, "A", 1, "", "a", 0.01, explain, held, neg.negatives, neg.background,
+            neg.hard_n, neg.hard_wanted, neg.background_hard_n,
+        )  # fmt: skip
+
+    def detection(exp_job: FeatureJob, negatives: list[Context]) -> float:
+        """Detection of exp_job's stats explanation on its held-out examples and negatives."""
+        exp = StatsExplainer().explain(exp_job)
+        ctxs = exp_job.held_out + negatives
+        probs, _ = StatsJudge().probabilities(exp, "detection", ctxs, exp_job.feature)
+        return score([True] * len(exp_job.held_out) + [False] * len(negatives), probs).value
+
+    ctx_random, ctx_hard = job(7, river[20:], "random"), job(7, river[20:], "hard")
+    assert ctx_hard.hard_n == 10 and ctx_hard.background_hard_n > 0
+    assert all(c.tok == "bank" and 1000 <= c.row < 2000 for c in ctx_hard.negatives)  # silent
+    assert not {c.row for c in ctx_hard.negatives} & {c.row for c in ctx_hard.background}
+    # a token-level explanation: perfect against random text, at chance against hard negatives
+    assert StatsExplainer().explain(ctx_random).text.startswith('token "bank"')
+    assert detection(ctx_random, ctx_random.negatives) >= 0.9
+    assert detection(ctx_random, ctx_hard.negatives) <= 0.6
+    # written against same-token contexts, the explanation names the context and holds up
+    assert "river" in StatsExplainer().explain(ctx_hard).text
+    assert detection(ctx_hard, ctx_hard.negatives) >= 0.8
+    # the pure token feature: no silent "refuse", so the hard run is the random run
+    tok_random, tok_hard = job(8, refuse[40:], "random"), job(8, refuse[40:], "hard")
+    assert tok_hard.hard_n == 0 and tok_hard.hard_wanted == 10
+    assert [c.row for c in tok_hard.negatives] == [c.row for c in tok_random.negatives]
+    assert detection(tok_hard, tok_hard.negatives) == detection(tok_random, tok_random.negatives)
+    assert detection(tok_hard, tok_hard.negatives) >= 0.9
 
 
 def test_views_escape_and_stage_skips(run: Path, capsys) -> None:

@@ -83,7 +83,9 @@ def iter_documents(store: ActivationStore, wanted: Iterable[int]) -> Iterable[di
                     yield json.loads(line)
 
 
-def _cut(text: str, span: np.ndarray, before: int, after: int) -> tuple[str, str, str]:
+def cut_context(text: str, span: np.ndarray, before: int, after: int) -> tuple[str, str, str]:
+    """(before, token, after) of ``text`` around the character ``span``, clipped to the text:
+    the one way the analysis examples, ``show`` and the interpret negatives cut a context."""
     s, e = int(span[0]), int(span[1])
     s = max(0, min(s, len(text)))
     e = max(s, min(e, len(text)))
@@ -116,7 +118,7 @@ def cut_contexts(
             if 0 <= w < len(windows):
                 for m in ("a", "b"):
                     text = windows[w].get(m, {}).get("text", "")
-                    pre, tok, post = _cut(text, prov[f"span_{m}"][i], before, after)
+                    pre, tok, post = cut_context(text, prov[f"span_{m}"][i], before, after)
                     out[f"pre_{m}"][i], out[f"tok_{m}"][i], out[f"post_{m}"][i] = pre, tok, post
             pos += 1
     return out

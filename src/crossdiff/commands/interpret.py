@@ -17,6 +17,8 @@ def _features(text: str) -> list[int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from crossdiff.interpret.config import NEGATIVES, InterpretConfig
+
     p = sub.add_parser(
         "interpret",
         help="explain the ranked exclusive candidates and score the explanations",
@@ -50,6 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-new-tokens", type=int, default=120, help="tokens an LLM may write per explanation"
     )
     p.add_argument("--judge-batch", type=int, default=5, help="examples per judge request")
+    p.add_argument(
+        "--negatives",
+        choices=NEGATIVES,
+        default=InterpretConfig.negatives,
+        help="non-activating contexts detection is scored against: random ones, hard ones "
+        "(the same token where the feature is silent) or mixed (half each; the default)",
+    )
     p.add_argument("--device", default="auto", help="device of an hf: model")
     p.add_argument("--price-per-mtok", type=float, default=0.0, help="for the cost estimate")
     p.add_argument("--seed", type=int, default=0)
@@ -73,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         retries=args.retries,
         max_new_tokens=args.max_new_tokens,
         judge_batch=args.judge_batch,
+        negatives=args.negatives,
         device=args.device,
         price_per_mtok=args.price_per_mtok,
         seed=args.seed,

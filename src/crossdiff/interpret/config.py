@@ -23,6 +23,9 @@ HARM_CATEGORIES: tuple[str, ...] = (
 INTERPRETABLE_AT = 0.8
 """Detection balanced accuracy at which a feature counts as interpretable (METHOD.md §5)."""
 
+NEGATIVES: tuple[str, ...] = ("random", "hard", "mixed")
+"""Kinds of non-activating contexts detection is scored against (``InterpretConfig.negatives``)."""
+
 
 @dataclass
 class InterpretConfig:
@@ -50,6 +53,15 @@ class InterpretConfig:
     fuzzing as many wrongly marked copies), so each score is over up to 2x this many."""
     pool_rows: int = 2000
     """Random store rows encoded once to find non-activating contexts for every feature."""
+    negatives: str = "mixed"
+    """What detection's non-activating contexts are: ``random`` (random tokens of the pool),
+    ``hard`` (per held-out example a context with the same token where the feature is exactly
+    0, so only the context tells them apart; a random one where none exists) or ``mixed``
+    (every other held-out example gets a hard one, the rest random ones; the default). With
+    ``hard`` and ``mixed`` the stats explainer's contrast also holds same-token contexts."""
+    search_rows: int = 1_000_000
+    """Store rows searched for same-token contexts (all of them up to this many, else a
+    seeded sample); unused with ``negatives: random``."""
     context_chars: int = 160
     """Characters of context before the marked token shown to explainer and judge (after: a
     third of it)."""
@@ -86,7 +98,7 @@ class InterpretConfig:
 
     def validate(self) -> None:
         """Raise CrossdiffError naming the bad value and the fix."""
-        for name in ("max_features", "shared", "pool_rows", "retries"):
+        for name in ("max_features", "shared", "pool_rows", "search_rows", "retries"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise CrossdiffError(f"{name}={value!r} must be a non-negative integer")
@@ -94,6 +106,10 @@ class InterpretConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise CrossdiffError(f"{name}={value!r} must be a positive integer")
+        if self.negatives not in NEGATIVES:
+            raise CrossdiffError(
+                f"negatives={self.negatives!r} must be one of {', '.join(NEGATIVES)}"
+            )
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise CrossdiffError(f"max_new_tokens={self.max_new_tokens!r} must be >= 1")
         if self.context_chars < 10:

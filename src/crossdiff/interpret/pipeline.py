@@ -85,6 +85,7 @@ def _row(
         "detection_ci_low": det.ci_low,
         "detection_ci_high": det.ci_high,
         "detection_n": det.n,
+        "detection_hard_n": job.hard_n,
         "auroc": det.auroc,
         "fuzzing": fuz.value,
         "fuzzing_ci_low": fuz.ci_low,

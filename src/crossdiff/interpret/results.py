@@ -39,6 +39,8 @@ COLUMNS: dict[str, str] = {
     "detection_ci_low": "Wilson 95% interval",
     "detection_ci_high": "",
     "detection_n": "examples the judge answered",
+    "detection_hard_n": "hard negatives (same token, feature silent) among its non-activating "
+    "contexts; the rest are random",
     "auroc": "detection AUROC of the judge's probabilities",
     "fuzzing": "balanced accuracy telling the right marked token from a wrongly marked one",
     "fuzzing_ci_low": "Wilson 95% interval",
@@ -69,6 +71,7 @@ SCHEMA = pa.schema(
         ("detection_ci_low", pa.float64()),
         ("detection_ci_high", pa.float64()),
         ("detection_n", pa.int64()),
+        ("detection_hard_n", pa.int64()),
         ("auroc", pa.float64()),
         ("fuzzing", pa.float64()),
         ("fuzzing_ci_low", pa.float64()),

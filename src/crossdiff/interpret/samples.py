@@ -20,6 +20,24 @@ token, the same way the analysis cuts its examples. Without a crosscoder folder 
 weights) the rows are only "not among the feature's examples", which is wrong with
 probability about the feature's frequency; ``interpret.json`` says which was used.
 
+Hard negatives (``negatives``: ``hard`` or ``mixed``). Against random tokens almost any
+token-level feature is easy to detect, so a *hard* negative is a non-activating context whose
+marked token (in the feature's own model, compared by :func:`token_key`) is the token of one
+of the feature's held-out examples while the feature is exactly 0 there: the judge has to use
+the context, not the token. The store's rows (up to ``search_rows``) are scanned once for the
+tokens of every selected feature's examples; of each such token a seeded sample of
+:data:`OVERDRAW` times the silent occurrences any feature asks for (at most
+:data:`SAME_TOKEN_MAX`) is encoded with the crosscoder (:class:`SameToken`). Each held-out
+example (``mixed``: every other one) gets a silent occurrence of its own token; where none is
+left (a token the feature fires on every time) a random negative takes its place, and
+``FeatureJob.hard_n`` counts the hard ones. The ``stats`` explainer's background then holds
+up to :data:`BACKGROUND_HARD` further silent occurrences of the explanation examples' tokens
+(in proportion to their share of the examples; never a detection negative) and random
+contexts up to :data:`BACKGROUND`: a token term survives only where the token is distinctive
+against its own silent occurrences too, and the context terms that separate firing from
+silent occurrences come forward. A feature that fires on every occurrence of its tokens has
+no same-token contexts and keeps the random contrast.
+
 Contexts are trimmed to ``context_chars`` characters before the token and a third of that
 after it.
 """
@@ -27,7 +45,9 @@ after it.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +59,13 @@ from crossdiff.errors import CrossdiffError
 MARK_OPEN, MARK_CLOSE = "<<", ">>"
 CHUNK = re.compile(r"\w+|[^\w\s]")
 BACKGROUND = 200
+"""Non-activating contexts in the stats explainer's contrast (besides detection's negatives)."""
+BACKGROUND_HARD = BACKGROUND // 2
+"""At most this many of them are same-token contexts (``negatives``: ``hard``/``mixed``)."""
+OVERDRAW = 2
+"""Occurrences of a token encoded per silent one a feature asks for (some of them fire)."""
+SAME_TOKEN_MAX = 256
+"""At most this many occurrences of one token are encoded (a seeded sample)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +104,12 @@ class FeatureJob:
     held_out: list[Context] = field(default_factory=list)
     negatives: list[Context] = field(default_factory=list)
     background: list[Context] = field(default_factory=list)
+    hard_n: int = 0
+    """How many of ``negatives`` are hard (same token, feature silent)."""
+    hard_wanted: int = 0
+    """How many hard negatives were asked for (the rest, up to this, are random fill)."""
+    background_hard_n: int = 0
+    """How many of ``background`` are same-token contexts."""
 
     @property
     def max_activation(self) -> float:
@@ -172,6 +205,10 @@ class Pool:
         return out
 
 
+def _empty_pool(source: str) -> Pool:
+    return Pool(np.zeros(0, np.int64), {"a": [], "b": []}, None, source)
+
+
 def _read_rows(store: Any, rows: np.ndarray) -> tuple[Any, Any]:
     """x_a, x_b (bf16) of sorted store rows, one slice per row (safetensors reads just them)."""
     import torch
@@ -192,13 +229,51 @@ def _read_rows(store: Any, rows: np.ndarray) -> tuple[Any, Any]:
     return torch.cat(xa), torch.cat(xb)
 
 
-def build_pool(run: Path, store: Any, n_rows: int, seed: int, before: int, after: int) -> Pool:
-    """Draw the pool (see the module docstring)."""
+def load_crosscoder(run: Path) -> tuple[Any | None, str]:
+    """The run's crosscoder in eval mode, or None and the pool's description of why not."""
+    from crossdiff.crosscoder.model import CONFIG_FILE
+    from crossdiff.paths import RunPaths
+
+    folder = RunPaths(run).crosscoder
+    if not (folder / CONFIG_FILE).is_file():
+        return None, "random rows not among the feature's examples (no crosscoder to check them)"
+    from crossdiff.crosscoder import Crosscoder
+
+    try:
+        return Crosscoder.from_pretrained(folder).eval(), ""
+    except (OSError, ValueError) as error:
+        return None, f"random rows not among the feature's examples (crosscoder: {error})"
+
+
+def encode_active(cc: Any, store: Any, rows: np.ndarray) -> list[frozenset[int]]:
+    """The features that fire at each of the sorted store rows ``rows``."""
+    import torch
+
+    from crossdiff.analysis.encoding import encode_batch
+
+    if len(rows) == 0:
+        return []
+    x_a, x_b = _read_rows(store, rows)
+    active: list[set[int]] = [set() for _ in range(len(rows))]
+    with torch.no_grad():
+        for s in range(0, len(rows), 512):
+            xa = cc.normalize(x_a[s : s + 512].float(), "a")
+            xb = cc.normalize(x_b[s : s + 512].float(), "b")
+            enc = encode_batch(cc, xa, xb)
+            for r, f in zip(enc.rows.tolist(), enc.feats.tolist()):
+                active[s + r].add(f)
+    return [frozenset(a) for a in active]
+
+
+def build_pool(
+    store: Any, n_rows: int, seed: int, before: int, after: int, cc: Any, why: str = ""
+) -> Pool:
+    """Draw the pool (see the module docstring); ``cc`` None: no crosscoder (``why``)."""
     from crossdiff.analysis.examples import cut_contexts, lookup_rows
 
     total = store.n_rows
     if total == 0:
-        return Pool(np.zeros(0, np.int64), {"a": [], "b": []}, None, "empty store")
+        return _empty_pool("empty store")
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(total, size=min(n_rows, total), replace=False)).astype(np.int64)
     prov = lookup_rows(store, rows)
@@ -216,39 +291,183 @@ def build_pool(run: Path, store: Any, n_rows: int, seed: int, before: int, after
         ]
         for m in ("a", "b")
     }
-    active, source = _encode_pool(run, store, rows)
-    return Pool(rows, contexts, active, source)
+    if cc is None:
+        return Pool(rows, contexts, None, why)
+    active = encode_active(cc, store, rows)
+    return Pool(rows, contexts, active, "random store rows where the crosscoder says it is 0")
 
 
-def _encode_pool(
-    run: Path, store: Any, rows: np.ndarray
-) -> tuple[list[frozenset[int]] | None, str]:
-    from crossdiff.paths import RunPaths
+# ---- same-token contexts (hard negatives) ----------------------------------------------------
+def token_key(text: str) -> str:
+    """How tokens are compared for hard negatives: stripped and lower-cased, as the stats
+    backend compares them (a whitespace-only token as it is)."""
+    return text.strip().lower() or text
 
-    folder = RunPaths(run).crosscoder
-    from crossdiff.crosscoder.model import CONFIG_FILE
 
-    if not (folder / CONFIG_FILE).is_file():
-        return None, "random rows not among the feature's examples (no crosscoder to check them)"
-    import torch
+@dataclass
+class SameToken:
+    """Occurrences of the wanted tokens in the store, encoded: the candidate hard negatives."""
 
-    from crossdiff.analysis.encoding import encode_batch
-    from crossdiff.crosscoder import Crosscoder
+    contexts: dict[tuple[str, str], list[Context]]
+    """(side, token key) -> a seeded sample of the token's occurrences (rows in ``row``)."""
+    active: dict[int, frozenset[int]]
+    """Store row -> the features that fire there, for every sampled occurrence."""
+    searched: int
+    """Store rows searched."""
+    occurrences: int
+    """Occurrences of the wanted tokens found in them (before sampling)."""
 
-    try:
-        cc = Crosscoder.from_pretrained(folder).eval()
-    except (OSError, ValueError) as error:
-        return None, f"random rows not among the feature's examples (crosscoder: {error})"
-    x_a, x_b = _read_rows(store, rows)
-    active: list[set[int]] = [set() for _ in range(len(rows))]
-    with torch.no_grad():
-        for s in range(0, len(rows), 512):
-            xa = cc.normalize(x_a[s : s + 512].float(), "a")
-            xb = cc.normalize(x_b[s : s + 512].float(), "b")
-            enc = encode_batch(cc, xa, xb)
-            for r, f in zip(enc.rows.tolist(), enc.feats.tolist()):
-                active[s + r].add(f)
-    return [frozenset(a) for a in active], "random store rows where the crosscoder says it is 0"
+    def silent(
+        self, feature: int, side: str, key: str, exclude: set[int], seed: int
+    ) -> list[Context]:
+        """The sampled occurrences of ``key`` where ``feature`` is 0 (and that are not in
+        ``exclude``), in a seeded order of its own per feature."""
+        cands = self.contexts.get((side, key), [])
+        order = feature_rng(seed, feature, f"hard|{side}|{key}").permutation(len(cands))
+        return [
+            cands[j]
+            for j in order
+            if cands[j].row not in exclude and feature not in self.active[cands[j].row]
+        ]
+
+
+def build_same_token(
+    store: Any,
+    cc: Any,
+    demand: dict[tuple[str, str], int],
+    limit: int,
+    seed: int,
+    before: int,
+    after: int,
+) -> SameToken:
+    """Scan the store's rows (all, or a seeded sample of ``limit``) for the tokens of
+    ``demand`` ((side, token key) -> occurrences wanted), keep a seeded sample of that many
+    occurrences of each, cut their contexts as the analysis cuts its examples, and encode
+    them."""
+    from crossdiff.analysis.examples import cut_context, iter_documents, lookup_rows
+
+    total = store.n_rows
+    if limit and total > limit:
+        pick = feature_rng(seed, -1, "search").choice(total, size=limit, replace=False)
+        rows = np.sort(pick).astype(np.int64)
+    else:
+        rows = np.arange(total, dtype=np.int64)
+    wanted: dict[str, set[str]] = {}
+    for m, key in demand:
+        wanted.setdefault(m, set()).add(key)
+    if not len(rows) or not wanted:
+        return SameToken({}, {}, len(rows), 0)
+    prov = lookup_rows(store, rows)
+    docs = prov["doc_index"].tolist()
+    windows_of = prov["window"].tolist()
+    starts = {m: prov[f"span_{m}"][:, 0].tolist() for m in wanted}
+    ends = {m: prov[f"span_{m}"][:, 1].tolist() for m in wanted}
+    found: dict[tuple[str, str], list[tuple[int, str]]] = {}  # (row index, window text)
+    j, n = 0, len(rows)  # rows are in corpus order: by document, window, position
+    for record in iter_documents(store, sorted(set(docs))):
+        d = int(record["index"])
+        windows = record.get("windows") or []
+        while j < n and docs[j] == d:
+            w = windows_of[j]
+            if 0 <= w < len(windows):
+                for m, keys in wanted.items():
+                    text = windows[w].get(m, {}).get("text", "")
+                    s0 = max(0, min(starts[m][j], len(text)))
+                    tok = text[s0 : max(s0, min(ends[m][j], len(text)))]
+                    if tok and token_key(tok) in keys:
+                        found.setdefault((m, token_key(tok)), []).append((j, text))
+            j += 1
+    contexts: dict[tuple[str, str], list[Context]] = {}
+    for (m, key), occ in found.items():
+        k = demand[(m, key)]
+        if len(occ) > k:
+            pick = feature_rng(seed, -1, f"same-token|{m}|{key}").choice(
+                len(occ), size=k, replace=False
+            )
+            occ = [occ[i] for i in sorted(pick)]
+        contexts[(m, key)] = [
+            Context(*cut_context(text, prov[f"span_{m}"][i], before, after), 0.0, int(rows[i]))
+            for i, text in occ
+        ]
+    encode = np.array(sorted({c.row for occ in contexts.values() for c in occ}), dtype=np.int64)
+    active = dict(zip(encode.tolist(), encode_active(cc, store, encode)))
+    return SameToken(contexts, active, len(rows), sum(len(o) for o in found.values()))
+
+
+@dataclass
+class Negatives:
+    """One feature's detection negatives and stats background."""
+
+    negatives: list[Context]
+    background: list[Context]
+    hard_n: int = 0
+    hard_wanted: int = 0
+    background_hard_n: int = 0
+
+
+def _asked(n: int, mode: str) -> list[int]:
+    """The held-out examples that get a hard negative: all (hard), every other one (mixed)."""
+    return list(range(n)) if mode == "hard" else list(range(0, n, 2)) if mode == "mixed" else []
+
+
+def _background_quota(explain: list[Context]) -> dict[str, int]:
+    """Same-token contexts wanted in the background per token: :data:`BACKGROUND_HARD` shared
+    in proportion to the token's share of the explanation examples."""
+    counts = Counter(token_key(c.tok) for c in explain)
+    return {k: math.ceil(BACKGROUND_HARD * v / len(explain)) for k, v in counts.items()}
+
+
+def token_demand(explain: list[Context], held: list[Context], mode: str) -> Counter[str]:
+    """Occurrences of each token to encode for one feature: :data:`OVERDRAW` per silent one
+    it asks for (its asked held-out examples' and its background's), at most
+    :data:`SAME_TOKEN_MAX`."""
+    need: Counter[str] = Counter(token_key(held[p].tok) for p in _asked(len(held), mode))
+    need.update(_background_quota(explain))
+    return Counter({k: min(SAME_TOKEN_MAX, OVERDRAW * v) for k, v in need.items()})
+
+
+def choose_negatives(
+    feature: int,
+    side: str,
+    explain: list[Context],
+    held: list[Context],
+    exclude: set[int],
+    pool: Pool,
+    same: SameToken | None,
+    mode: str,
+    seed: int,
+) -> Negatives:
+    """Detection negatives (one per held-out example) and the background (module docstring).
+
+    ``random``: the pool's first rows in the feature's seeded order, then the background (the
+    selection of every version before hard negatives). ``hard``/``mixed``: each asked
+    held-out example (:func:`_asked`) gets a silent occurrence of its own token where one is
+    left; the others, and those that found none, get random ones from the pool. The
+    background takes further silent occurrences of the explanation examples' tokens
+    (:func:`_background_quota`), then random contexts up to :data:`BACKGROUND`."""
+    n = len(held)
+    if mode == "random":
+        picks = pool.negatives_for(feature, exclude, n + BACKGROUND, seed, side)
+        return Negatives(
+            [pool.contexts[side][j] for j in picks[:n]],
+            [pool.contexts[side][j] for j in picks[n:]],
+        )
+    ask = _asked(n, mode)
+    quota = _background_quota(explain)
+    keys = {token_key(held[p].tok) for p in ask} | set(quota)
+    silent = {k: iter(same.silent(feature, side, k, exclude, seed) if same else []) for k in keys}
+    hard = {p: c for p in ask if (c := next(silent[token_key(held[p].tok)], None)) is not None}
+    bg_hard: list[Context] = []
+    for k in sorted(quota, key=lambda k: (-quota[k], k)):
+        bg_hard += [c for _, c in zip(range(quota[k]), silent[k])]
+    bg_hard = bg_hard[:BACKGROUND_HARD]
+    taken = exclude | {c.row for c in hard.values()} | {c.row for c in bg_hard}
+    n_random = n - len(hard)
+    picks = pool.negatives_for(feature, taken, n_random + BACKGROUND - len(bg_hard), seed, side)
+    randoms = iter([pool.contexts[side][j] for j in picks[:n_random]])
+    negatives = [c for c in (hard.get(p) or next(randoms, None) for p in range(n)) if c]
+    background = bg_hard + [pool.contexts[side][j] for j in picks[n_random:]]
+    return Negatives(negatives, background, len(hard), len(ask), len(bg_hard))
 
 
 # ---- jobs ------------------------------------------------------------------------------------
@@ -337,25 +556,41 @@ def build_jobs(
         by_feature.setdefault(int(x["feature"]), []).append(x)
     all_examples = [x for xs in by_feature.values() for x in xs]
     fill_contexts(all_examples, store, before, after)
+    mode = config.negatives
+    need_cc = store is not None and (config.pool_rows > 0 or mode != "random")
+    cc, why = load_crosscoder(run) if need_cc else (None, "")
     if store is not None and config.pool_rows:
-        pool = build_pool(run, store, config.pool_rows, config.seed, before, after)
+        pool = build_pool(store, config.pool_rows, config.seed, before, after, cc, why)
     else:
-        pool = Pool(
-            np.zeros(0, np.int64),
-            {"a": [], "b": []},
-            None,
-            "none (no store next to the analysis, or pool_rows=0)",
-        )
-    jobs = []
+        pool = _empty_pool("none (no store next to the analysis, or pool_rows=0)")
+    splits = []
     for f in chosen:
         i = int(f["feature"])
         m = side_of(str(f["klass"]))
         exs = by_feature.get(i, [])
         explain, held = split_examples(exs, m, config.explain_examples, config.score_examples)
-        exclude = {int(x["row"]) for x in exs}
-        picks = pool.negatives_for(i, exclude, len(held) + BACKGROUND, config.seed, m)
-        neg = [pool.contexts[m][j] for j in picks[: len(held)]]
-        bg = [pool.contexts[m][j] for j in picks[len(held) :]]
+        splits.append((f, i, m, explain, held, {int(x["row"]) for x in exs}))
+    same, hard_notes = None, {}
+    if mode != "random":
+        if store is None or cc is None:
+            hard_notes = {"unavailable": "no store and crosscoder to find silent same-token rows"}
+        else:
+            demand: dict[tuple[str, str], int] = {}
+            for _, _, m, explain, held, _ in splits:
+                for k, v in token_demand(explain, held, mode).items():
+                    demand[(m, k)] = max(v, demand.get((m, k), 0))
+            same = build_same_token(
+                store, cc, demand, config.search_rows, config.seed, before, after
+            )
+            hard_notes = {
+                "searched_rows": same.searched,
+                "tokens": len(demand),
+                "occurrences": same.occurrences,
+                "encoded_rows": len(same.active),
+            }
+    jobs = []
+    for f, i, m, explain, held, exclude in splits:
+        neg = choose_negatives(i, m, explain, held, exclude, pool, same, mode, config.seed)
         trim = config.context_chars
         jobs.append(
             FeatureJob(
@@ -367,13 +602,26 @@ def build_jobs(
                 frequency=float(f["frequency"]),
                 explain=[c.trimmed(trim) for c in explain],
                 held_out=[c.trimmed(trim) for c in held],
-                negatives=[c.trimmed(trim) for c in neg],
-                background=[c.trimmed(trim) for c in bg],
+                negatives=[c.trimmed(trim) for c in neg.negatives],
+                background=[c.trimmed(trim) for c in neg.background],
+                hard_n=neg.hard_n,
+                hard_wanted=neg.hard_wanted,
+                background_hard_n=neg.background_hard_n,
             )
         )
     notes = {
         "non_activating": pool.source,
         "pool_rows": len(pool.rows),
         "store": str(store_path) if store is not None else None,
+        "negatives": mode,
     }
+    if mode != "random":
+        hard_notes.update(
+            wanted=sum(j.hard_wanted for j in jobs),
+            used=sum(j.hard_n for j in jobs),
+            features_all_hard=sum(j.hard_n == j.hard_wanted > 0 for j in jobs),
+            features_no_hard=sum(j.hard_n == 0 for j in jobs),
+            background_hard=sum(j.background_hard_n for j in jobs),
+        )
+        notes["hard"] = hard_notes
     return jobs, notes

@@ -116,8 +116,11 @@ def interpret_lines(run: str | Path, feature: int) -> list[str]:
     lines = [f"  explanation    {text}  ({status})"]
     if row["top_terms"]:
         lines.append(f"  top terms      {safe_text(', '.join(row['top_terms']))}")
+    hard = row.get("detection_hard_n")  # absent in folders written before hard negatives
     lines.append(
-        f"  scores         detection {_ci(row, 'detection')}  fuzzing {_ci(row, 'fuzzing')}  "
+        f"  scores         detection {_ci(row, 'detection')}"
+        + (f" ({hard} hard negatives)" if hard else "")
+        + f"  fuzzing {_ci(row, 'fuzzing')}  "
         f"-> {'interpretable' if row['interpretable'] else 'not interpretable'}"
     )
     lines.append(
