@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from crossdiff.errors import CrossdiffError
+from crossdiff.ridge import ridge_solve
 
 MAP_FORMAT = "crossdiff-linear-map"
 DEFAULT_RIDGE = 1e-3
@@ -153,10 +154,7 @@ def solve_ridge(
     mx, my = mom.sx / n, mom.sy / n
     cxx = mom.xx - n * torch.outer(mx, mx)
     cxy = mom.xy - n * torch.outer(mx, my)
-    d = cxx.shape[0]
-    lam = ridge * float(torch.trace(cxx)) / d
-    lam = max(lam, 1e-12)
-    w = torch.linalg.solve(cxx + lam * torch.eye(d, dtype=cxx.dtype), cxy)
+    w, _ = ridge_solve(cxx, cxy, ridge, min_lam=1e-12)
     # SSE = tr(Cyy) - 2 tr(W^T Cxy) + tr(W^T Cxx W); total = tr(Cyy)
     tr_cyy = mom.yy - n * float(my @ my)
     sse = tr_cyy - 2 * float((w * cxy).sum()) + float((w * (cxx @ w)).sum())
