@@ -273,6 +273,71 @@ def test_shards_written_by_other_processes_are_adopted_in_order(tmp_path: Path) 
     assert ActivationStore.open(s.path).verify().ok
 
 
+def _published_blocks(path: Path, blocks: list[int]) -> None:
+    """Write and publish shards of 4 documents each (block k = documents 4k..4k+3) as ranks of
+    a distributed harvest do, under index k."""
+    from crossdiff.store import Rows
+    from crossdiff.store.pending import publish
+    from crossdiff.store.writer import write_shard
+
+    for k in blocks:
+        docs, rows = [], []
+        row = sum(1 + (i * 7) % 5 for i in range(4 * k))
+        for i in range(4 * k, 4 * k + 4):
+            n = 1 + (i * 7) % 5
+            docs.append(doc_record(i, n))
+            rows.append(doc_rows(i, np.arange(row, row + n)))
+            row += n
+        info = write_shard(path, k, Rows.concat(rows, D_A, D_B), docs)
+        publish(path, k, info, {"documents": 4})
+
+
+@pytest.mark.parametrize("case", ["intact", "damaged", "refused"])
+def test_recover_lists_the_intact_prefix_of_published_shards_and_removes_the_rest(
+    tmp_path: Path, case: str
+) -> None:
+    """What a harvest resumed after a killed distributed one does first: published shards that
+    continue the store, intact, and accepted by the harvest are listed; from the first that is
+    not, every unlisted file (published or not) is removed."""
+    from crossdiff.store.pending import PENDING_DIR, recover
+
+    ref = ActivationStore.create(tmp_path / "ref", manifest())
+    fill(ref, 12, shard_rows=1, commit_every=4)  # shards of documents 0-3, 4-7, 8-11
+    s = ActivationStore.create(tmp_path / "s", manifest())
+    _published_blocks(s.path, [0, 1, 2, 4])  # block 3 missing: 4 does not continue the store
+    (s.path / "shard-00009.safetensors").write_bytes(b"a crashed single writer's")
+    if case == "damaged":  # same size, one bit: only the checksum shows it
+        shard = s.path / "shard-00001.safetensors"
+        data = bytearray(shard.read_bytes())
+        data[-1] ^= 1
+        shard.write_bytes(bytes(data))
+    seen = []
+
+    def accept(entry) -> bool:
+        seen.append(entry["shard"]["file"])
+        return case != "refused"
+
+    with s.writer() as w:
+        adopted, removed = recover(w, accept)
+        kept = {"intact": 3, "damaged": 1, "refused": 0}[case]
+        assert [a.doc_start for a in adopted] == [0, 4, 8][:kept]
+        assert w.next_document == 4 * kept
+    assert (
+        seen
+        == ["shard-00000.safetensors", "shard-00001.safetensors", "shard-00002.safetensors"][
+            : {"intact": 3, "damaged": 2, "refused": 1}[case]
+        ]
+    )
+    got = ActivationStore.open(s.path)
+    assert got.manifest.shards == ref.manifest.shards[:kept]
+    assert got.verify().ok and not got.verify().warnings  # nothing unlisted is left
+    assert not (s.path / PENDING_DIR).exists()
+    assert "shard-00009.safetensors" in removed and "shard-00004.safetensors" in removed
+    fill(got, 12 - 4 * kept, shard_rows=1, commit_every=4, first_row=got.n_rows)  # goes on
+    got = ActivationStore.open(s.path)
+    assert got.manifest.shards == ref.manifest.shards and got.verify().ok
+
+
 def test_two_writers_are_refused(tmp_path: Path) -> None:
     s = ActivationStore.create(tmp_path / "s", manifest())
     with s.writer(), pytest.raises(CrossdiffError, match="another process"):

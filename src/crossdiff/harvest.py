@@ -20,16 +20,23 @@ length and little padding) and batched; shards are committed only at block bound
 restart resumes at the first document not committed, which is a block boundary, so it forms
 exactly the batches an uninterrupted run would have formed: same rows, same order, same bits.
 
-Under ``torchrun`` (``WORLD_SIZE > 1``) the same blocks are dealt out round-robin: in round t,
-rank r runs block ``t * world + r`` (counted from the resume point) through both models and
-writes it as its own shard, named for the manifest index it will get; then the ranks exchange
-each block's document and row counts, and rank 0 alone lists the round's shards in the
-manifest, in corpus order, while the others wait at a barrier. Because every block is the block
-a single process would have run, with the same batches, a distributed store holds the rows a
-single-process one holds, in the same order (bit for bit on CPU in float32); only the shard
-boundaries differ (one shard per block). Rounds are lockstep so the manifest is always a
-prefix of the corpus with no holes: a killed job loses at most its last round, and the next
-run, with any number of ranks, resumes from ``documents_consumed`` like a single process.
+Under ``torchrun`` (``WORLD_SIZE > 1``) the ranks stream: counted from the resume point,
+block ``j`` belongs to rank ``j % world``, which runs it through both models (the batches a
+single process forms) and writes it as shard ``start + j``, the index it will have in the
+manifest; each rank reads the corpus stream but skips the other ranks' documents without
+rendering or tokenizing them, and publishes every shard it wrote as a small file
+(:mod:`crossdiff.store.pending`), with no collective and no waiting. A rank stops before a
+block that cannot be needed, as far as the published blocks show: the corpus ended before it,
+or the blocks before it already hold ``tokens`` rows (blocks not yet published count as
+empty, so the test never stops too early). Rank 0, which holds the store's lock, lists the
+contiguous prefix of published blocks in the manifest as it grows (a crash keeps the manifest
+a prefix of the corpus), and after every rank has stopped lists the rest, up to the block a
+single process would have stopped at, deletes the blocks past it, and marks the store
+complete; the other ranks wait for that (polling a file), then all meet at one barrier. So the
+store holds the rows of a single process, in the same order, bit for bit on CPU in float32;
+only the shard boundaries differ (one shard per block). A resumed run, with any number of
+ranks or one process, first lists the shards a killed run wrote and published that continue
+the store and are intact (checksums re-read), and removes every other unlisted file.
 """
 
 from __future__ import annotations
@@ -420,6 +427,10 @@ class HarvestTimings:
     documents: int = 0
     content_tokens_a: int = 0  # content tokens of the windows processed (coverage denominators)
     content_tokens_b: int = 0
+    wait: float = 0.0  # several ranks: rank 0 waiting for the others to stop
+    skip: float = 0.0  # several ranks: reading (not rendering) the other ranks' documents
+    dropped_blocks: int = 0  # several ranks: blocks computed past the store's end, dropped
+    dropped_rows: int = 0
 
     def add(self, counts: dict[str, int]) -> None:
         """Add a block's counts (:func:`_block_counts`, named like these fields)."""
@@ -523,6 +534,7 @@ class Harvester:
         """Ranks the harvest ran on (``timings`` then add up the ranks' work)."""
         self.wall_seconds: float | None = None
         """Wall time of a distributed harvest (``timings.total`` sums the ranks' times)."""
+        self._own_blocks: dict[int, dict[str, int]] = {}  # run_rank: block -> its counts
 
     def manifest(self) -> Manifest:
         c = self.config
@@ -600,14 +612,20 @@ class Harvester:
         docs: Iterable[Any],
         *,
         on_commit: Callable[[ShardInfo], None] | None = None,
+        writer: StoreWriter | None = None,
     ) -> ActivationStore:
-        """Harvest ``docs`` (already positioned at the store's next document) into ``store``."""
+        """Harvest ``docs`` (already positioned at the store's next document) into ``store``.
+
+        ``writer``: the store's writer if the caller holds one (left open), else one is made."""
+        import contextlib
+
         c = self.config
         tm = self.timings
         start_time = time.perf_counter()
         bar = _progress(c, store)
         try:
-            with store.writer(shard_rows=c.shard_rows) as writer:
+            held = contextlib.nullcontext(writer) if writer is not None else None
+            with held or store.writer(shard_rows=c.shard_rows) as writer:
                 rows_total = store.n_rows
                 reason = REASON_CORPUS
                 if c.tokens is not None and rows_total >= c.tokens:
@@ -657,122 +675,258 @@ class Harvester:
         writer.finish(reason, tokens_target=self.config.tokens)
         self.timings.write += time.perf_counter() - t0
 
-    def run_ranks(
+    def run_rank(
         self,
         store: ActivationStore,
         docs: Iterable[Any],
-        dist_info: DistInfo,
-        writer: StoreWriter | None,
+        start: StreamStart,
+        rank: int,
+        world: int,
+        writer: StoreWriter | None = None,
         *,
         on_commit: Callable[[ShardInfo], None] | None = None,
-    ) -> str:
-        """Harvest ``docs`` split over the ranks of a torchrun job; returns why it ended.
+    ) -> str | None:
+        """One rank's share of a streaming harvest; on rank 0 also the final listing.
 
-        Every rank calls this with the same ``docs`` (positioned at the store's next document)
-        after rank 0 has created or resumed ``store``; ``writer`` is rank 0's (it holds the
-        store's lock) and None on the other ranks. See the module docstring for the rounds.
-        ``on_commit(shard)`` runs on every rank for every shard of a round, once the manifest
-        lists them.
+        ``docs`` is positioned at document ``start.documents`` (the store's end when the run
+        began, after :func:`crossdiff.store.pending.recover`); block ``j`` is the ``j``-th
+        block from there and belongs to rank ``j % world``, which writes it as shard
+        ``start.shards + j`` and publishes it (``crossdiff.store.pending``); the other ranks'
+        documents are read from the stream and skipped, never rendered. A rank stops before a
+        block when the blocks published so far show that it cannot be needed (the corpus ends
+        before it, or the blocks before it already reach ``tokens``), then records why.
+        ``writer`` (rank 0's, holding the store's lock) lists the contiguous prefix of
+        published blocks as it grows, then, once every rank has stopped, what the store keeps,
+        and marks the store complete; returns why the harvest ended there, and None on the
+        other ranks. ``on_commit(shard)`` runs on the rank that wrote the shard, once it is
+        published. Uses no collective: tests run the ranks one after the other in one
+        process (the last rank first, so rank 0 finds every rank stopped).
         """
-        from crossdiff.crosscoder import distributed
+        from crossdiff.store import pending
         from crossdiff.store.shard import Rows
         from crossdiff.store.writer import write_shard
 
         c = self.config
         tm = self.timings
-        world, rank = dist_info.world_size, dist_info.rank
-        block_docs = c.batch_size * c.block_batches
-        m = store.manifest
-        n_shards, rows_total, next_doc = len(m.shards), m.rows, m.documents_consumed
-        everyone = HarvestTimings()  # the kept blocks of all ranks, for the progress bar
+        stream = _Stream(store, start, world, c.batch_size * c.block_batches, c.tokens, tm)
         start_time = time.perf_counter()
-        bar = _progress(c, store)
-        reason = REASON_CORPUS
+        bar = _progress(c, store) if writer is not None else None
+        j, reason = rank, None
         try:
-            if c.tokens is not None and rows_total >= c.tokens:
-                reason = REASON_TOKENS
-            else:
-                blocks = _blocks(docs, block_docs, next_doc)
-                while True:
-                    # every rank reads the whole round (cheap: text), and runs only its block
-                    round_blocks = list(itertools.islice(blocks, world))
-                    mine = round_blocks[rank] if rank < len(round_blocks) else []
-                    tokens_before = (tm.tokens_a, tm.tokens_b)
-                    plans, rows = self.run_block(mine) if mine else ([], [])
-                    mine_count = _block_counts(plans, rows)
-                    counts = distributed.all_gather_json(
-                        {
-                            **mine_count,
-                            "tokens_a": tm.tokens_a - tokens_before[0],
-                            "tokens_b": tm.tokens_b - tokens_before[1],
-                        }
-                    )
-                    kept, end = plan_round(counts, block_docs, rows_total, c.tokens)
-                    entry = None
-                    if rank < kept:  # blocks past the budget are dropped unwritten
-                        t0 = time.perf_counter()
-                        rows_all = Rows.concat(rows, self.lm_a.d_model, self.lm_b.d_model)
-                        records = [p.record for p in plans]
-                        entry = asdict(write_shard(store.path, n_shards + rank, rows_all, records))
-                        tm.write += time.perf_counter() - t0
-                        tm.add(mine_count)  # its tokens were counted by run_block
-                    entries = distributed.all_gather_json(entry)[:kept]
-                    shards = [ShardInfo(**e) for e in entries]
-                    if writer is not None:
-                        t0 = time.perf_counter()
-                        writer.adopt(shards)
-                        tm.write += time.perf_counter() - t0
-                    distributed.barrier(dist_info)  # the manifest now lists this round's shards
-                    n_shards += kept
-                    rows_total += sum(sh.rows for sh in shards)
-                    if shards:
-                        next_doc = shards[-1].doc_end
-                    for cnt in counts[:kept]:
-                        everyone.add(cnt)
-                    if bar is not None:
-                        bar.update(sum(sh.rows for sh in shards))
-                        elapsed = time.perf_counter() - start_time
-                        bar.set_postfix_str(_postfix(everyone, next_doc, elapsed))
-                    if on_commit is not None:
-                        for sh in shards:
-                            on_commit(sh)
-                    if end is not None:
-                        reason = end
-                        break
-            reason = self._end_reason(reason, next_doc)
-            if writer is not None:
-                self._finish(writer, reason)
-            distributed.barrier(dist_info)  # nobody returns before the store is marked complete
+            it = iter(docs)
+            to_skip = rank * stream.block_docs  # the blocks of the ranks before this one
+            while True:
+                stream.refresh(writer, bar, start_time)
+                reason = stream.not_needed(j)
+                if reason is not None:
+                    break
+                t0 = time.perf_counter()
+                skipped = sum(1 for _ in itertools.islice(it, to_skip))
+                tm.skip += time.perf_counter() - t0
+                block = list(itertools.islice(it, stream.block_docs))
+                if skipped < to_skip or not block:
+                    reason = REASON_CORPUS  # the corpus ends before this block
+                    break
+                doc0 = start.documents + j * stream.block_docs
+                tokens_before = (tm.tokens_a, tm.tokens_b)
+                plans, rows = self.run_block(list(enumerate(block, start=doc0)))
+                t0 = time.perf_counter()
+                counts = _block_counts(plans, rows)
+                rows_all = Rows.concat(rows, self.lm_a.d_model, self.lm_b.d_model)
+                info = write_shard(
+                    store.path, start.shards + j, rows_all, [p.record for p in plans]
+                )
+                counts["tokens_a"] = tm.tokens_a - tokens_before[0]
+                counts["tokens_b"] = tm.tokens_b - tokens_before[1]
+                pending.publish(
+                    store.path,
+                    start.shards + j,
+                    info,
+                    {
+                        "block": j,
+                        "documents": len(block),
+                        "settings": _harvest_settings(c),
+                        "max_documents": c.max_documents,
+                        "counts": counts,
+                    },
+                )
+                tm.write += time.perf_counter() - t0
+                tm.add({k: v for k, v in counts.items() if not k.startswith("tokens_")})
+                self._own_blocks[j] = counts
+                if on_commit is not None:
+                    on_commit(info)
+                if len(block) < stream.block_docs:
+                    reason = REASON_CORPUS  # the corpus ends inside this block
+                    j += world
+                    break
+                to_skip = (world - 1) * stream.block_docs
+                j += world
+            pending.write_rank_state(
+                store.path, rank, {"rank": rank, "world": world, "next_block": j, "reason": reason}
+            )
+            if writer is None:
+                return None
+            t0 = time.perf_counter()
+            states = pending.wait_for(
+                lambda: pending.check_world(pending.read_rank_states(store.path), world),
+                tick=lambda: stream.refresh(writer, bar, start_time),
+            )
+            tm.wait += time.perf_counter() - t0
+            return self._list_streamed(store, writer, stream, states, bar, start_time)
+        except BaseException as exc:
+            pending.write_rank_state(
+                store.path,
+                rank,
+                {"rank": rank, "world": world, "error": f"{type(exc).__name__}: {exc}"},
+            )
+            raise
         finally:
             if bar is not None:
                 bar.close()
             tm.total += time.perf_counter() - start_time
-        return reason
+
+    def _list_streamed(
+        self,
+        store: ActivationStore,
+        writer: StoreWriter,
+        stream: _Stream,
+        states: dict[int, dict[str, Any]],
+        bar: Any,
+        start_time: float,
+    ) -> str:
+        """Rank 0, every rank stopped: list the blocks the store keeps, drop the rest, finish."""
+        from crossdiff.store import pending
+
+        c = self.config
+        stream.refresh(writer, bar, start_time)
+        m = store.manifest
+        listed = len(m.shards) - stream.start.shards
+        if c.tokens is not None and m.rows >= c.tokens:
+            reason = REASON_TOKENS
+        else:
+            reason = REASON_CORPUS
+            last = stream.entries.entries.get(len(m.shards) - 1) if listed else None
+            if (last is None or last["documents"] == stream.block_docs) and (
+                states[listed % stream.world].get("reason") != REASON_CORPUS
+                or states[listed % stream.world].get("next_block") != listed
+            ):
+                raise CrossdiffError(  # cannot happen: a block is missing from the prefix
+                    f"block {listed} of this harvest was neither written nor past the corpus "
+                    f"end (rank states {states}); rerun to resume"
+                )
+        t0 = time.perf_counter()
+        pending.remove_unlisted(store.path, m.shards, pending=False)  # blocks past the end
+        self.timings.write += time.perf_counter() - t0
+        self._finish(writer, self._end_reason(reason, m.documents_consumed))
+        if bar is not None:
+            bar.n = m.rows
+            bar.refresh()
+        return self._end_reason(reason, m.documents_consumed)
+
+    def drop_surplus(self, listed_blocks: int) -> None:
+        """Take this rank's blocks past the first ``listed_blocks`` (computed, then dropped
+        because the store ended before them) out of the counts of stored work."""
+        for j, counts in self._own_blocks.items():
+            if j >= listed_blocks:
+                self.timings.add({k: -v for k, v in counts.items() if not k.startswith("tokens_")})
+                self.timings.dropped_blocks += 1
+                self.timings.dropped_rows += counts["rows"]
+        self._own_blocks = {}
 
 
-def plan_round(
-    blocks: list[dict[str, int]], block_docs: int, rows_before: int, tokens: int | None
-) -> tuple[int, str | None]:
-    """How many blocks of a distributed round the store keeps, and whether the harvest ends.
+@dataclass(frozen=True)
+class StreamStart:
+    """Where a streaming harvest starts: the store's shards, documents and rows then."""
 
-    ``blocks``: the round's blocks in corpus order (= rank order), each with its ``documents`` and
-    ``rows`` counts; ``rows_before``: the rows stored before the round. The blocks kept are the
-    ones a single process would have stored, so a distributed harvest stops exactly where a
-    single one does: up to the first empty block (the corpus ended before it), through the
-    first short block (the corpus ended inside it), and through the first block that brings
-    the store to ``tokens`` rows; later blocks of that round are computed but dropped. Returns
-    (blocks kept, the reason the harvest ends after this round, or None to go on).
-    """
-    rows = rows_before
-    for kept, block in enumerate(blocks):
-        if block["documents"] == 0:
-            return kept, REASON_CORPUS
-        rows += block["rows"]
-        if tokens is not None and rows >= tokens:
-            return kept + 1, REASON_TOKENS
-        if block["documents"] < block_docs:
-            return kept + 1, REASON_CORPUS
-    return len(blocks), None
+    shards: int
+    documents: int
+    rows: int
+
+
+class _Stream:
+    """What one rank knows of a streaming harvest: the blocks published so far."""
+
+    def __init__(
+        self,
+        store: ActivationStore,
+        start: StreamStart,
+        world: int,
+        block_docs: int,
+        tokens: int | None,
+        timings: HarvestTimings,
+    ) -> None:
+        from crossdiff.store.pending import PendingEntries
+
+        self.store, self.start, self.world, self.timings = store, start, world, timings
+        self.block_docs, self.tokens = block_docs, tokens
+        self.entries = PendingEntries(store.path)
+        self._ahead: list[int] = []  # published blocks not yet counted by not_needed()
+        self._rows_before = start.rows  # rows of the counted blocks (all before the asked one)
+        self._short = False  # a counted block is short: the corpus ends in it
+        self.everyone = HarvestTimings()  # every published block, for the progress bar
+        self.closed = tokens is not None and start.rows >= tokens  # nothing more is listed
+
+    def refresh(self, writer: StoreWriter | None, bar: Any, start_time: float) -> None:
+        """Read what was published; rank 0 lists the new prefix and updates its bar."""
+        new = self.entries.refresh()
+        self._ahead.extend(new)
+        rows = 0
+        for k in new:
+            counts = self.entries.entries[k]["counts"]
+            self.everyone.add(counts)
+            rows += counts["rows"]
+        if writer is not None:
+            self._list_prefix(writer)
+        if bar is not None and new:
+            bar.update(rows)
+            bar.set_postfix_str(
+                _postfix(
+                    self.everyone,
+                    self.start.documents + self.everyone.documents,
+                    time.perf_counter() - start_time,
+                )
+            )
+
+    def not_needed(self, j: int) -> str | None:
+        """Why block ``j`` cannot be needed, from the blocks published (None: it may be)."""
+        ahead = []
+        for k in self._ahead:
+            if k - self.start.shards < j:
+                entry = self.entries.entries[k]
+                self._rows_before += entry["shard"]["rows"]
+                self._short |= entry["documents"] < self.block_docs
+            else:
+                ahead.append(k)
+        self._ahead = ahead
+        if self._short:
+            return REASON_CORPUS
+        if self.tokens is not None and self._rows_before >= self.tokens:
+            return REASON_TOKENS
+        return None
+
+    def _list_prefix(self, writer: StoreWriter) -> None:
+        """List the published blocks that continue the store's prefix, up to where the store
+        ends: through the block that reaches ``tokens``, or a short block (the corpus end)."""
+        from crossdiff.store.pending import entry_info
+
+        if self.closed:
+            return
+        m = writer.store.manifest
+        rows, k, new = m.rows, len(m.shards), []
+        while k in self.entries.entries:
+            entry = self.entries.entries[k]
+            new.append(entry_info(entry))
+            rows += new[-1].rows
+            k += 1
+            if (self.tokens is not None and rows >= self.tokens) or (
+                entry["documents"] < self.block_docs
+            ):
+                self.closed = True
+                break
+        if new:
+            t0 = time.perf_counter()
+            writer.adopt(new)
+            self.timings.write += time.perf_counter() - t0
 
 
 def _progress(config: HarvestConfig, store: ActivationStore):
@@ -840,8 +994,10 @@ def harvest(
 
     Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE > 1``) every rank calls this with the
     same config; the corpus is split over the ranks (module docstring) and each returns the
-    finished store. The process group is joined here (gloo on CPU, NCCL with one GPU per
-    rank) and left joined, as training does; the CLI leaves it at exit.
+    finished store; ``on_commit`` then runs on the rank that wrote the shard, once it is
+    published (rank 0 lists it in the manifest later). The process group is joined here (gloo
+    on CPU, NCCL with one GPU per rank) and left joined, as training does; the CLI leaves it at
+    exit.
     """
     from crossdiff.crosscoder import distributed
     from crossdiff.models.hardware import resolve_device
@@ -866,15 +1022,62 @@ def harvest(
     if _is_done(store.manifest, config):
         _say(config, _complete_message(store))
         return store
-    skip = store.n_documents
-    if skip:
-        _say(
-            config, f"resuming {out}: {store.n_rows:,} pairs from {skip:,} documents already stored"
-        )
-        docs = itertools.islice(docs, skip, None)
-    harvester.run(store, docs, on_commit=on_commit)
+    with store.writer(shard_rows=config.shard_rows) as writer:
+        message = _recover(writer, config)
+        if message:
+            _say(config, message)
+        skip = store.n_documents
+        if skip:
+            _say(
+                config,
+                f"resuming {out}: {store.n_rows:,} pairs from {skip:,} documents already stored",
+            )
+            docs = itertools.islice(docs, skip, None)
+        harvester.run(store, docs, on_commit=on_commit, writer=writer)
     _say(config, harvest_summary(store, harvester))
     return store
+
+
+def _recover(writer: StoreWriter, config: HarvestConfig) -> str | None:
+    """Before a harvest writes: list the shards an interrupted streaming harvest wrote and
+    published that continue the store as this harvest would (:func:`pending.recover`), and
+    remove every other unlisted file. Returns what was done, for the user, or None."""
+    from crossdiff.store import pending
+
+    settings = _harvest_settings(config)
+    block_docs = config.batch_size * config.block_batches
+    state = {"short": False}
+    m = writer.store.manifest
+
+    def accept(entry: dict[str, Any]) -> bool:
+        shard = entry.get("shard", {})
+        documents = entry.get("documents")
+        ok = (
+            entry.get("settings") == settings  # the blocks and batches this harvest forms
+            and isinstance(documents, int)
+            and 0 < documents <= block_docs
+            and documents == shard.get("doc_end", 0) - shard.get("doc_start", 0)
+            and not state["short"]  # nothing continues a block the corpus ended in
+            and (config.tokens is None or m.rows < config.tokens)
+            and (config.max_documents is None or shard.get("doc_end", 0) <= config.max_documents)
+            # a block cut short by another --max-documents would be a full block now
+            and (documents == block_docs or entry.get("max_documents") == config.max_documents)
+        )
+        state["short"] |= ok and documents < block_docs
+        return ok
+
+    adopted, removed = pending.recover(writer, accept)
+    parts = []
+    if adopted:
+        parts.append(
+            f"listed {len(adopted)} shard(s) ({sum(s.rows for s in adopted):,} pairs, documents "
+            f"{adopted[0].doc_start:,}-{adopted[-1].doc_end - 1:,}) that an interrupted run had "
+            "written and checked complete"
+        )
+    files = [name for name in removed if not name.startswith(pending.PENDING_DIR)]
+    if files:
+        parts.append(f"removed {len(files)} unlisted file(s) of an interrupted run")
+    return f"{writer.store.path}: " + "; ".join(parts) if parts else None
 
 
 def _harvest_ranks(
@@ -884,17 +1087,21 @@ def _harvest_ranks(
     on_commit: Callable[[ShardInfo], None] | None,
     models: tuple[LoadedModel, LoadedModel] | None,
 ) -> ActivationStore:
-    """:func:`harvest` on one rank of several: rank 0 decides and commits, all ranks compute.
+    """:func:`harvest` on one rank of several: rank 0 decides and lists, all ranks compute.
 
-    Whatever reads or creates the store (is it complete? compatible? whose lock?) is decided by
-    rank 0 alone and broadcast, so ranks cannot disagree (a rank reading the manifest while
-    rank 0 rewrites it) and an error there ends every rank with the same message instead of
-    leaving them waiting at a collective.
+    Whatever reads or creates the store (is it complete? compatible? whose lock? what did an
+    interrupted run leave?) is decided by rank 0 alone and broadcast, so ranks cannot disagree
+    and an error there ends every rank with the same message instead of leaving them waiting
+    at a collective. Then the ranks stream (:meth:`Harvester.run_rank`) with no collective
+    until the end: every rank waits (polling small files, so no collective timeout applies)
+    for rank 0 to have listed what the store keeps, then one barrier, and the timings are
+    gathered.
     """
     import dataclasses
 
     from crossdiff.crosscoder import distributed
     from crossdiff.models.hardware import resolve_device
+    from crossdiff.store import pending
     from crossdiff.store.manifest import MANIFEST_NAME
 
     out = Path(config.out)
@@ -921,32 +1128,62 @@ def _harvest_ranks(
     harvester = Harvester(config, lm_a, lm_b)
     owned: dict[str, Any] = {}
 
-    def open_store() -> bool:
+    def open_store() -> dict[str, Any]:
         store = ActivationStore.open_or_create(out, harvester.manifest())
         if _is_done(store.manifest, config):
-            return True
-        # rank 0 takes the lock and clears stale temporary files before any rank writes
-        owned["writer"] = store.writer(shard_rows=config.shard_rows)
-        owned["store"] = store
-        return False
+            return {"done": True}
+        # rank 0 takes the lock, clears stale temporary files and lists or removes what an
+        # interrupted run left, before any rank writes
+        writer = store.writer(shard_rows=config.shard_rows)
+        try:
+            message = _recover(writer, config)
+        except BaseException:
+            writer.close()
+            raise
+        owned["writer"], owned["store"] = writer, store
+        m = store.manifest
+        start = [len(m.shards), m.documents_consumed, m.rows]
+        return {"done": False, "message": message, "start": start}
 
-    if _on_rank0(open_store):
+    opened = _on_rank0(open_store)
+    if opened["done"]:
         store = ActivationStore.open(out)
         _say(config, _complete_message(store))
         return store
     writer: StoreWriter | None = owned.get("writer")
-    store = owned.get("store") or ActivationStore.open(out)
-    world = dist_info.world_size
+    # (not `owned.get("store") or ...`: an empty store is falsy, it has len() 0 rows)
+    store = owned["store"] if "store" in owned else ActivationStore.open(out)
+    world, rank = dist_info.world_size, dist_info.rank
+    start = StreamStart(*opened["start"])
     try:
-        skip = store.n_documents
-        if skip:
+        if opened["message"]:
+            _say(config, opened["message"])
+        if start.documents:
             _say(
                 config,
-                f"resuming {out} on {world} ranks: {store.n_rows:,} pairs from {skip:,} "
-                "documents already stored",
+                f"resuming {out} on {world} ranks: {start.rows:,} pairs from "
+                f"{start.documents:,} documents already stored",
             )
-            docs = itertools.islice(docs, skip, None)
-        harvester.run_ranks(store, docs, dist_info, writer, on_commit=on_commit)
+            docs = itertools.islice(docs, start.documents, None)
+        try:
+            harvester.run_rank(store, docs, start, rank, world, writer, on_commit=on_commit)
+        except BaseException as exc:
+            if writer is not None:  # the others wait for rank 0's word: tell them
+                pending.write_listed(store.path, {"error": f"{type(exc).__name__}: {exc}"})
+            raise
+        if writer is not None:
+            listed = {"blocks": len(store.manifest.shards) - start.shards}
+            pending.write_listed(store.path, listed)
+        else:
+            t0 = time.perf_counter()
+            listed = pending.wait_for(lambda: pending.read_listed(store.path))
+            harvester.timings.wait += time.perf_counter() - t0
+            if "error" in listed:
+                raise CrossdiffError(f"rank 0 failed: {listed['error']}")
+        harvester.drop_surplus(listed["blocks"])
+        distributed.barrier(dist_info)  # every rank has read rank 0's word
+        if writer is not None:
+            pending.clear(store.path)
     finally:
         if writer is not None:
             writer.close()
@@ -1029,7 +1266,7 @@ def harvest_summary(store: ActivationStore, harvester: Harvester) -> str:
     lm_a, lm_b = harvester.lm_a, harvester.lm_b
     wall = harvester.wall_seconds if harvester.wall_seconds is not None else tm.total
     rate = (tm.tokens_a + tm.tokens_b) / wall if wall > 0 else 0.0
-    overhead = (tm.total - tm.model) / tm.model if tm.model > 0 else math.nan
+    overhead = (tm.total - tm.wait - tm.model) / tm.model if tm.model > 0 else math.nan
     lines = [
         f"harvest {m.status} ({m.complete_reason or 'interrupted'}): {m.rows:,} pairs from "
         f"{m.documents_consumed:,} documents in {store.path}",
@@ -1047,6 +1284,17 @@ def harvest_summary(store: ActivationStore, harvester: Harvester) -> str:
         f"{tm.tokens_a + tm.tokens_b:,} tokens in {wall:.1f}s ({rate:,.0f} tokens/s); "
         f"models {tm.model:.1f}s, everything else {overhead:+.1%} on top",
     ]
+    if harvester.world_size > 1:
+        lines.append(
+            f"  ranks: {tm.wait:.1f}s waiting for the others to stop, {tm.skip:.1f}s reading "
+            "the others' documents"
+            + (
+                f"; {tm.dropped_blocks} block(s) computed past the store's end and dropped "
+                f"({tm.dropped_rows:,} pairs)"
+                if tm.dropped_blocks
+                else ""
+            )
+        )
     scales = store.norm_scales()
     if scales:
         lines.append(f"  normalization scales: A x{scales[0]:.4g}, B x{scales[1]:.4g}")

@@ -3,7 +3,8 @@
 ``ActivationStore`` (store.py) opens, creates and reads a store; ``StoreWriter`` (writer.py)
 appends crash-safely; ``StoreSource`` (reader.py) is the shuffled training source; the manifest
 format is in manifest.py, the shard layout in shard.py, integrity checks in verify.py (full)
-and check.py (cheap, at open and first read).
+and check.py (cheap, at open and first read); pending.py holds the shards a distributed harvest
+has written but not yet listed (and lists or removes those a killed one left).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ documents. A lock file keeps two writers from appending to one store at once.
 
 A distributed harvest (``crossdiff.harvest`` under ``torchrun``) splits this in two: every rank
 writes its own shards with :func:`write_shard` (the same atomic files, under the manifest index
-the shard will get), and rank 0 alone, holding the one :class:`StoreWriter` and its lock, lists
-them with :meth:`StoreWriter.adopt`. The manifest stays the single commit record either way.
+the shard will get) and publishes them (``store/pending.py``), and rank 0 alone, holding the
+one :class:`StoreWriter` and its lock, lists them with :meth:`StoreWriter.adopt`. The manifest
+stays the single commit record either way.
 """
 
 from __future__ import annotations
