@@ -242,22 +242,13 @@ def test_crash_before_commit_loses_only_the_buffer_and_resume_continues(tmp_path
 def test_shards_written_by_other_processes_are_adopted_in_order(tmp_path: Path) -> None:
     """What a distributed harvest does: ranks write_shard() under their future indices, the
     one writer adopts them; the store equals one whose writer committed the same documents."""
-    from crossdiff.store import Rows
-    from crossdiff.store.writer import write_shard
 
     ref = ActivationStore.create(tmp_path / "ref", manifest())
     fill(ref, 12, shard_rows=1, commit_every=4)  # shards of documents 0-3, 4-7, 8-11
     s = ActivationStore.create(tmp_path / "s", manifest())
     infos = []
     for k in (1, 0, 2):  # written in any order, each by "its rank"
-        docs, rows = [], []
-        row = sum(1 + (i * 7) % 5 for i in range(4 * k))
-        for i in range(4 * k, 4 * k + 4):
-            n = 1 + (i * 7) % 5
-            docs.append(doc_record(i, n))
-            rows.append(doc_rows(i, np.arange(row, row + n)))
-            row += n
-        infos.append((k, write_shard(s.path, k, Rows.concat(rows, D_A, D_B), docs)))
+        infos.append((k, _block_shard(s.path, k)))
     infos = [info for _, info in sorted(infos, key=lambda t: t[0])]
     with s.writer() as w:
         with pytest.raises(ValueError, match="cannot be listed as shard 0"):
@@ -273,23 +264,28 @@ def test_shards_written_by_other_processes_are_adopted_in_order(tmp_path: Path) 
     assert ActivationStore.open(s.path).verify().ok
 
 
+def _block_shard(path: Path, k: int):
+    """Write block k (documents 4k..4k+3, 1-5 rows each) as shard k; return its ShardInfo."""
+    from crossdiff.store import Rows
+    from crossdiff.store.writer import write_shard
+
+    docs, rows = [], []
+    row = sum(1 + (i * 7) % 5 for i in range(4 * k))
+    for i in range(4 * k, 4 * k + 4):
+        n = 1 + (i * 7) % 5
+        docs.append(doc_record(i, n))
+        rows.append(doc_rows(i, np.arange(row, row + n)))
+        row += n
+    return write_shard(path, k, Rows.concat(rows, D_A, D_B), docs)
+
+
 def _published_blocks(path: Path, blocks: list[int]) -> None:
     """Write and publish shards of 4 documents each (block k = documents 4k..4k+3) as ranks of
     a distributed harvest do, under index k."""
-    from crossdiff.store import Rows
     from crossdiff.store.pending import publish
-    from crossdiff.store.writer import write_shard
 
     for k in blocks:
-        docs, rows = [], []
-        row = sum(1 + (i * 7) % 5 for i in range(4 * k))
-        for i in range(4 * k, 4 * k + 4):
-            n = 1 + (i * 7) % 5
-            docs.append(doc_record(i, n))
-            rows.append(doc_rows(i, np.arange(row, row + n)))
-            row += n
-        info = write_shard(path, k, Rows.concat(rows, D_A, D_B), docs)
-        publish(path, k, info, {"documents": 4})
+        publish(path, k, _block_shard(path, k), {"documents": 4})
 
 
 @pytest.mark.parametrize("case", ["intact", "damaged", "refused"])
