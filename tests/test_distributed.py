@@ -2,7 +2,9 @@
 "Scale" asks: both ranks end with identical weights, only rank 0 writes checkpoints, a run
 stopped and resumed under torchrun ends where an unstopped one does, and 2 ranks that each
 read only their rows end with the weights of one process (BatchTopK, the high-norm filter,
-AuxK and resampling all see the global batch)."""
+AuxK and resampling all see the global batch), and the static path (what a GPU runs,
+crosscoder/hostsync.py) reads nothing on the host in an ordinary step under torchrun either
+and trains the same weights."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ TRAIN = dict(steps=20, checkpoint_every=5, init_samples=512, resample_every=6)
 """Short, with resampling at steps 6 and 12 (a feature is dead after 2 steps of 128 rows)."""
 F_TIMES, K = 4, 2
 """4 x F features at k = 2: features die, so AuxK and resampling run."""
+TIMEOUT_S = 1200
+"""Per torchrun: two gloo ranks on a shared, loaded machine took up to ~5 minutes."""
 
 WORKER = textwrap.dedent(
     """
@@ -29,12 +33,14 @@ WORKER = textwrap.dedent(
     torch.set_num_threads(1)
     sys.path.insert(0, {tests!r})
     from test_crosscoder import D_A, D_B, F, paired_data, quick_train
-    from crossdiff.crosscoder import ArraySource, CrosscoderConfig, train_crosscoder
+    import contextlib, json
+    from crossdiff.crosscoder import ArraySource, CrosscoderConfig, hostsync, train_crosscoder
     from crossdiff.crosscoder.distributed import shutdown
     from safetensors.torch import save_file
 
     out = sys.argv[1]
     stop_at = int(sys.argv[2])
+    static = sys.argv[3] == "static"
     class Stop(Exception):
         pass
     def cb(step, metrics):
@@ -42,13 +48,18 @@ WORKER = textwrap.dedent(
             raise Stop
     cfg = CrosscoderConfig.dfc(D_A, D_B, {n_features} * F, exclusive=0.1, k={k})
     tc = quick_train(**{train!r})
+    check = hostsync.check_steps() if static else contextlib.nullcontext()
     try:
-        cc = train_crosscoder(ArraySource(*paired_data()), cfg, tc, checkpoint_dir=out + "/ckpt",
-                              progress=False, callback=cb)
+        with check as report:
+            cc = train_crosscoder(ArraySource(*paired_data()), cfg, tc,
+                                  checkpoint_dir=out + "/ckpt", progress=False, callback=cb)
     except Stop:  # a stopped run: leave without interpreter teardown (as a killed rank would)
         shutdown()
         os._exit(0)
     rank = int(os.environ["RANK"])
+    if static:
+        with open(f"{{out}}/syncs{{rank}}.json", "w") as fh:
+            json.dump({{"steps": report.steps_checked, "syncs": report.syncs}}, fh)
     state = {{k: v.contiguous() for k, v in cc.state_dict().items()}}
     save_file(state, f"{{out}}/rank{{rank}}.safetensors")
     shutdown()
@@ -62,7 +73,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(tmp_path: Path, out: Path, stop_at: int = 0) -> None:
+def _torchrun(tmp_path: Path, out: Path, stop_at: int = 0, *, static: bool = False) -> None:
     script = tmp_path / "worker.py"
     script.write_text(
         WORKER.format(tests=str(Path(__file__).parent), train=TRAIN, n_features=F_TIMES, k=K)
@@ -70,9 +81,9 @@ def _torchrun(tmp_path: Path, out: Path, stop_at: int = 0) -> None:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        str(script), str(out), str(stop_at),
+        str(script), str(out), str(stop_at), "static" if static else "compacting",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, f"stop_at={stop_at}\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -142,3 +153,35 @@ def test_two_ranks_give_the_weights_of_one(ddp_run: Path, tmp_path: Path) -> Non
     m2 = evaluate(ddp, source, n_batches=4, batch_size=256)
     for key in ("fve_a", "fve_b"):
         assert m2[key] == pytest.approx(m1[key], abs=1e-3), (key, m1[key], m2[key])
+
+
+def test_static_path_under_torchrun_reads_nothing_and_matches(ddp_run: Path, tmp_path) -> None:
+    """The same 2-rank run on the static path (fixed-size global BatchTopK, the filter as a
+    row mask, device-side counts): no host read in an ordinary step on either rank, identical
+    ranks, and the run of the compacting path up to float noise and ties. Ties: resampling
+    draws rows with replacement, so features restart as exact duplicates, and which of two
+    identical features a per-row AuxK top-k takes is the top-k's choice (a full-width top-k
+    here, one over the dead columns there); measured: ~10 of the 256 features (duplicate
+    pairs, cosine > 0.98) end up to 1e-2 apart, the rest within float noise."""
+    out = tmp_path / "static"
+    out.mkdir()
+    _torchrun(tmp_path, out, static=True)
+    for rank in (0, 1):
+        report = json.loads((out / f"syncs{rank}.json").read_text())
+        assert report["steps"] > 0 and report["syncs"] == [], report
+    r0 = load_file(str(out / "rank0.safetensors"))
+    r1 = load_file(str(out / "rank1.safetensors"))
+    compact = load_file(str(ddp_run / "rank0.safetensors"))
+    for name, t in compact.items():
+        assert torch.equal(r0[name].nan_to_num(0), r1[name].nan_to_num(0)), name
+        got, want = r0[name].nan_to_num(0).double(), t.nan_to_num(0).double()
+        if want.numel():
+            rel = float((got - want).norm() / want.norm().clamp_min(1e-12))
+            assert rel < 3e-2, (name, rel)
+    logs = [(ddp_run / "ckpt" / "train_log.jsonl"), (out / "ckpt" / "train_log.jsonl")]
+    one, two = ([json.loads(x) for x in p.read_text().splitlines()] for p in logs)
+    assert [r["resampled"] for r in one] == [r["resampled"] for r in two]
+    for r1, r2 in zip(one, two):
+        for key in ("loss", "l0", "fve_a", "fve_b", "dead"):
+            assert r2[key] == pytest.approx(r1[key], rel=1e-4, abs=1e-5), (key, r1, r2)
+        assert r2["aux"] == pytest.approx(r1["aux"], rel=1e-2), ("aux", r1, r2)

@@ -8,7 +8,13 @@ prepared script (issue 20), each part a check that passes or fails, and the numb
   timed in alternating rounds) at the published shape (F 131,072, widths 4096/4096, k 200,
   batch 2,048, bf16). Checks: both compute the same loss on the same batch from the same
   weights, and stay close after the same steps. Reported: samples/s of both against the target
-  (>= 12,000 and >= the reference), peak GPU memory.
+  (>= 12,000 and >= the reference), peak GPU memory. Then the host-sync check (issue 20): a
+  few steps of the real trainer (``train_crosscoder``: high-norm filter, k annealing, AuxK,
+  resampling, threshold EMA) at the same shape under ``hostsync.check_steps``, which turns on
+  ``torch.cuda.set_sync_debug_mode`` for every ordinary step and also records the host reads
+  of crossdiff's Python code; the check passes when there are none, and every site found is
+  listed (one run shows them all). Also: a NaN in a batch a source made on the GPU is caught
+  (at the next log step, without a host read in between).
 - **harvest**: tiny random models of the published architectures (Llama, Qwen3, GPT-OSS with
   its attention sinks and mixture of experts) on CUDA. Checks: the early-exit capture equals
   the full forward's hidden state bit for bit (float32 and bf16); a harvest on CUDA stores the
@@ -20,9 +26,10 @@ prepared script (issue 20), each part a check that passes or fails, and the numb
   broadcast, gradient averaging).
 
 Without CUDA (or with ``--no-cuda``), each part runs what a CPU can (training at a small shape,
-harvest and steering on CPU, a gloo group) and prints ``SKIPPED <part> on CUDA: <why>`` for
-the rest; the exit status is then 0 when every CPU check passed. With CUDA it is 0 when every
-check passed (speed targets are reported, not enforced: they are measurements).
+with the host-sync check's Python-level part on the static path, harvest and steering on CPU, a
+gloo group) and prints ``SKIPPED <part> on CUDA: <why>`` for the rest; the exit status is then
+0 when every CPU check passed. With CUDA it is 0 when every check passed (speed targets are
+reported, not enforced: they are measurements).
 """
 
 from __future__ import annotations
@@ -108,6 +115,9 @@ class GpuBenchConfig:
     cpu_d: int = 64
     cpu_k: int = 8
     cpu_batch_size: int = 256
+    sync_steps: int = 12
+    """Trainer steps of the host-sync check (6 of them ordinary: the others log, resample or
+    start)."""
     parts: tuple[str, ...] = PARTS
     use_cuda: bool = True
     """False: behave as on a machine without CUDA (what the tests check)."""
@@ -207,7 +217,129 @@ def part_train(cfg: GpuBenchConfig, device: str, log: Callable[[str], None]) -> 
         res.metrics["target_samples_per_s"] = TARGET_SAMPLES_PER_S
         res.metrics["meets_target"] = speed.ours_samples_per_s >= TARGET_SAMPLES_PER_S
         res.metrics["beats_reference"] = (speed.speedup or 0.0) >= 1.0
+        del speed
+        torch.cuda.empty_cache()
+    try:  # a failure here (e.g. out of memory) must not cost the speed numbers above
+        report = host_sync_check(cfg, device, log)
+    except Exception as exc:
+        res.check("host-sync check runs", False, f"{type(exc).__name__}: {exc}")
+        return res
+    how = (
+        "torch.cuda.set_sync_debug_mode + crossdiff's host reads"
+        if cuda
+        else "static path on CPU, crossdiff's host reads (set_sync_debug_mode needs CUDA)"
+    )
+    res.check(
+        f"no host sync in {report.steps_checked} ordinary training steps",
+        report.steps_checked > 0 and not report.syncs,
+        f"{report.summary()} ({how})",
+    )
+    res.metrics["host_syncs"] = [f"{n} x {site}" for site, n in report.sites()]
+    if cuda:
+        try:
+            caught, detail = device_nan_check(cfg)
+        except Exception as exc:
+            caught, detail = False, f"{type(exc).__name__}: {exc}"
+        res.check("a NaN made on the GPU is caught at the next log step", caught, detail)
     return res
+
+
+def _sync_check_setup(cfg: GpuBenchConfig, device: str) -> tuple[Any, Any, Any]:
+    """Host data (with high-norm rows, so the filter drops some), the crosscoder config and a
+    short training schedule in which every per-step mechanism acts."""
+    from crossdiff.crosscoder import ArraySource, CrosscoderConfig, TrainConfig
+
+    cuda = device == "cuda"
+    f, d, k, b = (
+        (cfg.n_features, cfg.d, cfg.k, cfg.batch_size)
+        if cuda
+        else (cfg.cpu_n_features, cfg.cpu_d, cfg.cpu_k, cfg.cpu_batch_size)
+    )
+    g = torch.Generator().manual_seed(cfg.seed + 2)
+    n = 4 * b
+    x_a = torch.randn(n, d, generator=g)
+    x_b = 0.5 * x_a + torch.randn(n, d, generator=g)
+    x_a[::97] *= 6
+    source = ArraySource(x_a, x_b, scales=(1.0, 1.0))
+    tc = TrainConfig(
+        steps=cfg.sync_steps,
+        batch_size=b,
+        warmup_steps=2,
+        k_anneal_from=2 * k,
+        k_anneal_steps=3,
+        dead_window_tokens=2 * b,  # features die from the third step: AuxK runs
+        resample_every=5,
+        resample_until=1.0,
+        log_every=4,
+        exclusive_init="random",
+        normalization="median",
+        device=device,
+        compute_dtype=cfg.dtype if cuda else "float32",
+        seed=cfg.seed,
+    )
+    return source, CrosscoderConfig.dfc(d, d, f, exclusive=0.05, k=k), tc
+
+
+def host_sync_check(cfg: GpuBenchConfig, device: str, log: Callable[[str], None]) -> Any:
+    """``cfg.sync_steps`` steps of ``train_crosscoder`` under ``hostsync.check_steps``: the
+    report of every host read in an ordinary step (none expected)."""
+    from crossdiff.crosscoder import hostsync, train_crosscoder
+
+    source, cc_cfg, tc = _sync_check_setup(cfg, device)
+    log(
+        f"host-sync check on {device}: {tc.steps} trainer steps at F={cc_cfg.n_features} "
+        f"d={cc_cfg.d_a} k={cc_cfg.k} batch={tc.batch_size}"
+    )
+    with hostsync.check_steps() as report:
+        train_crosscoder(source, cc_cfg, tc, progress=False)
+    return report
+
+
+class _GpuNoise:
+    """Random batches made on the GPU; the one of step ``bad_step`` holds a NaN."""
+
+    def __init__(self, d: int, bad_step: int) -> None:
+        self.d_a = self.d_b = d
+        self.bad_step = bad_step
+
+    def norm_scales(self) -> tuple[float, float]:
+        return (1.0, 1.0)
+
+    def batches(self, batch_size: int, *, seed: int = 0, skip: int = 0) -> Any:
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        step = skip
+        while True:
+            x_a = torch.randn(batch_size, self.d_a, device="cuda", generator=gen)
+            x_b = torch.randn(batch_size, self.d_b, device="cuda", generator=gen)
+            if step == self.bad_step:
+                x_b[1, 2] = float("nan")
+            step += 1
+            yield x_a, x_b
+
+
+def device_nan_check(cfg: GpuBenchConfig) -> tuple[bool, str]:
+    """A batch with a NaN that a source made on the GPU: the trainer must stop at the next
+    log step and name the batch's step and model."""
+    from crossdiff.crosscoder import CrosscoderConfig, TrainConfig, train_crosscoder
+    from crossdiff.errors import CrossdiffError
+
+    tc = TrainConfig(
+        steps=8,
+        batch_size=64,
+        log_every=4,
+        k_anneal_from=None,
+        exclusive_init="random",
+        normalization="median",
+        device="cuda",
+        seed=cfg.seed,
+    )
+    try:
+        train_crosscoder(
+            _GpuNoise(32, 2), CrosscoderConfig.dfc(32, 32, 256, k=4), tc, progress=False
+        )
+    except CrossdiffError as exc:
+        return "batch at step 2" in str(exc) and "model B" in str(exc), str(exc)
+    return False, "trained through a NaN batch without an error"
 
 
 # ---- tiny models ----------------------------------------------------------------------------
@@ -615,6 +747,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpu-d", type=int, default=d.cpu_d)
     p.add_argument("--cpu-k", type=int, default=d.cpu_k)
     p.add_argument("--cpu-batch-size", type=int, default=d.cpu_batch_size)
+    p.add_argument(
+        "--sync-steps", type=int, default=d.sync_steps, help="trainer steps of the host-sync check"
+    )
     p.add_argument("--no-cuda", action="store_true", help="run as on a machine without CUDA")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json-out", default=None, help="write every result as JSON here")
@@ -639,6 +774,7 @@ def _main(args: argparse.Namespace) -> int:
         cpu_d=args.cpu_d,
         cpu_k=args.cpu_k,
         cpu_batch_size=args.cpu_batch_size,
+        sync_steps=args.sync_steps,
         parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()),
         use_cuda=not args.no_cuda,
     )

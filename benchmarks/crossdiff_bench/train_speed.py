@@ -11,7 +11,9 @@ batches (close, not bit-equal: float summation order differs, so selections can 
 
 On a GPU at the paper's size the two do not fit together: ``--sequential`` (automatic when
 the estimate exceeds 80% of free GPU memory) times ours first, frees it, then the reference;
-``--no-reference`` skips the reference.
+``--no-reference`` skips the reference. Our step takes the static path (no host reads,
+crosscoder/hostsync.py) on a GPU and the compacting one on the CPU; ``--static-shapes`` times
+the static path on the CPU too (to see what it costs there).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class SpeedConfig:
     """Untimed steps per implementation before the first round."""
     dead_frac: float = 0.0
     """Fraction of features marked dead, so AuxK runs (0: no AuxK, like a fresh run)."""
+    static_shapes: bool | None = None
+    """Our step's path: None = the device's (static on a GPU, compacting on the CPU)."""
     aux_k: int | None = None
     aux_alpha: float = 0.03
     grad_clip: float = 1.0
@@ -75,6 +79,14 @@ class SpeedResult:
     ours_rounds: list[float]
     reference_samples_per_s: float | None = None
     reference_rounds: list[float] = field(default_factory=list)
+    ours_cpu_rounds: list[float] = field(default_factory=list)
+    """Samples per second of this thread's CPU time (``time.thread_time``), per round: on a
+    shared CPU, where wall time measures the scheduler, the number to compare (torch
+    single-threaded, e.g. ``--threads 1``; meaningless on a GPU, whose work is not the
+    host's)."""
+    reference_cpu_rounds: list[float] = field(default_factory=list)
+    ours_cpu_samples_per_s: float = math.nan
+    """Median of ``ours_cpu_rounds``."""
     speedup: float | None = None
     loss_init_ours: float = math.nan
     loss_init_reference: float | None = None
@@ -139,6 +151,8 @@ def _step_fn(
     """One training step, as the trainer does it (plus gradient masking for the reference)."""
     params = [p for p in model.parameters() if p.requires_grad]
 
+    path = {} if reference or sc.static_shapes is None else {"static": sc.static_shapes}
+
     def step(xa: torch.Tensor, xb: torch.Tensor) -> None:
         out = model.loss(
             xa,
@@ -148,6 +162,7 @@ def _step_fn(
             aux_k=aux_k,
             aux_alpha=sc.aux_alpha,
             compute_dtype=cdtype,
+            **path,
         )
         opt.zero_grad(set_to_none=True)
         out.total.backward()
@@ -176,14 +191,15 @@ def _loss(
     return float(out.total)
 
 
-def _timed(step, batches, n: int, start: int, device: torch.device) -> tuple[float, int]:
+def _timed(step, batches, n: int, start: int, device: torch.device) -> tuple[float, float, int]:
+    """Run ``n`` steps: (wall seconds, this thread's CPU seconds, the next batch position)."""
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     for i in range(n):
         xa, xb = batches[(start + i) % len(batches)]
         step(xa, xb)
     _sync(device)
-    return time.perf_counter() - t0, start + n
+    return time.perf_counter() - t0, time.thread_time() - c0, start + n
 
 
 def run_speed(sc: SpeedConfig, *, log: Callable[[str], None] = print) -> SpeedResult:
@@ -252,17 +268,22 @@ def run_speed(sc: SpeedConfig, *, log: Callable[[str], None] = print) -> SpeedRe
     def prepare(name: str, model: torch.nn.Module) -> None:
         opt = torch.optim.Adam(model.parameters(), lr=sc.lr)
         steps[name] = _step_fn(model, opt, sc, dead, aux_k, cdtype, reference=name == "reference")
-        _, positions[name] = _timed(steps[name], batches, sc.warmup, 0, device)
+        _, _, positions[name] = _timed(steps[name], batches, sc.warmup, 0, device)
 
     def time_rounds(names: list[str]) -> None:
         for r in range(sc.rounds):
             for name in names:
-                secs, positions[name] = _timed(
+                secs, cpu, positions[name] = _timed(
                     steps[name], batches, sc.steps, positions[name], device
                 )
                 rate = sc.steps * sc.batch_size / secs
+                cpu_rate = sc.steps * sc.batch_size / max(cpu, 1e-9)
                 getattr(result, f"{name}_rounds").append(rate)
-                log(f"  round {r + 1}/{sc.rounds} {name:>9}: {rate:,.0f} samples/s")
+                getattr(result, f"{name}_cpu_rounds").append(cpu_rate)
+                log(
+                    f"  round {r + 1}/{sc.rounds} {name:>9}: {rate:,.0f} samples/s "
+                    f"({cpu_rate:,.0f} per CPU-second)"
+                )
 
     if not sequential and sc.reference:
         ref = build_reference(ours)
@@ -291,6 +312,7 @@ def run_speed(sc: SpeedConfig, *, log: Callable[[str], None] = print) -> SpeedRe
             result.loss_after_reference = _loss(ref, batches[0], sc, dead, aux_k, cdtype)
     result.steps_trained = sc.warmup + sc.rounds * sc.steps
     result.ours_samples_per_s = statistics.median(result.ours_rounds)
+    result.ours_cpu_samples_per_s = statistics.median(result.ours_cpu_rounds)
     if result.reference_rounds:
         result.reference_samples_per_s = statistics.median(result.reference_rounds)
         result.speedup = result.ours_samples_per_s / result.reference_samples_per_s
@@ -356,6 +378,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fraction of features marked dead so AuxK runs (default 0)",
     )
     p.add_argument("--aux-k", type=int, default=None)
+    p.add_argument(
+        "--static-shapes",
+        action="store_true",
+        help="time our step on the static path (what a GPU runs) on the CPU too",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, auto (default cpu)")
     p.add_argument(
         "--dtype",
@@ -396,6 +423,7 @@ def _main(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             dead_frac=args.dead_frac,
             aux_k=args.aux_k,
+            static_shapes=True if args.static_shapes else None,
             device=args.device,
             dtype=args.dtype,
             reference=not args.no_reference,
@@ -415,6 +443,11 @@ def _main(args: argparse.Namespace) -> int:
         "ours/s, ref/s: median samples/s over rounds; loss: the training loss of both on the "
         "same batch, at the same initial weights and after the same steps"
     )
+    for r in results:  # the rate per CPU-second of this thread: wall time on a shared CPU
+        print(  # measures the scheduler (meaningful with torch single-threaded, --threads 1)
+            f"F={r.config['n_features']}: ours {r.ours_cpu_samples_per_s:,.0f} samples per "
+            f"CPU-second (rounds: {', '.join(f'{x:,.0f}' for x in r.ours_cpu_rounds)})"
+        )
     if args.json_out:
         from pathlib import Path
 

@@ -1,5 +1,6 @@
-"""``crossdiff bench gpu`` on CPU: the CPU parts pass at tiny sizes, every CUDA part says why
-it was skipped, and the exit status is 0 (the GPU run itself needs a lent machine)."""
+"""``crossdiff bench gpu`` on CPU: the CPU parts pass at tiny sizes (the training part's
+host-sync check included, on the static path), every CUDA part says why it was skipped, and
+the exit status is 0 (the GPU run itself needs a lent machine)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def test_cpu_run_passes_and_names_every_skipped_cuda_part(capsys, tmp_path: Path
     assert "FAIL" not in text
     for check in (
         "train/cpu: same loss at the same weights",
+        "train/cpu: no host sync in 6 ordinary training steps: no host read in 6 ordinary steps",
         "harvest/cpu: early exit == full forward (gpt_oss, float32)",
         "harvest/cpu: harvest completes and verifies",
         "steer/cpu: alpha 0 == plain generation (gpt_oss)",
@@ -71,6 +73,7 @@ def test_cpu_run_passes_and_names_every_skipped_cuda_part(capsys, tmp_path: Path
     assert all(c["ok"] for p in PARTS for c in by_key[(p, "cpu")]["checks"])
     train = by_key[("train", "cpu")]["metrics"]
     assert train["shape"]["n_features"] == 256 and train["ours_samples_per_s"] > 0
+    assert train["host_syncs"] == []
 
 
 def test_without_cuda_the_reason_names_torch(monkeypatch) -> None:

@@ -27,13 +27,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from crossdiff.crosscoder import hostsync
 from crossdiff.crosscoder.config import CrosscoderConfig
 from crossdiff.crosscoder.partition import FeaturePartition, check_model
 from crossdiff.crosscoder.sparse import (
     GatheredPreacts,
     select_batch_topk,
+    select_batch_topk_static,
     select_threshold,
     select_topk,
+    select_topk_static,
     sparse_decode,
 )
 from crossdiff.errors import CrossdiffError
@@ -81,16 +84,32 @@ class LossOutput:
     aux: torch.Tensor  # AuxK term (already weighted)
     l1: torch.Tensor  # ReLU-mode sparsity penalty (already weighted)
     fired: torch.Tensor  # (F,) bool: features active at least once in this batch
-    l0: float  # mean active features per sample
+    l0: float | torch.Tensor  # mean active features per sample (a device scalar on the static
+    # path, crosscoder/hostsync.py, read only at log steps)
     min_score: torch.Tensor | None  # per threshold group, for the BatchTopK threshold EMA
     var_a: torch.Tensor  # summed variance of the batch (for FVE)
     var_b: torch.Tensor
 
 
-def _normalized_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE of pred vs target, relative to predicting target's mean (OpenAI's AuxK form)."""
-    denom = (target - target.mean(0, keepdim=True)).pow(2).sum(-1).mean().clamp_min(1e-12)
-    return (pred - target).pow(2).sum(-1).mean() / denom
+def _weighted_mean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-row values ``x`` over the rows where ``w`` (0/1 per row) is 1 (all: None)."""
+    if w is None:
+        return x.mean()
+    return (x * w).sum() / w.sum().clamp_min(1)
+
+
+def _normalized_mse(
+    pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor | None = None
+) -> torch.Tensor:
+    """MSE of pred vs target, relative to predicting target's mean (OpenAI's AuxK form); over
+    the rows where ``w`` is 1 (all: None)."""
+    if w is None:
+        denom = (target - target.mean(0, keepdim=True)).pow(2).sum(-1).mean().clamp_min(1e-12)
+        return (pred - target).pow(2).sum(-1).mean() / denom
+    col = w.unsqueeze(1)
+    mean = (target * col).sum(0, keepdim=True) / w.sum().clamp_min(1)
+    denom = _weighted_mean((target - mean).pow(2).sum(-1), w).clamp_min(1e-12)
+    return _weighted_mean((pred - target).pow(2).sum(-1), w) / denom
 
 
 def _aux_mse(
@@ -99,20 +118,33 @@ def _aux_mse(
     eb: torch.Tensor,
     tb: torch.Tensor,
     batch: GlobalBatch | None,
+    w: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Both models' normalized AuxK MSE; over the global batch when it is spread over ranks
     (the denominators are then the global residual variances, from one all-reduce)."""
     if batch is None:
-        return _normalized_mse(ea, ta) + _normalized_mse(eb, tb)
+        return _normalized_mse(ea, ta, w) + _normalized_mse(eb, tb, w)
     den_a, den_b = batch.centred_sq_means(ta, tb)
     num_a = batch.row_mean((ea - ta).pow(2).sum(-1))
     num_b = batch.row_mean((eb - tb).pow(2).sum(-1))
     return num_a / den_a.clamp_min(1e-12) + num_b / den_b.clamp_min(1e-12)
 
 
-def _row_mean(x: torch.Tensor, batch: GlobalBatch | None) -> torch.Tensor:
-    """Mean of per-row values: of this batch, or this rank's share of the global batch's."""
-    return x.mean() if batch is None else batch.row_mean(x)
+def _row_mean(
+    x: torch.Tensor, batch: GlobalBatch | None, w: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of per-row values: of this batch (its rows where ``w`` is 1), or this rank's
+    share of the global batch's."""
+    return _weighted_mean(x, w) if batch is None else batch.row_mean(x)
+
+
+def _centred_sq_sum(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """Summed squared distance of the rows (where ``w`` is 1) to their mean (for FVE)."""
+    if w is None:
+        return (x - x.mean(0)).pow(2).sum()
+    col = w.unsqueeze(1)
+    mean = (x * col).sum(0) / w.sum().clamp_min(1)
+    return ((x - mean).pow(2) * col).sum()
 
 
 class Crosscoder(nn.Module):
@@ -145,6 +177,10 @@ class Crosscoder(nn.Module):
         self.register_buffer("mean_b", torch.zeros(config.d_b), persistent=config.centered)
         self.register_buffer("local_a", p.local_index("a"), persistent=False)
         self.register_buffer("local_b", p.local_index("b"), persistent=False)
+        # the features that write to each model, as indices (a boolean mask would be turned
+        # into indices, a host read on a GPU, at every decode)
+        self.register_buffer("writes_a", torch.nonzero(self.local_a >= 0)[:, 0], persistent=False)
+        self.register_buffer("writes_b", torch.nonzero(self.local_b >= 0)[:, 0], persistent=False)
         self.reset_parameters(seed)
 
     # ---- initialisation ------------------------------------------------------------------
@@ -344,10 +380,9 @@ class Crosscoder(nn.Module):
             all_rows, all_feats, mins = [], [], []
             for gi, (sl, kg) in enumerate(self._groups(k)):
                 s = scores[:, sl]
-                thr = float(self.threshold[gi])
                 if cfg.activation == "topk":
                     rows, feats = select_topk(s, kg)
-                elif use_threshold and not math.isnan(thr):
+                elif use_threshold and not math.isnan(thr := float(self.threshold[gi])):
                     rows, feats = select_threshold(s, thr)
                 elif batch is not None:
                     rows, feats, low = batch.batch_topk(s, kg)
@@ -368,7 +403,52 @@ class Crosscoder(nn.Module):
                 rows, feats = rows[order], feats[order]
             return rows, feats, torch.stack(mins)
 
-    def _gather(self, pre, x_a, x_b, rows, feats) -> torch.Tensor:
+    @torch.no_grad()
+    def _select_static(
+        self,
+        pre: torch.Tensor,
+        k: int,
+        batch: GlobalBatch | None,
+        keep: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`select` of the training loss on the static path (crosscoder/hostsync.py):
+        ``(rows, feats, valid, min_score)`` with ``k x rows`` entries per group whatever the
+        data, ``valid`` marking the selected ones; rows outside ``keep`` are never selected
+        and do not count in the budget."""
+        cfg = self.config
+        scores = pre.clamp_min(0).mul_(self.selection_weight().float())
+        if keep is not None:
+            scores.mul_(keep.unsqueeze(1))
+        n_rows = None if keep is None else keep.sum()
+        nan = torch.full((), float("nan"), device=pre.device)
+        all_rows, all_feats, all_valid, mins = [], [], [], []
+        for sl, kg in self._groups(k):
+            s = scores[:, sl]
+            if cfg.activation == "topk":
+                rows, feats, valid = select_topk_static(s, kg)
+                low = None
+            elif batch is not None:
+                rows, feats, valid, low = batch.batch_topk(s, kg, static=True)
+            else:
+                rows, feats, valid = select_batch_topk_static(s, kg, n_rows)
+                low = None
+            if low is None:
+                if rows.numel() == 0:  # no rows at all (a shape, not a value)
+                    low = nan
+                else:
+                    picked = torch.where(valid, s[rows, feats], float("inf")).amin()
+                    low = torch.where(valid.any(), picked, nan)
+            mins.append(low)
+            all_rows.append(rows)
+            all_feats.append(feats + sl.start)
+            all_valid.append(valid)
+        rows, feats, valid = torch.cat(all_rows), torch.cat(all_feats), torch.cat(all_valid)
+        if len(all_rows) > 1:
+            order = torch.argsort(rows * cfg.n_features + feats)
+            rows, feats, valid = rows[order], feats[order], valid[order]
+        return rows, feats, valid, torch.stack(mins)
+
+    def _gather(self, pre, x_a, x_b, rows, feats, static: bool = False) -> torch.Tensor:
         return GatheredPreacts.apply(
             pre[rows, feats].detach(),
             x_a,
@@ -380,6 +460,7 @@ class Crosscoder(nn.Module):
             self.local_a[feats],
             self.local_b[feats],
             feats,
+            static,
         )
 
     def encode_sparse(
@@ -420,17 +501,23 @@ class Crosscoder(nn.Module):
         """Dense features (B, F) -> normalized reconstructions of both models."""
         out = []
         for m in ("a", "b"):
-            local = self._local(m)
-            mask = local >= 0
-            out.append(f[:, mask] @ self._full_dec(m)[local[mask]] + self._bias(m))
+            own = self.writes_a if m == "a" else self.writes_b
+            dec = self._full_dec(m).index_select(0, self._local(m)[own])
+            out.append(f.index_select(1, own) @ dec + self._bias(m))
         return out[0], out[1]
 
-    def decode_sparse(self, codes: SparseCodes, *, bias: bool = True):
-        """Sparse codes -> normalized reconstructions of both models (fast path)."""
+    def decode_sparse(self, codes: SparseCodes, *, bias: bool = True, static: bool = False):
+        """Sparse codes -> normalized reconstructions of both models (fast path; ``static``:
+        without a data-dependent shape, see :func:`~crossdiff.crosscoder.sparse.sparse_decode`)."""
         out = []
         for m in ("a", "b"):
             r = sparse_decode(
-                codes.rows, self._local(m)[codes.feats], codes.vals, self._full_dec(m), codes.batch
+                codes.rows,
+                self._local(m)[codes.feats],
+                codes.vals,
+                self._full_dec(m),
+                codes.batch,
+                static=static,
             )
             out.append(r + self._bias(m) if bias else r)
         return out[0], out[1]
@@ -457,52 +544,94 @@ class Crosscoder(nn.Module):
         l1_coeff: float = 0.0,
         compute_dtype: torch.dtype | None = None,
         batch: GlobalBatch | None = None,
+        keep: torch.Tensor | None = None,
+        static: bool | None = None,
     ) -> LossOutput:
         """Training loss on a normalized batch: both models' reconstruction errors (squared
         L2 per sample, averaged), plus AuxK on dead features (top-k modes) or the
         decoder-norm-weighted L1 penalty (relu mode). Selection is by batch top-k (not the
         threshold), as in training. With ``batch`` the rows are this rank's part of a global
         batch: selection and AuxK's normalization are global and the loss is this rank's
-        share of the global mean (its gradients are summed over ranks)."""
+        share of the global mean (its gradients are summed over ranks).
+
+        ``keep`` (B,) bool: the rows in the loss (the high-norm filter's; None: all); the
+        others are as if absent. ``static`` (default: :func:`hostsync.static_shapes` of the
+        batch's device): the path whose shapes are fixed by B and k and that reads nothing on
+        the host (crosscoder/hostsync.py); the other path drops rows and entries instead."""
         self._check_inputs(x_a, x_b)
+        if static is None:
+            static = hostsync.static_shapes(x_a)
+        if keep is not None and not static:
+            x_a, x_b, keep = x_a[keep], x_b[keep], None
+        w = None if keep is None else keep.to(x_a.dtype)
         cfg = self.config
-        var_a = (x_a - x_a.mean(0)).pow(2).sum()
-        var_b = (x_b - x_b.mean(0)).pow(2).sum()
+        var_a = _centred_sq_sum(x_a, w)
+        var_b = _centred_sq_sum(x_b, w)
         zero = x_a.new_zeros(())
         if cfg.activation == "relu":
             pre = self.preacts(x_a, x_b, compute_dtype)
             f = pre.clamp_min(0)
+            if w is not None:
+                f = f * w.unsqueeze(1)
             ra, rb = self.decode(f)
-            la = _row_mean((ra - x_a).pow(2).sum(-1), batch)
-            lb = _row_mean((rb - x_b).pow(2).sum(-1), batch)
-            l1 = l1_coeff * _row_mean((f * self.decoder_norms().sum(1)).sum(-1), batch)
+            la = _row_mean((ra - x_a).pow(2).sum(-1), batch, w)
+            lb = _row_mean((rb - x_b).pow(2).sum(-1), batch, w)
+            l1 = l1_coeff * _row_mean((f * self.decoder_norms().sum(1)).sum(-1), batch, w)
             fired = (f > 0).any(0)
-            l0 = float((f > 0).sum(-1).float().mean())
+            counts = (f > 0).sum(-1).float()
+            l0: float | torch.Tensor = _weighted_mean(counts, w) if static else float(counts.mean())
             return LossOutput(
                 la + lb + l1, la + lb, la, lb, zero, l1, fired, l0, None, var_a, var_b
             )
         with torch.no_grad():
             pre = self.preacts(x_a, x_b, compute_dtype)
-        rows, feats, mins = self.select(pre, k=k, use_threshold=False, batch=batch)
-        vals = self._gather(pre, x_a, x_b, rows, feats)
-        codes = SparseCodes(rows, feats, vals, x_a.shape[0], cfg.n_features, mins)
-        ra, rb = self.decode_sparse(codes)
-        la = _row_mean((ra - x_a).pow(2).sum(-1), batch)
-        lb = _row_mean((rb - x_b).pow(2).sum(-1), batch)
-        fired = torch.zeros(cfg.n_features, dtype=torch.bool, device=x_a.device)
-        fired[feats] = True
+        n = x_a.shape[0]
+        valid = None
+        if static:
+            rows, feats, valid, mins = self._select_static(pre, k or cfg.k, batch, keep)
+            vals = self._gather(pre, x_a, x_b, rows, feats, static=True) * valid
+        else:
+            rows, feats, mins = self.select(pre, k=k, use_threshold=False, batch=batch)
+            vals = self._gather(pre, x_a, x_b, rows, feats)
+        codes = SparseCodes(rows, feats, vals, n, cfg.n_features, mins)
+        ra, rb = self.decode_sparse(codes, static=static)
+        la = _row_mean((ra - x_a).pow(2).sum(-1), batch, w)
+        lb = _row_mean((rb - x_b).pow(2).sum(-1), batch, w)
+        if valid is None:
+            fired = torch.zeros(cfg.n_features, dtype=torch.bool, device=x_a.device)
+            fired[feats] = True
+        else:
+            hits = torch.zeros(cfg.n_features, dtype=torch.int32, device=x_a.device)
+            fired = hits.index_add_(0, feats, valid.to(torch.int32)) > 0
         aux = zero
-        if aux_alpha > 0 and aux_k > 0 and dead_mask is not None and bool(dead_mask.any()):
-            dead = torch.nonzero(dead_mask, as_tuple=True)[0]
-            with torch.no_grad():
-                dead_pre = pre[:, dead].clamp_min(0)
-                arows, apos = select_topk(dead_pre, min(aux_k, dead.numel()))
-            afeats = dead[apos]
-            avals = self._gather(pre, x_a, x_b, arows, afeats)
-            acodes = SparseCodes(arows, afeats, avals, x_a.shape[0], cfg.n_features, mins)
-            ea, eb = self.decode_sparse(acodes, bias=False)
-            aux = aux_alpha * _aux_mse(ea, (x_a - ra).detach(), eb, (x_b - rb).detach(), batch)
-        l0 = rows.numel() / max(1, x_a.shape[0])
+        if aux_alpha > 0 and aux_k > 0 and dead_mask is not None:
+            if static:  # every step a dead mask is given; the term counts only if one is dead
+                with torch.no_grad():
+                    dead_pre = pre.clamp_min(0).mul_(dead_mask)
+                    if keep is not None:
+                        dead_pre.mul_(keep.unsqueeze(1))
+                    arows, afeats, avalid = select_topk_static(dead_pre, aux_k)
+                avals = self._gather(pre, x_a, x_b, arows, afeats, static=True) * avalid
+                acodes = SparseCodes(arows, afeats, avals, n, cfg.n_features, mins)
+                ea, eb = self.decode_sparse(acodes, bias=False, static=True)
+                targets = (x_a - ra).detach(), (x_b - rb).detach()
+                aux = aux_alpha * _aux_mse(ea, targets[0], eb, targets[1], batch, w)
+                aux = aux * dead_mask.any()
+            elif bool(dead_mask.any()):
+                dead = torch.nonzero(dead_mask, as_tuple=True)[0]
+                with torch.no_grad():
+                    dead_pre = pre[:, dead].clamp_min(0)
+                    arows, apos = select_topk(dead_pre, min(aux_k, dead.numel()))
+                afeats = dead[apos]
+                avals = self._gather(pre, x_a, x_b, arows, afeats)
+                acodes = SparseCodes(arows, afeats, avals, n, cfg.n_features, mins)
+                ea, eb = self.decode_sparse(acodes, bias=False)
+                targets = (x_a - ra).detach(), (x_b - rb).detach()
+                aux = aux_alpha * _aux_mse(ea, targets[0], eb, targets[1], batch)
+        if valid is None:
+            l0 = rows.numel() / max(1, n)
+        else:
+            l0 = valid.sum() / (n if keep is None else keep.sum().clamp_min(1))
         return LossOutput(la + lb + aux, la + lb, la, lb, aux, zero, fired, l0, mins, var_a, var_b)
 
     # ---- persistence ---------------------------------------------------------------------

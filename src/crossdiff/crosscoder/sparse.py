@@ -9,11 +9,17 @@ features), and everything after selection touches only the selected entries:
 - :class:`GatheredPreacts` yields their pre-activations with a backward pass that builds the
   encoder gradients by a sparse matrix product (cost ``nnz x d`` instead of ``B x F x d``);
 - :func:`sparse_decode` is an ``embedding_bag`` over the selected decoder rows.
+
+The ``*_static`` selections are the same selections with shapes fixed by the batch size and k
+alone (crosscoder/hostsync.py): a fixed number of entries, with a ``valid`` mask instead of
+compaction; :class:`GatheredPreacts` and :func:`sparse_decode` take ``static=True`` to handle
+invalid entries as weight-0 entries instead of dropping them.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +83,41 @@ def select_batch_topk(scores: torch.Tensor, k_total: int) -> tuple[torch.Tensor,
     return _sorted_by_row(flat_idx // f, flat_idx % f, f)
 
 
+def select_batch_topk_static(
+    scores: torch.Tensor, k: int, n_rows: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`select_batch_topk` of ``k x n_rows`` entries (``n_rows`` a device count, e.g. of
+    the rows the high-norm filter kept; default all ``B`` rows) without a host read: the
+    ``k x B`` largest entries as ``(rows, feats, valid)``, sorted by row then feature, where
+    ``valid`` marks the selected ones (within the budget and positive). The same set as
+    :func:`select_batch_topk` (up to ties at the budget's edge); one top-k over the whole
+    matrix, which is fast on a GPU (the published code does the same) and slow on a CPU."""
+    b, f = scores.shape
+    n_take = min(k * b, b * f)
+    vals, flat = torch.topk(scores.reshape(-1), n_take, sorted=n_rows is not None)
+    valid = vals > 0
+    if n_rows is not None:  # vals are sorted: the first k x n_rows are the budget
+        valid &= torch.arange(n_take, device=scores.device) < k * n_rows
+    order = torch.argsort(flat)  # the flat index is row * F + feature
+    flat = flat[order]
+    return flat // f, flat % f, valid[order]
+
+
+def select_topk_static(
+    scores: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`select_topk` without compaction: ``k`` entries per row as ``(rows, feats,
+    valid)``, sorted by row then feature; ``valid`` marks the positive ones."""
+    b, f = scores.shape
+    k = min(k, f)
+    vals, feats = torch.topk(scores, k, dim=1, sorted=False)
+    rows = torch.arange(b, device=scores.device).unsqueeze(1).expand(b, k)
+    key = (rows * f + feats).reshape(-1)
+    order = torch.argsort(key)
+    key = key[order]
+    return key // f, key % f, (vals > 0).reshape(-1)[order]
+
+
 def select_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` largest positive entries of every row, as (rows, feats) sorted by row."""
     b, f = scores.shape
@@ -94,9 +135,33 @@ def select_threshold(scores: torch.Tensor, threshold: float) -> tuple[torch.Tens
 
 
 def _weight_grad(
-    x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, g: torch.Tensor, n_cols: int
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    g: torch.Tensor,
+    n_cols: int,
+    static: bool = False,
 ) -> torch.Tensor:
-    """Gradient of ``W`` (d, n_cols) for ``out[n] = x[rows[n]] @ W[:, cols[n]]``: x^T @ G."""
+    """Gradient of ``W`` (d, n_cols) for ``out[n] = x[rows[n]] @ W[:, cols[n]]``: x^T @ G.
+
+    Entries with ``cols < 0`` contribute nothing. ``static``: without a host read, as a CSR
+    product whose row pointers come from a sorted search (a COO product coalesces first, which
+    reads the number of distinct entries on the host on CUDA; dropping the ``cols < 0``
+    entries would too); the entries are summed in another order than the COO product's, so
+    the two differ at float level."""
+    if static:
+        sel = cols >= 0
+        cols = cols.clamp_min(0)
+        g = torch.where(sel, g, torch.zeros((), dtype=g.dtype, device=g.device))
+        order = torch.argsort(cols * x.shape[0] + rows)
+        cols, rows, g = cols[order], rows[order], g[order]
+        crow = torch.searchsorted(cols, torch.arange(n_cols + 1, device=cols.device))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta")
+            gmat = torch.sparse_csr_tensor(
+                crow, rows, g.to(x.dtype), (n_cols, x.shape[0]), check_invariants=False
+            )
+        return (gmat @ x).t()
     sel = cols >= 0
     rows, cols, g = rows[sel], cols[sel], g[sel]
     gmat = torch.sparse_coo_tensor(
@@ -119,10 +184,11 @@ class GatheredPreacts(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, values, x_a, x_b, w_a, w_b, b_enc, rows, cols_a, cols_b, feats):  # type: ignore[override]
+    def forward(ctx, values, x_a, x_b, w_a, w_b, b_enc, rows, cols_a, cols_b, feats, static=False):  # type: ignore[override]
         ctx.save_for_backward(x_a, x_b, rows, cols_a, cols_b, feats)
         ctx.n_cols = (w_a.shape[1], w_b.shape[1], b_enc.shape[0])
         ctx.dtypes = (w_a.dtype, w_b.dtype, b_enc.dtype)
+        ctx.static = static
         return values.clone()
 
     @staticmethod
@@ -132,13 +198,15 @@ class GatheredPreacts(torch.autograd.Function):
         g = grad.float()
         grad_wa = grad_wb = grad_b = None
         if ctx.needs_input_grad[3]:
-            grad_wa = _weight_grad(x_a.float(), rows, cols_a, g, n_a).to(ctx.dtypes[0])
+            grad_wa = _weight_grad(x_a.float(), rows, cols_a, g, n_a, ctx.static)
+            grad_wa = grad_wa.to(ctx.dtypes[0])
         if ctx.needs_input_grad[4]:
-            grad_wb = _weight_grad(x_b.float(), rows, cols_b, g, n_b).to(ctx.dtypes[1])
+            grad_wb = _weight_grad(x_b.float(), rows, cols_b, g, n_b, ctx.static)
+            grad_wb = grad_wb.to(ctx.dtypes[1])
         if ctx.needs_input_grad[5]:
             grad_b = torch.zeros(n_f, dtype=torch.float32, device=g.device)
             grad_b = grad_b.index_add_(0, feats, g).to(ctx.dtypes[2])
-        return None, None, None, grad_wa, grad_wb, grad_b, None, None, None, None
+        return None, None, None, grad_wa, grad_wb, grad_b, None, None, None, None, None
 
 
 def sparse_decode(
@@ -147,17 +215,24 @@ def sparse_decode(
     vals: torch.Tensor,
     weight: torch.Tensor,
     batch: int,
+    *,
+    static: bool = False,
 ) -> torch.Tensor:
     """Sum ``vals[n] * weight[local[n]]`` into output row ``rows[n]`` (rows sorted ascending).
 
-    Entries with ``local < 0`` (features that do not write to this model) are skipped.
+    Entries with ``local < 0`` (features that do not write to this model) are skipped; with
+    ``static`` they stay, with weight 0 (no data-dependent shape, no host read).
     """
     keep = local >= 0
-    rows, local, vals = rows[keep], local[keep], vals[keep]
+    if static:
+        local = local.clamp_min(0)
+        vals = torch.where(keep, vals, torch.zeros((), dtype=vals.dtype, device=vals.device))
+    else:
+        rows, local, vals = rows[keep], local[keep], vals[keep]
     if rows.numel() == 0:
         return weight.new_zeros(batch, weight.shape[1]) + 0.0 * vals.sum()
-    counts = torch.bincount(rows, minlength=batch)
-    offsets = torch.cumsum(counts, 0) - counts
+    # each row's first entry (rows are sorted): the bag offsets, without bincount's host read
+    offsets = torch.searchsorted(rows, torch.arange(batch, device=rows.device))
     return F.embedding_bag(
         local, weight, offsets, mode="sum", per_sample_weights=vals.to(weight.dtype)
     )

@@ -16,6 +16,13 @@ Exact resume: the source is deterministic given (batch size, seed) and can skip 
 schedule is a function of the step, and a checkpoint holds the weights, the optimizer state,
 the dead-feature counters and the threshold state, so a resumed run ends bit-identical to an
 uninterrupted one (on CPU; CUDA index_add is not deterministic).
+
+No host round trips: on an accelerator an ordinary step (not a log, checkpoint, resample or
+first step) reads nothing from the device on the host; the filter, BatchTopK, AuxK, the
+counters and the threshold EMA stay on the device and the metrics are read at log steps
+(crosscoder/hostsync.py, which also holds the check that tests and ``crossdiff bench gpu``
+run). A batch a source yields on the device is checked for NaN/inf on the device and the
+error is raised at the next log or checkpoint step (host batches are checked at once).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from typing import Any
 
 import torch
 
+from crossdiff.crosscoder import hostsync
 from crossdiff.crosscoder.config import CrosscoderConfig
 from crossdiff.crosscoder.global_batch import GlobalBatch
 from crossdiff.crosscoder.model import Crosscoder
@@ -222,11 +230,44 @@ def default_dead_window(tc: TrainConfig) -> int:
 
 def check_finite(x: torch.Tensor, model: str, step: int) -> None:
     if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).sum())
-        raise CrossdiffError(
-            f"batch at step {step} has {bad} NaN/inf values in model {model.upper()}'s "
-            f"activations; check the data (for a store: crossdiff store verify PATH)"
-        )
+        _raise_nonfinite(int((~torch.isfinite(x)).sum()), model, step)
+
+
+def _raise_nonfinite(bad: int, model: str, step: int) -> None:
+    raise CrossdiffError(
+        f"batch at step {step} has {bad} NaN/inf values in model {model.upper()}'s "
+        f"activations; check the data (for a store: crossdiff store verify PATH)"
+    )
+
+
+class _NonFinite:
+    """The NaN/inf check of raw batches: at once for a batch on the host (no device read);
+    for one a source made on the device, counted there and raised at the next log or
+    checkpoint step (:meth:`raise_if_any`), naming the first bad step."""
+
+    def __init__(self) -> None:
+        self.first: torch.Tensor | None = None  # (2,) first bad step per model, -1: none
+        self.count: torch.Tensor | None = None  # (2,) its NaN/inf count
+
+    def check(self, x_a: torch.Tensor, x_b: torch.Tensor, step: int) -> None:
+        if x_a.device.type == "cpu" and x_b.device.type == "cpu":
+            check_finite(x_a, "a", step)
+            check_finite(x_b, "b", step)
+            return
+        bad = torch.stack([(~torch.isfinite(x)).sum().to(x_a.device) for x in (x_a, x_b)])
+        if self.first is None or self.count is None:
+            self.first = torch.full_like(bad, -1)
+            self.count = torch.zeros_like(bad)
+        new = (self.first < 0) & (bad > 0)
+        self.first = torch.where(new, step, self.first)
+        self.count = torch.where(new, bad, self.count)
+
+    def raise_if_any(self) -> None:
+        if self.first is None or self.count is None:
+            return
+        for m, first, count in zip("ab", self.first.tolist(), self.count.tolist()):
+            if first >= 0:
+                _raise_nonfinite(count, m, first)
 
 
 def estimate_moments(source: PairSource, tc: TrainConfig) -> Moments:
@@ -370,7 +411,8 @@ class _State:
     step: int = 0
     since_fired: torch.Tensor | None = None  # (F,) samples since each feature last fired
     thr_updates: torch.Tensor | None = None  # (2,) EMA update counts per threshold group
-    samples: int = 0
+    samples: int | torch.Tensor = 0  # kept samples trained on (a device count between
+    # checkpoints on the static path)
 
 
 def _save_checkpoint(
@@ -399,7 +441,7 @@ def _save_checkpoint(
             for key, val in st.items():
                 tensors[f"opt.{param_name[id(p)]}.{key}"] = torch.as_tensor(val).cpu().contiguous()
     save_file(tensors, str(tmp / TRAIN_STATE_FILE))
-    meta = {"step": state.step, "samples": state.samples, "train_config": tc.to_dict()}
+    meta = {"step": state.step, "samples": int(state.samples), "train_config": tc.to_dict()}
     (tmp / TRAIN_META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     if final.exists():
         why = _checkpoint_damage(final)
@@ -600,49 +642,76 @@ def train_crosscoder(
     t0, s0 = time.perf_counter(), state.step
     log_path = ckpt_dir / LOG_FILE if ckpt_dir is not None and main else None
     params = list(model.parameters())
+    static = hostsync.static_shapes(device)
+    nonfinite = _NonFinite()
+    # a feature can be dead only once its counter can have reached the window (it grows by at
+    # most a batch a step): until then AuxK gets no dead mask, on the static path too
+    since_max = int(state.since_fired.max())
     model.train()
     try:
         for step in range(state.step, tc.steps):
-            x_a, x_b, batch = _next_batch(model, stream, tc, device, step, dinfo)
-            n_kept = x_a.shape[0] if batch is None else batch.n_total
-            if step == 0:  # fresh run: decoder bias at the geometric median (paper init)
-                _init_decoder_bias(model, x_a, x_b, batch)
-            k_now = annealed_k(step, final_k, tc)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, tc)
-            dead_mask = state.since_fired >= dead_window
-            out = model.loss(
-                x_a,
-                x_b,
-                k=k_now,
-                dead_mask=dead_mask,
-                aux_k=aux_k,
-                aux_alpha=tc.aux_alpha,
-                l1_coeff=tc.l1_coeff,
-                compute_dtype=cdtype,
-                batch=batch,
+            done = step + 1
+            ordinary = not (
+                step == 0
+                or done % tc.log_every == 0
+                or done == tc.steps
+                or (ckpt_dir is not None and done % tc.checkpoint_every == 0)
+                or _resample_due(done, tc, model)
             )
-            opt.zero_grad(set_to_none=True)
-            out.total.backward()
-            fired, min_score = out.fired, out.min_score
-            if dinfo is not None:
-                fired = distributed.sum_gradients(params, fired) > 0
-                if min_score is not None:
-                    min_score = distributed.min_over_ranks(min_score)
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-            opt.step()
-            with torch.no_grad():
-                _update_threshold(model, state, min_score, step, tc, final_k)
-                state.since_fired += n_kept
-                state.since_fired[fired] = 0
-            state.samples += n_kept
-            state.step = step + 1
-            resampled = _maybe_resample(model, opt, state, tc, dead_window, x_a, x_b, batch)
+            raw_a, raw_b = next(stream)
+            nonfinite.check(raw_a, raw_b, step)
+            with hostsync.step(ordinary):
+                x_a, x_b, keep, batch = _prepare(model, raw_a, raw_b, tc, device, dinfo, static)
+                n_rows = x_a.shape[0] if keep is None else keep.sum()  # this rank's, kept
+                n_kept = n_rows if batch is None else batch.n_total  # the global batch's
+                if step == 0:  # fresh run: decoder bias at the geometric median (paper init)
+                    _init_decoder_bias(model, x_a, x_b, batch, keep)
+                k_now = annealed_k(step, final_k, tc)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, tc)
+                dead_mask = state.since_fired >= dead_window
+                may_be_dead = since_max + (step - s0) * tc.batch_size >= dead_window
+                out = model.loss(
+                    x_a,
+                    x_b,
+                    k=k_now,
+                    dead_mask=dead_mask if may_be_dead else None,
+                    aux_k=aux_k,
+                    aux_alpha=tc.aux_alpha,
+                    l1_coeff=tc.l1_coeff,
+                    compute_dtype=cdtype,
+                    batch=batch,
+                    keep=keep,
+                    static=static,
+                )
+                opt.zero_grad(set_to_none=True)
+                out.total.backward()
+                fired, min_score = out.fired, out.min_score
+                if dinfo is not None:
+                    fired = distributed.sum_gradients(params, fired) > 0
+                    if min_score is not None:
+                        min_score = distributed.min_over_ranks(min_score)
+                if tc.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+                opt.step()
+                with torch.no_grad():
+                    _update_threshold(model, state, min_score, step, tc, final_k)
+                    state.since_fired += n_kept
+                    state.since_fired.masked_fill_(fired, 0)
+                state.samples = state.samples + n_kept
+                state.step = done
+                resampled = _maybe_resample(
+                    model, opt, state, tc, dead_window, x_a, x_b, batch, keep
+                )
+            if ordinary:
+                if bar is not None:
+                    bar.update(1)
+                continue
+            nonfinite.raise_if_any()  # before anything trained on it is logged or saved
             if state.step % tc.log_every == 0 or state.step == tc.steps:
                 metrics = {
                     "step": state.step,
-                    **_loss_metrics(out, x_a.shape[0], n_kept, batch),
+                    **_loss_metrics(out, n_rows, n_kept, batch),
                     "k": k_now,
                     "dead": float(dead_mask.float().mean()),
                     "resampled": resampled,
@@ -681,31 +750,50 @@ def train_crosscoder(
     return model
 
 
-def _next_batch(
-    model: Crosscoder, stream, tc: TrainConfig, device, step: int, dinfo
-) -> tuple[torch.Tensor, torch.Tensor, GlobalBatch | None]:
-    """This rank's rows of the next batch, as the step sees them, and (under torchrun) where
-    they sit in the global batch (the high-norm filter is then the global batch's)."""
-    x_a, x_b = next(stream)
+def _prepare(
+    model: Crosscoder, x_a, x_b, tc: TrainConfig, device, dinfo, static: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, GlobalBatch | None]:
+    """A raw batch -> this rank's normalized rows as the step sees them, the high-norm
+    filter's kept rows (static path: a mask, every row stays; else None, the others dropped)
+    and, under torchrun, where the rows sit in the global batch (the filter is then the
+    global batch's)."""
+    x_a, x_b = _to_device(model, x_a, x_b, device, static)
     if dinfo is None:
-        return (*_filtered(model, x_a, x_b, tc, device, step), None)
-    x_a, x_b = _normalized(model, x_a, x_b, device, step)
-    batch, x_a, x_b = GlobalBatch.filtered(x_a, x_b, tc.high_norm_factor, tc.batch_size, dinfo)
-    return x_a, x_b, batch
+        keep = _high_norm_keep(x_a, x_b, tc.high_norm_factor)
+        if keep is not None and not static:
+            return x_a[keep], x_b[keep], None, None
+        return x_a, x_b, keep, None
+    batch, x_a, x_b = GlobalBatch.filtered(
+        x_a, x_b, tc.high_norm_factor, tc.batch_size, dinfo, static=static
+    )
+    return x_a, x_b, batch.keep, batch
 
 
 @torch.no_grad()
-def _init_decoder_bias(model: Crosscoder, x_a, x_b, batch: GlobalBatch | None) -> None:
+def _init_decoder_bias(
+    model: Crosscoder, x_a, x_b, batch: GlobalBatch | None, keep: torch.Tensor | None
+) -> None:
     """Decoder biases at the geometric median of the first (whole, global) batch."""
-    if batch is not None:
-        x_a, x_b = batch.gather(x_a), batch.gather(x_b)
+    x_a, x_b = _whole_batch(x_a, x_b, batch, keep)
     model.b_dec_a.copy_(geometric_median(x_a))
     model.b_dec_b.copy_(geometric_median(x_b))
 
 
-def _loss_metrics(out, n_rows: int, n_total: int, batch: GlobalBatch | None) -> dict[str, float]:
+def _whole_batch(x_a, x_b, batch: GlobalBatch | None, keep: torch.Tensor | None) -> tuple:
+    """The step's kept rows of the whole (global) batch, for the steps that need them all."""
+    if batch is not None:
+        return batch.gather(x_a), batch.gather(x_b)
+    if keep is not None:
+        return x_a[keep], x_b[keep]
+    return x_a, x_b
+
+
+def _loss_metrics(out, n_rows, n_total, batch: GlobalBatch | None) -> dict[str, float]:
     """The step's loss, FVE, L0 and loss shares; over the global batch under torchrun (one
-    all-reduce of seven numbers, at log steps only; the variances are summed within ranks)."""
+    all-reduce of seven numbers, at log steps only; the variances are summed within ranks).
+    ``n_rows`` (this rank's rows in the loss) and ``n_total`` may be device counts."""
+    n_rows, n_total = int(n_rows), int(n_total)
+    nnz = out.l0 * n_rows
     vals = torch.stack(
         [
             out.total.detach(),
@@ -714,7 +802,7 @@ def _loss_metrics(out, n_rows: int, n_total: int, batch: GlobalBatch | None) -> 
             out.aux.detach(),
             out.var_a.detach(),
             out.var_b.detach(),
-            out.var_a.new_tensor(out.l0 * n_rows),
+            nnz.to(out.var_a.dtype) if torch.is_tensor(nnz) else out.var_a.new_tensor(nnz),
         ]
     ).float()
     if batch is not None:
@@ -733,6 +821,17 @@ def _loss_metrics(out, n_rows: int, n_total: int, batch: GlobalBatch | None) -> 
     }
 
 
+def _resample_due(step: int, tc: TrainConfig, model: Crosscoder) -> bool:
+    """Whether the step that ends at ``step`` resamples dead features."""
+    return bool(
+        tc.resample_every
+        and model.config.activation != "relu"
+        and step % tc.resample_every == 0
+        and step <= tc.resample_until * tc.steps
+        and step < tc.steps
+    )
+
+
 def _maybe_resample(
     model: Crosscoder,
     opt,
@@ -742,23 +841,17 @@ def _maybe_resample(
     x_a,
     x_b,
     batch: GlobalBatch | None,
+    keep: torch.Tensor | None = None,
 ) -> int:
     """Resample the features dead for a whole window, at ``resample_every`` steps (see
     crosscoder/resample.py); under torchrun every rank resamples from the whole global batch
     (gathered: resampling draws rows of it), then rank 0's result is broadcast."""
-    if (
-        not tc.resample_every
-        or model.config.activation == "relu"
-        or state.step % tc.resample_every
-        or state.step > tc.resample_until * tc.steps
-        or state.step >= tc.steps
-    ):
+    if not _resample_due(state.step, tc, model):
         return 0
     from crossdiff.crosscoder.resample import resample_dead
 
     dead = state.since_fired >= dead_window
-    if batch is not None:
-        x_a, x_b = batch.gather(x_a), batch.gather(x_b)
+    x_a, x_b = _whole_batch(x_a, x_b, batch, keep)
     n = resample_dead(model, opt, dead, x_a, x_b, seed=tc.seed, step=state.step)
     state.since_fired[dead] = 0
     if batch is not None:
@@ -768,21 +861,36 @@ def _maybe_resample(
     return n
 
 
+def _to_device(model: Crosscoder, x_a, x_b, device, static: bool) -> tuple:
+    """A raw batch -> normalized, on the training device (on the static path a copy from the
+    host does not wait for the device's queue: a blocking copy would)."""
+    non_blocking = static and torch.device(device).type == "cuda"
+    x_a = model.normalize(x_a.to(device, torch.float32, non_blocking=non_blocking), "a")
+    x_b = model.normalize(x_b.to(device, torch.float32, non_blocking=non_blocking), "b")
+    return x_a, x_b
+
+
 def _normalized(model: Crosscoder, x_a, x_b, device, step: int) -> tuple:
     """A raw batch -> finite-checked and normalized, on the training device."""
     check_finite(x_a, "a", step)
     check_finite(x_b, "b", step)
-    x_a = model.normalize(x_a.to(device, torch.float32), "a")
-    x_b = model.normalize(x_b.to(device, torch.float32), "b")
-    return x_a, x_b
+    return _to_device(model, x_a, x_b, device, False)
+
+
+def _high_norm_keep(x_a, x_b, factor: float) -> torch.Tensor | None:
+    """The pairs whose norms are both within ``factor`` x the batch's median (None: 0, no
+    filter)."""
+    if factor <= 0:
+        return None
+    na, nb = x_a.norm(dim=1), x_b.norm(dim=1)
+    return (na <= factor * na.median()) & (nb <= factor * nb.median())
 
 
 def _filtered(model: Crosscoder, x_a, x_b, tc: TrainConfig, device, step: int) -> tuple:
     """A raw batch -> finite-checked, normalized, high-norm-filtered, as the step sees it."""
     x_a, x_b = _normalized(model, x_a, x_b, device, step)
-    if tc.high_norm_factor > 0:
-        na, nb = x_a.norm(dim=1), x_b.norm(dim=1)
-        keep = (na <= tc.high_norm_factor * na.median()) & (nb <= tc.high_norm_factor * nb.median())
+    keep = _high_norm_keep(x_a, x_b, tc.high_norm_factor)
+    if keep is not None:
         x_a, x_b = x_a[keep], x_b[keep]
     return x_a, x_b
 
@@ -818,19 +926,23 @@ def _update_threshold(
     tc: TrainConfig,
     final_k: int,
 ) -> None:
-    """EMA of the smallest selected score per group, bias-corrected, reset after annealing."""
+    """EMA of the smallest selected score per group, bias-corrected, reset after annealing.
+
+    On the device, with the arithmetic of the per-group host loop it replaces (so the CPU
+    result is bit-identical): beta = min(threshold_beta, (1 + n) / (10 + n)) in float64, the
+    first update sets the threshold, later ones are ``fl32(beta) x thr + fl32((1 - beta) x
+    value)`` in float32; a group without a selected score (NaN) is left alone."""
     if min_score is None or model.config.activation != "batchtopk":
         return
     if tc.k_anneal_from is not None and step == tc.k_anneal_steps:
         state.thr_updates.zero_()  # annealing just ended: forget the large-k thresholds
-    for g in range(min_score.numel()):
-        value = float(min_score[g])
-        if math.isnan(value):
-            continue
-        n = int(state.thr_updates[g])
-        beta = min(model.config.threshold_beta, (1 + n) / (10 + n))
-        if n == 0:
-            model.threshold[g] = value
-        else:
-            model.threshold[g] = beta * model.threshold[g] + (1 - beta) * value
-        state.thr_updates[g] += 1
+    groups = min_score.numel()
+    thr = model.threshold[:groups]
+    n = state.thr_updates[:groups]
+    value = min_score.to(thr.dtype)
+    seen = ~torch.isnan(value)
+    nd = n.double()
+    beta = ((1 + nd) / (10 + nd)).clamp(max=model.config.threshold_beta)
+    ema = beta.to(thr.dtype) * thr + ((1 - beta) * value.double()).to(thr.dtype)
+    thr.copy_(torch.where(seen, torch.where(n == 0, value, ema), thr))
+    n.add_(seen.to(n.dtype))
