@@ -83,7 +83,9 @@ def iter_documents(store: ActivationStore, wanted: Iterable[int]) -> Iterable[di
                     yield json.loads(line)
 
 
-def cut_context(text: str, span: np.ndarray, before: int, after: int) -> tuple[str, str, str]:
+def cut_context(
+    text: str, span: np.ndarray | tuple[int, int], before: int, after: int
+) -> tuple[str, str, str]:
     """(before, token, after) of ``text`` around the character ``span``, clipped to the text:
     the one way the analysis examples, ``show`` and the interpret negatives cut a context."""
     s, e = int(span[0]), int(span[1])

@@ -372,8 +372,7 @@ def build_same_token(
             if 0 <= w < len(windows):
                 for m, keys in wanted.items():
                     text = windows[w].get(m, {}).get("text", "")
-                    s0 = max(0, min(starts[m][j], len(text)))
-                    tok = text[s0 : max(s0, min(ends[m][j], len(text)))]
+                    tok = cut_context(text, (starts[m][j], ends[m][j]), 0, 0)[1]
                     if tok and token_key(tok) in keys:
                         found.setdefault((m, token_key(tok)), []).append((j, text))
             j += 1

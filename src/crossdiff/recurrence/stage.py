@@ -28,8 +28,7 @@ SECTION_KEYS = ("seeds", "exclusive")
 def split_section(section: dict[str, Any] | None) -> tuple[int, Any, Any]:
     """(seeds, exclusive, MatchConfig) from the run config's ``recurrence`` section; unknown
     keys and bad values are errors naming them."""
-    import dataclasses
-
+    from crossdiff.errors import reject_unknown_fields
     from crossdiff.recurrence.config import MatchConfig
 
     data = dict(section or {})
@@ -42,13 +41,13 @@ def split_section(section: dict[str, Any] | None) -> tuple[int, Any, Any]:
             f"recurrence.seeds={seeds!r} must be a whole number >= 0 (crosscoders in all, the "
             f"run's own included; 0 or 1 turns the stage off)"
         )
-    known = {f.name for f in dataclasses.fields(MatchConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise CrossdiffError(
-            f"unknown recurrence config keys {unknown}; known: "
-            f"{', '.join([*SECTION_KEYS, *sorted(known)])}"
-        )
+    reject_unknown_fields(
+        MatchConfig,
+        data,
+        "recurrence config keys",
+        suffix=f" (and {', '.join(SECTION_KEYS)})",
+        list_known=True,
+    )
     match = MatchConfig(**data)
     match.validate()
     return seeds, exclusive, match
