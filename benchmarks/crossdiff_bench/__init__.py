@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "harvest": "crossdiff_bench.harvest",
     "analysis": "crossdiff_bench.analysis",
     "planted": "crossdiff_bench.planted",
+    "finetune": "crossdiff_bench.finetune",
     "scale": "crossdiff_bench.scale",
     "gpu": "crossdiff_bench.gpu",
 }

@@ -266,7 +266,11 @@ def check_lms(cfg: PlantedConfig, models: tuple, eval_docs: list[PlantedDoc]) ->
 
 
 def train_crosscoders(cfg: PlantedConfig, store_path: Path, runs: Path) -> list[dict[str, Any]]:
-    """Train every (kind, seed) crosscoder on the store (each skipped when already complete)."""
+    """Train every (kind, seed) crosscoder on the store (each skipped when already complete).
+
+    Kinds: 'dfc' (``cfg.exclusive`` of F exclusive to each model), 'standard', and 'dsf' (the
+    designated-shared variant, ``cfg.exclusive`` of F designated shared; equal widths only).
+    Also used by ``crossdiff bench finetune``, whose config has the same fields."""
     from crossdiff.crosscoder.fit import train_on_store
     from crossdiff.crosscoder.train import TrainConfig
 
@@ -295,6 +299,7 @@ def train_crosscoders(cfg: PlantedConfig, store_path: Path, runs: Path) -> list[
                 n_features=cfg.n_features,
                 k=cfg.k,
                 exclusive=cfg.exclusive if kind == "dfc" else 0.0,
+                frac_designated_shared=cfg.exclusive if kind == "dsf" else None,
                 progress=cfg.progress,
             )
             summary = json.loads((run / "crosscoder" / "train_summary.json").read_text())
@@ -449,27 +454,57 @@ def steer_feature(
     control feature, :func:`mark_specific`);
     ``other_model.no_effect``: the other model's rates never rise more than
     ``other_tolerance`` above its unsteered rates."""
+    prompts = prompt_sets(cfg.n_prompts, seed=cfg.data_seed + 100)[concept]
+    return sweep_feature(
+        cfg,
+        run,
+        feature,
+        prompts.on,
+        prompts.off,
+        CONCEPT_OWNER[concept],
+        lambda p, g: float(behaviour_present(concept, p, g)),
+        models,
+        chat=False,
+    )
+
+
+def sweep_feature(
+    cfg: Any,
+    run: Path,
+    feature: int,
+    on: list[str],
+    off: list[str],
+    own: str,
+    score: Any,
+    models: tuple,
+    *,
+    chat: bool,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """:func:`steer_feature` on any prompts: ``on`` where model ``own`` ('a' or 'b') shows the
+    behaviour, ``off`` where it does not, ``score(prompt, generation)`` the behaviour's 0/1
+    scorer. ``cfg`` needs the steering fields of :class:`PlantedConfig` (alphas,
+    max_new_tokens, steer_nulls, data_seed, min_coherent, rate_change, other_tolerance,
+    progress); ``crossdiff bench finetune`` passes its own config."""
     from crossdiff.steering import steer
 
-    prompts = prompt_sets(cfg.n_prompts, seed=cfg.data_seed + 100)[concept]
-    all_prompts = prompts.on + prompts.off
     result = steer(
         run,
         feature,
-        prompts=all_prompts,
+        prompts=list(on) + list(off),
         alphas=list(cfg.alphas),
         cross_model=True,
-        chat=False,
+        chat=chat,
         max_new_tokens=cfg.max_new_tokens,
-        score=lambda p, g: float(behaviour_present(concept, p, g)),
+        score=score,
         loaded_models={"a": models[0], "b": models[1]},
         nulls=cfg.steer_nulls,
         null_seed=cfg.data_seed,
         save=True,
+        batch_size=batch_size,
         progress=cfg.progress,
     )
-    own = CONCEPT_OWNER[concept]
-    n_on = len(prompts.on)
+    n_on = len(on)
     zero = list(cfg.alphas).index(0.0)
     out: dict[str, Any] = {"feature": feature, "alphas": list(cfg.alphas), "models": {}}
     for m in result.models:
@@ -968,7 +1003,7 @@ def format_results(results: dict[str, Any]) -> str:
                 f"({'no effect' if st['other_model']['no_effect'] else 'EFFECT'})"
             )
             if "evidence" in st:
-                lines.extend(_evidence_lines(st["evidence"], own, "    evidence"))
+                lines.extend(evidence_lines(st["evidence"], own, "    evidence"))
             ctl = st.get("control")
             if ctl is not None:
                 lines.append(
@@ -979,7 +1014,7 @@ def format_results(results: dict[str, Any]) -> str:
                     f"{ctl['amplify']['rate_best']:.2f}"
                 )
                 if "evidence" in ctl:
-                    lines.extend(_evidence_lines(ctl["evidence"], own, "      control evidence"))
+                    lines.extend(evidence_lines(ctl["evidence"], own, "      control evidence"))
     target = results.get("steering_target")
     if target is not None:
         parts = [
@@ -1027,7 +1062,7 @@ def _yes(value: bool | None) -> str:
     return "n/a" if value is None else ("beats" if value else "does not beat")
 
 
-def _evidence_lines(evidence: dict[str, Any], own: str, prefix: str) -> list[str]:
+def evidence_lines(evidence: dict[str, Any], own: str, prefix: str) -> list[str]:
     """One line per steered model: suppression and amplification against the null band."""
     lines = []
     for side, per in evidence["models"].items():
