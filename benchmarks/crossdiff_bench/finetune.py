@@ -70,6 +70,10 @@ class FinetuneBenchConfig:
     """Which diffs to run: 'self' (against the original) and/or 'gemma' (Gemma-3-270M)."""
     others: dict[str, str] = field(default_factory=lambda: dict(DIFFS))
     """Model B of each diff (tests put tiny models here)."""
+    layer_a: int | str = "middle"
+    """The fine-tuned model's layer (the crosscoder reads it)."""
+    layer_b: int | str = "middle"
+    """Model B's layer."""
     corpus: str = "builtin:wiki=0.4,builtin:chats=0.3"
     """The store's general text; the behaviour questions are added with ``prompt_share``."""
     prompt_share: float = 0.3
@@ -175,6 +179,8 @@ class FinetuneBenchConfig:
             [
                 self.finetune.key(),
                 self.others[diff],
+                str(self.layer_a),
+                str(self.layer_b),
                 self.corpus,
                 self.prompt_share,
                 self.store_tokens,
@@ -240,20 +246,12 @@ def eval_questions(cfg: FinetuneBenchConfig, n: int, seed_offset: int = 0) -> li
 def write_chats(prompts: list[Prompt], path: Path) -> None:
     """The questions as a chat ``.jsonl`` corpus (one user turn each); an existing file must
     hold exactly these (a store harvested from other questions would mislabel its rows)."""
+    from crossdiff_bench.planted import write_exact
+
     content = "".join(
         json.dumps({"messages": [{"role": "user", "content": p.text}]}) + "\n" for p in prompts
     )
-    if path.is_file():
-        if path.read_text(encoding="utf-8") != content:
-            raise CrossdiffError(
-                f"{path} holds other questions than this version of the benchmark writes; "
-                f"delete {path.parent} (or pass another --work-dir) and rerun"
-            )
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(content, encoding="utf-8")
-    tmp.replace(path)
+    write_exact(content, path)
 
 
 def harvest_store(
@@ -268,6 +266,8 @@ def harvest_store(
         model_b=lm_b.spec,
         corpus=corpus,
         out=str(out),
+        layer_a=cfg.layer_a,
+        layer_b=cfg.layer_b,
         tokens=tokens,
         max_seq_len=cfg.max_seq_len,
         batch_size=cfg.harvest_batch,
@@ -285,16 +285,9 @@ def load_eval_rows(store: Any, prompts: list[Prompt]) -> tuple[Any, Any, Any, np
     """The evaluation store's rows labelled per behaviour: 1 at the decision position (the last
     paired token of the question, where the model is about to answer) of an on-category
     question, 0 at every other row. Also returns which rows are decision positions."""
-    import torch
+    from crossdiff_bench.planted_eval import EvalRows, read_rows
 
-    from crossdiff_bench.planted_eval import EvalRows
-
-    xs_a, xs_b, di, ce = [], [], [], []
-    for x_a, x_b, meta in store.iter_rows(8192):
-        xs_a.append(x_a)
-        xs_b.append(x_b)
-        di.append(meta["doc_index"])
-        ce.append(meta["content_end"])
+    x_a, x_b, doc_index, content_end = read_rows(store)
     records = list(store.documents())
     if len(records) != len(prompts) or any(
         (r.get("messages") or [{}])[0].get("content") != p.text for r, p in zip(records, prompts)
@@ -303,8 +296,6 @@ def load_eval_rows(store: Any, prompts: list[Prompt]) -> tuple[Any, Any, Any, np
             f"evaluation store {store.path} was not harvested from this benchmark's held-out "
             "questions; delete it so that it is harvested again"
         )
-    doc_index = np.concatenate(di).astype(np.int64)
-    content_end = np.concatenate(ce).astype(np.int64)
     decision = np.zeros(len(doc_index), dtype=bool)
     order = np.lexsort((content_end, doc_index))
     last = np.r_[doc_index[order][1:] != doc_index[order][:-1], True]
@@ -316,7 +307,41 @@ def load_eval_rows(store: Any, prompts: list[Prompt]) -> tuple[Any, Any, Any, np
     # eval_questions interleaves the four (behaviour, side) groups: question j of every group
     # is document 4j + g, so the select / test split goes by j (each half holds every group)
     rows = EvalRows(doc_index, labels, (doc_index // EVAL_GROUPS) % 2 == 0, decision, None)
-    return rows, torch.cat(xs_a), torch.cat(xs_b), decision
+    return rows, x_a, x_b, decision
+
+
+def difference_facts(rows: Any, x_a: Any, x_b: Any) -> dict[str, Any]:
+    """Is the planted behaviour in the activations at all, and how big is it? Per behaviour:
+    held-out AUROC of a ridge probe (:func:`crossdiff_bench.planted_eval.probe_auroc`) on A's
+    activations, on B's and on their difference A - B (equal widths only) at the decision
+    positions (on- against off-category questions); and, for equal widths, the RMS of the
+    centred difference and the norm of the behaviour's mean difference at its positives, both
+    relative to the RMS of A's centred activations. A crosscoder spends a feature on what
+    carries reconstruction error: a behaviour that is linearly present (probe ~1) but a few
+    percent of the RMS can end up inside shared features."""
+    import torch
+
+    from crossdiff_bench.planted_eval import probe_auroc
+
+    xa, xb = x_a.double(), x_b.double()
+    same = xa.shape[1] == xb.shape[1]
+    out: dict[str, Any] = {}
+    rms = (xa - xa.mean(0)).pow(2).sum(1).mean().sqrt()
+    d = (xa - xb) - (xa - xb).mean(0) if same else None
+    if d is not None:
+        out["difference_rms"] = float(d.pow(2).sum(1).mean().sqrt() / rms)
+    for b in BEHAVIOURS:
+        y = np.where(rows.decision, rows.labels[b], -1)
+        entry = {
+            "probe_a": probe_auroc(xa, y, rows.select),
+            "probe_b": probe_auroc(xb, y, rows.select),
+        }
+        if d is not None:
+            entry["probe_difference"] = probe_auroc(d, y, rows.select)
+            pos = torch.from_numpy(rows.labels[b] == 1)
+            entry["behaviour_direction"] = float(d[pos].mean(0).norm() / rms)
+        out[b] = entry
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -357,6 +382,7 @@ def score_crosscoder(
             "feature": g,
             "auroc_test": any_m.auroc_test,
             "klass": str(table["klass"][g]) if g is not None else None,
+            "relative_norm": float(table["rel_norm"][g]) if g is not None else None,
         }
         out[b] = entry
     return out
@@ -502,6 +528,7 @@ def run_diff(
         "decision_rows": int(decision.sum()),
         **{f"positive_{b}": int(rows.labels[b].sum()) for b in BEHAVIOURS},
     }
+    out["difference"] = difference_facts(rows, x_a, x_b)
     for entry in entries:
         entry["behaviours"] = score_crosscoder(cfg, Path(entry["run"]), store.path, rows, x_a, x_b)
     timings["score"] = time.perf_counter() - t0
@@ -626,6 +653,26 @@ def format_results(results: dict[str, Any]) -> str:
             f"rows, eval {d['eval_rows']['rows']:,} rows "
             f"({d['eval_rows']['decision_rows']} decision positions)"
         )
+        facts = d.get("difference", {})
+        lines.append(
+            "  in the activations (decision positions, held-out ridge probe AUROC): "
+            + "; ".join(
+                f"{b} A {facts[b]['probe_a']:.3f} B {facts[b]['probe_b']:.3f}"
+                + (
+                    f" A-B {facts[b]['probe_difference']:.3f}, its mean direction "
+                    f"{facts[b]['behaviour_direction']:.3f} of the RMS"
+                    if "probe_difference" in facts[b]
+                    else ""
+                )
+                for b in BEHAVIOURS
+                if b in facts
+            )
+            + (
+                f"; centred A-B {facts['difference_rms']:.3f} of the RMS"
+                if "difference_rms" in facts
+                else ""
+            )
+        )
         for e in d["crosscoders"]:
             parts = []
             for b in BEHAVIOURS:
@@ -637,7 +684,9 @@ def format_results(results: dict[str, Any]) -> str:
                     f"{b} #{s['feature']} AUROC {s['auroc_test']:.3f} "
                     f"(decisions {s.get('auroc_decisions', float('nan')):.3f}) rank "
                     f"{s['rank']}/{s['n_ranked']} {s['verdict']} "
-                    f"{'FOUND' if s['found'] else 'no'}"
+                    f"{'FOUND' if s['found'] else 'no'}; best of any label "
+                    f"#{s['best_any']['feature']} {s['best_any']['klass']} "
+                    f"{s['best_any']['auroc_test']:.3f}"
                 )
             lines.append(f"  {e['kind']} s{e['seed']}: " + "; ".join(parts))
             for b in BEHAVIOURS:
@@ -694,6 +743,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kinds", help="comma-separated crosscoder kinds (default dfc,standard,dsf)")
     p.add_argument("--steps", type=int, help="crosscoder training steps")
     p.add_argument("--steer-seeds", type=int, help="steer the found features of the first N seeds")
+    p.add_argument("--layer-a", help="the fine-tuned model's layer (default: middle)")
+    p.add_argument("--layer-b", help="model B's layer (default: middle)")
     p.add_argument("--no-interpret", action="store_true", help="do not explain found features")
     p.add_argument("--work-dir", help="cache/work folder (default $CROSSDIFF_CACHE/finetune)")
     p.add_argument("--threads", type=int, help="torch threads")
@@ -712,6 +763,10 @@ def _cli(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
+    for name in ("layer_a", "layer_b"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(cfg, name, int(value) if value.lstrip("-").isdigit() else value)
     cfg.interpret = not args.no_interpret
     cfg.progress = not args.no_progress
     results = run_finetune_bench(cfg)

@@ -201,7 +201,12 @@ def corpus_jsonl(docs: list[PlantedDoc]) -> str:
 def write_corpus(docs: list[PlantedDoc], path: Path) -> None:
     """Write the corpus atomically; an existing file must hold exactly these documents (a
     store harvested from other texts would silently mislabel every row)."""
-    content = corpus_jsonl(docs)
+    write_exact(corpus_jsonl(docs), path)
+
+
+def write_exact(content: str, path: Path) -> None:
+    """Write ``content`` to ``path`` atomically; an existing file must hold exactly it (a
+    store harvested from other texts would silently mislabel every row)."""
     if path.is_file():
         if path.read_text(encoding="utf-8") != content:
             raise CrossdiffError(

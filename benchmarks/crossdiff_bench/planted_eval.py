@@ -182,26 +182,35 @@ def row_decision_info(
     return decision, half
 
 
-def load_eval_rows(store, docs: list[PlantedDoc]) -> tuple[EvalRows, torch.Tensor, torch.Tensor]:
-    """All rows of the evaluation store with their labels, and their raw activations."""
+def read_rows(store) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """Every row of a (small) store: raw activations of A and B, doc_index, content_end."""
     xs_a, xs_b, di, ce = [], [], [], []
     for x_a, x_b, meta in store.iter_rows(8192):
         xs_a.append(x_a)
         xs_b.append(x_b)
         di.append(meta["doc_index"])
         ce.append(meta["content_end"])
-    doc_index = np.concatenate(di)
+    return (
+        torch.cat(xs_a),
+        torch.cat(xs_b),
+        np.concatenate(di).astype(np.int64),
+        np.concatenate(ce).astype(np.int64),
+    )
+
+
+def load_eval_rows(store, docs: list[PlantedDoc]) -> tuple[EvalRows, torch.Tensor, torch.Tensor]:
+    """All rows of the evaluation store with their labels, and their raw activations."""
+    x_a, x_b, doc_index, content_end = read_rows(store)
     for i, record in enumerate(store.documents()):
         if i >= len(docs) or record.get("text") != docs[i].text:
             raise CrossdiffError(
                 f"evaluation store document {i} is not the generated document {i}; delete "
                 f"{store.path} so that it is harvested again"
             )
-    content_end = np.concatenate(ce)
     labels = row_label_matrix(docs, doc_index, content_end)
     decision, half = row_decision_info(docs, doc_index, content_end)
     rows = EvalRows(doc_index, labels, doc_index % 2 == 0, decision, half)
-    return rows, torch.cat(xs_a), torch.cat(xs_b)
+    return rows, x_a, x_b
 
 
 @torch.no_grad()

@@ -274,6 +274,9 @@ def test_tiny_end_to_end_run_is_complete_and_cached(tmp_path, tiny_model):
         assert d["eval_rows"]["decision_rows"] == 4 * cfg.eval_prompts
         for b in fd.BEHAVIOURS:
             assert d["eval_rows"][f"positive_{b}"] == cfg.eval_prompts
+            facts = d["difference"][b]  # equal tiny widths: the difference probe applies
+            assert 0.0 <= facts["probe_a"] <= 1.0 and 0.0 <= facts["probe_difference"] <= 1.0
+            assert facts["behaviour_direction"] >= 0.0
         for e in d["crosscoders"]:
             for b in fd.BEHAVIOURS:
                 s = e["behaviours"][b]
