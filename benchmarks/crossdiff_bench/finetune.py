@@ -556,7 +556,15 @@ def run_diff(
             f = entry["behaviours"][b]["feature"]
             if f is not None:
                 _say(cfg, f"steer {diff} dfc seed {entry['seed']} {b} feature #{f}")
-                entry["steering"][b] = steer_behaviour(cfg, Path(entry["run"]), b, f, models)
+                st = steer_behaviour(cfg, Path(entry["run"]), b, f, models)
+                # the issue's target is about the *found* feature: a sweep of the best
+                # candidate that is not the behaviour (AUROC < found_auroc) cannot meet it,
+                # however the rate moves (a push that disrupts the reply also lowers it)
+                target = st["target"]
+                target["sweep_met"] = target["met"]
+                target["feature_found"] = entry["behaviours"][b]["found"]
+                target["met"] = bool(target["met"] and target["feature_found"])
+                entry["steering"][b] = st
     timings["steer"] = time.perf_counter() - t0
     out["crosscoders"] = entries
     out["rediscovery"] = {
@@ -706,6 +714,11 @@ def format_results(results: dict[str, Any]) -> str:
                         f"nulls' largest drop {'n/a' if nd is None else f'{nd:.2f}'}; "
                         f"{'beats' if t['beats_null'] else 'does not beat'} the null) "
                         f"target {'MET' if t['met'] else 'missed'}"
+                        + (
+                            " (the sweep alone would pass, but the feature is not the behaviour)"
+                            if t.get("sweep_met") and not t.get("feature_found")
+                            else ""
+                        )
                     )
                 else:
                     lines.append(f"    steer {b}: {t.get('why')}")
