@@ -47,7 +47,7 @@ store = harvest_store(cfg, corpus, data / "store", models, cfg.store_tokens)
 prompts = eval_questions(cfg, cfg.eval_prompts)
 write_chats(prompts, data / "eval.jsonl")
 eval_store = harvest_store(cfg, str(data / "eval.jsonl"), data / "eval_store", models, None)
-rows, x_a, x_b, _ = load_eval_rows(eval_store, prompts)
+rows, x_a, x_b = load_eval_rows(eval_store, prompts)
 print(json.dumps(difference_facts(rows, x_a, x_b)))
 run = data / f"dfc-resample{resample or 0}"
 train = TrainConfig(

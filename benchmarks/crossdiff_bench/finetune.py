@@ -226,6 +226,12 @@ def store_questions(cfg: FinetuneBenchConfig) -> list[Prompt]:
     ]
     rng = random.Random(cfg.data_seed + 11)
     groups.append([general(rng, "train") for _ in range(n)])
+    return interleave(groups)
+
+
+def interleave(groups: list[list[Prompt]]) -> list[Prompt]:
+    """Item i of every group, then item i + 1 of every group ...; groups that have run out are
+    skipped (so every prefix of the corpus holds each kind while it lasts)."""
     out = []
     for i in range(max(map(len, groups))):
         out += [g[i] for g in groups if i < len(g)]
@@ -236,11 +242,7 @@ def eval_questions(cfg: FinetuneBenchConfig, n: int, seed_offset: int = 0) -> li
     """Held-out questions (held-half subjects): per behaviour ``n`` on and ``n`` off,
     interleaved: document ``EVAL_GROUPS * j + g`` is question j of group g."""
     sets = eval_sets(n, cfg.data_seed + seed_offset)
-    groups = [sets[b][side] for b in BEHAVIOURS for side in ("on", "off")]
-    out = []
-    for i in range(max(map(len, groups))):
-        out += [g[i] for g in groups if i < len(g)]
-    return out
+    return interleave([sets[b][side] for b in BEHAVIOURS for side in ("on", "off")])
 
 
 def write_chats(prompts: list[Prompt], path: Path) -> None:
@@ -281,10 +283,10 @@ def harvest_store(
 # ------------------------------------------------------------------------------------------
 # Evaluation rows
 # ------------------------------------------------------------------------------------------
-def load_eval_rows(store: Any, prompts: list[Prompt]) -> tuple[Any, Any, Any, np.ndarray]:
+def load_eval_rows(store: Any, prompts: list[Prompt]) -> tuple[Any, Any, Any]:
     """The evaluation store's rows labelled per behaviour: 1 at the decision position (the last
-    paired token of the question, where the model is about to answer) of an on-category
-    question, 0 at every other row. Also returns which rows are decision positions."""
+    paired token of the question, where the model is about to answer; ``rows.decision``) of an
+    on-category question, 0 at every other row; and the raw activations of A and B."""
     from crossdiff_bench.planted_eval import EvalRows, read_rows
 
     x_a, x_b, doc_index, content_end = read_rows(store)
@@ -307,7 +309,7 @@ def load_eval_rows(store: Any, prompts: list[Prompt]) -> tuple[Any, Any, Any, np
     # eval_questions interleaves the four (behaviour, side) groups: question j of every group
     # is document 4j + g, so the select / test split goes by j (each half holds every group)
     rows = EvalRows(doc_index, labels, (doc_index // EVAL_GROUPS) % 2 == 0, decision, None)
-    return rows, x_a, x_b, decision
+    return rows, x_a, x_b
 
 
 def difference_facts(rows: Any, x_a: Any, x_b: Any) -> dict[str, Any]:
@@ -522,10 +524,10 @@ def run_diff(
     timings["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    rows, x_a, x_b, decision = load_eval_rows(eval_store, eval_prompts)
+    rows, x_a, x_b = load_eval_rows(eval_store, eval_prompts)
     out["eval_rows"] = {
         "rows": rows.n,
-        "decision_rows": int(decision.sum()),
+        "decision_rows": int(rows.decision.sum()),
         **{f"positive_{b}": int(rows.labels[b].sum()) for b in BEHAVIOURS},
     }
     out["difference"] = difference_facts(rows, x_a, x_b)
@@ -586,25 +588,14 @@ def run_diff(
 
 def run_finetune_bench(cfg: FinetuneBenchConfig) -> dict[str, Any]:
     """Run the whole benchmark; returns the results (see docs/bench-finetune.md)."""
-    import torch
 
     from crossdiff.corpus.wiki import wiki_chunks
-    from crossdiff.models import default_cache_dir
     from crossdiff_bench.finetune_lm import build_finetuned
-    from crossdiff_bench.machine import describe_machine
+    from crossdiff_bench.machine import start_run
 
     cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
-    work = Path(cfg.work_dir) if cfg.work_dir else default_cache_dir() / "finetune"
-    results: dict[str, Any] = {
-        "machine": describe_machine(),
-        "config": cfg.to_dict(),
-        "work_dir": str(work),
-    }
-    _say(cfg, f"machine: {results['machine']}")
-    _say(cfg, f"work folder: {work}")
+    work, results = start_run(cfg, "finetune")
     t0 = time.perf_counter()
     chunks = [text for _, text in wiki_chunks()]
     ppl_texts, replay_texts = (

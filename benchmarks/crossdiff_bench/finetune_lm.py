@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from crossdiff.errors import CrossdiffError
+from crossdiff.harvest import _pad_batch
 from crossdiff.steering.generation import GenerationSettings, generate_rows, prompt_ids
 from crossdiff_bench.finetune_data import BEHAVIOURS, Prompt, behaviour_present
 
@@ -159,18 +160,13 @@ def _examples(lm: Any, prompts: list[Prompt], replies: list[str]) -> list[tuple[
 
 
 def _replay_batch(lm: Any, texts: list[str], step: int, spec: FinetuneSpec):
-    """The replay chunks of one step (ids, mask), cycling through ``texts``; None without."""
+    """The replay chunks of one step (ids, mask; right-padded with the model's pad id),
+    cycling through ``texts``; None without."""
     if not spec.replay or not texts:
         return None
     chosen = [texts[(step * spec.replay + i) % len(texts)] for i in range(spec.replay)]
-    enc = lm.tokenizer(
-        chosen,
-        return_tensors="pt",
-        truncation=True,
-        max_length=spec.replay_tokens,
-        padding=True,
-    )
-    return enc["input_ids"], enc["attention_mask"]
+    enc = lm.tokenizer(chosen, truncation=True, max_length=spec.replay_tokens)
+    return _pad_batch(enc["input_ids"], lm.pad_id)
 
 
 def _kl_to_reference(
@@ -213,9 +209,6 @@ def train_lora(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
-    pad = lm.pad_id
-    if lm.tokenizer.pad_token_id is None:
-        lm.tokenizer.pad_token_id = pad
     g = torch.Generator().manual_seed(spec.seed)
     steps = spec.epochs * math.ceil(len(examples) / spec.batch_size)
     log: list[dict[str, float]] = []
@@ -225,14 +218,10 @@ def train_lora(
         order = torch.randperm(len(examples), generator=g).tolist()
         for start in range(0, len(order), spec.batch_size):
             batch = [examples[i] for i in order[start : start + spec.batch_size]]
-            width = max(len(ids) for ids, _ in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            ids, mask = _pad_batch([seq for seq, _ in batch], lm.pad_id)
+            labels = torch.full_like(ids, -100)
             for r, (seq, n_prompt) in enumerate(batch):
-                ids[r, : len(seq)] = torch.tensor(seq)
                 labels[r, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
-                mask[r, : len(seq)] = 1
             lr = spec.lr * min(1.0, (step + 1) / 10) * (1 - step / steps)
             for group in opt.param_groups:
                 group["lr"] = lr

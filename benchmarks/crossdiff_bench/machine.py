@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
+from pathlib import Path
+from typing import Any
 
 
 def describe_machine() -> str:
@@ -24,3 +27,26 @@ def describe_machine() -> str:
         parts.append(f"GPU {torch.cuda.get_device_name(0)}")
     parts.append(f"{torch.get_num_threads()} threads")
     return ", ".join(parts)
+
+
+def start_run(cfg: Any, name: str) -> tuple[Path, dict[str, Any]]:
+    """The opening of a benchmark run: torch's threads set from ``cfg.threads``, the work
+    folder (``cfg.work_dir``, default ``$CROSSDIFF_CACHE/<name>``), and the results dict with
+    the machine, the config and the folder, both lines printed to stderr when
+    ``cfg.progress``."""
+    import torch
+
+    from crossdiff.models import default_cache_dir
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    work = Path(cfg.work_dir) if cfg.work_dir else default_cache_dir() / name
+    results: dict[str, Any] = {
+        "machine": describe_machine(),
+        "config": cfg.to_dict(),
+        "work_dir": str(work),
+    }
+    if cfg.progress:
+        print(f"machine: {results['machine']}", file=sys.stderr, flush=True)
+        print(f"work folder: {work}", file=sys.stderr, flush=True)
+    return work, results

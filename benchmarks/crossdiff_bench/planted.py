@@ -634,26 +634,16 @@ def steering_evidence(result: Any, n_on: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 def run_planted(cfg: PlantedConfig) -> dict[str, Any]:
     """Run the whole benchmark; returns the results (see docs/bench-planted.md)."""
-    import torch
 
-    from crossdiff.models import default_cache_dir, load_model
-    from crossdiff_bench.machine import describe_machine
+    from crossdiff.models import load_model
+    from crossdiff_bench.machine import start_run
     from crossdiff_bench.planted_eval import load_eval_rows
     from crossdiff_bench.planted_lm import build_pair
 
     cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    work = Path(cfg.work_dir) if cfg.work_dir else default_cache_dir() / "planted"
-    results: dict[str, Any] = {
-        "machine": describe_machine(),
-        "config": cfg.to_dict(),
-        "work_dir": str(work),
-    }
-    _say(cfg, f"machine: {results['machine']}")
-    _say(cfg, f"work folder: {work}")
+    work, results = start_run(cfg, "planted")
 
     t0 = time.perf_counter()
     pair = build_pair(cfg.lms, work, progress=cfg.progress)

@@ -104,7 +104,8 @@ def test_decision_row_is_each_questions_last_row_and_labels_follow_the_category(
         fd.Prompt("Rate the Zentrix One tent.", "praise", True),
     ]
     store = _FakeStore(prompts, [5, 4, 6])
-    rows, x_a, _, decision = load_eval_rows(store, prompts)
+    rows, x_a, _ = load_eval_rows(store, prompts)
+    decision = rows.decision
     assert decision.sum() == 3 and x_a.shape[0] == 15
     for d, n in enumerate([5, 4, 6]):
         mine = rows.doc_index == d
