@@ -424,3 +424,44 @@ def test_default_pair_real_models(tmp_path: Path) -> None:
     x_a, x_b = next(store.source("all").batches(64))
     assert x_a.shape == (64, 576) and x_b.shape == (64, 640)
     assert torch.isfinite(x_a).all() and torch.isfinite(x_b).all()
+
+
+def test_token_batches_cover_every_window_once_within_the_budget() -> None:
+    from crossdiff.harvest.engine import token_batches
+
+    rng = np.random.default_rng(0)
+    lengths = [int(n) for n in rng.integers(1, 257, size=200)] + [300]  # one over the budget
+    budget = 8 * 256
+    batches = token_batches(lengths, budget)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)  # longest first
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        assert lengths[b[0]] == longest
+        assert len(b) * longest <= budget or len(b) == 1
+    # full-length windows fill batch_size rows; short ones share a pass
+    assert [len(b) for b in token_batches([256] * 20, budget)] == [8, 8, 4]
+    assert [len(b) for b in token_batches([32] * 100, budget)] == [64, 36]
+    assert token_batches([], budget) == []
+
+
+def test_token_batches_pad_little_and_save_passes() -> None:
+    """Short windows share passes without padding much: the cuts minimize padded tokens plus a
+    fixed cost per pass, so they beat both one pass per length and greedy filling."""
+    from crossdiff.harvest.engine import FORWARD_COST_TOKENS, token_batches
+
+    rng = np.random.default_rng(1)
+    lengths = [256] * 40 + [int(n) for n in rng.integers(20, 256, size=120)]
+    budget = 8 * 256
+
+    def cost(batches: list[list[int]]) -> int:
+        padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+        return padded + FORWARD_COST_TOKENS * len(batches)
+
+    ours = token_batches(lengths, budget)
+    no_padding = token_batches(lengths, budget, pass_cost=0)
+    fewest_passes = token_batches(lengths, budget, pass_cost=10**9)
+    assert cost(ours) < cost(no_padding) and cost(ours) < cost(fewest_passes)
+    assert sum(len(b) * max(lengths[i] for i in b) for b in ours) < 1.05 * sum(lengths)
+    assert len(ours) < 0.5 * len(no_padding)

@@ -14,7 +14,9 @@ Measured side by side in one run on one pair of models (default: the built-in pa
 (d) the limit: after every harvest round, the same tokens of each model cut into full,
     unpadded rows of ``--max-seq-len`` and run through that model's early-exit forward in
     batches of ``--batch-size``; the harvest's tokens/s against this limit (issue 20 asks
-    for >= 0.9), so padding, batch shapes and everything outside the forwards all count.
+    for >= 0.9: the verdict takes the median round, each round against the mean of the
+    limits run just before and after it), so padding, batch shapes and everything outside the
+    forwards all count.
 """
 
 from __future__ import annotations
@@ -177,16 +179,13 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def _bare(lm_a: Any, lm_b: Any, layer_a: int, layer_b: int, seqs_a: list, seqs_b: list) -> None:
-    """Both models up to their layer on one padded batch, and nothing else."""
+def _bare(lm: Any, layer: int, seqs: list[list[int]]) -> None:
+    """One model up to its layer on one padded batch, and nothing else."""
     from crossdiff.harvest import _pad_batch
 
-    ids_a, mask_a = _pad_batch(seqs_a, lm_a.pad_id)
-    ids_b, mask_b = _pad_batch(seqs_b, lm_b.pad_id)
-    lm_a.capture(ids_a, mask_a, layer_a)
-    lm_b.capture(ids_b, mask_b, layer_b)
-    _sync(lm_a.device)
-    _sync(lm_b.device)
+    ids, mask = _pad_batch(seqs, lm.pad_id)
+    lm.capture(ids, mask, layer)
+    _sync(lm.device)
 
 
 def _paired_harvester_class() -> type:
@@ -197,8 +196,9 @@ def _paired_harvester_class() -> type:
 
         Alternating the order per batch, the bare time and the harvest time are measured side by
         side under the same load, which is what makes the ratio trustworthy on a noisy machine.
-        It also keeps what only this benchmark needs: every batch's token ids (replayed by the
-        early-exit part), the padded token counts, and the time spent outside the forwards.
+        It also keeps what only this benchmark needs: every batch's token ids per model
+        (replayed by the early-exit and limit parts), the padded token counts, and the time
+        spent outside the forwards.
         """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -206,7 +206,7 @@ def _paired_harvester_class() -> type:
             self.bare_s = 0.0
             self.n_batches = 0
             self.pairs: list[tuple[float, float]] = []  # (harvest forward, bare) per batch
-            self.batch_log: list[tuple[list[list[int]], list[list[int]]]] = []
+            self.batch_log: dict[int, list[list[list[int]]]] = {}  # id(lm) -> its batches
             self.padded_tokens = 0  # both models, with padding
             self.prepare_s = 0.0  # run_block outside the forwards and row gathering
 
@@ -217,22 +217,21 @@ def _paired_harvester_class() -> type:
             self.prepare_s += time.perf_counter() - t0 - (tm.model - model0) - (tm.write - write0)
             return out
 
-        def capture_batch(self, batch):  # type: ignore[override]
-            seqs_a, seqs_b = [w.ids_a for w in batch], [w.ids_b for w in batch]
-            self.batch_log.append((seqs_a, seqs_b))
-            self.padded_tokens += len(batch) * (max(map(len, seqs_a)) + max(map(len, seqs_b)))
+        def capture(self, lm, layer, seqs, positions):  # type: ignore[override]
+            self.batch_log.setdefault(id(lm), []).append(seqs)
+            self.padded_tokens += len(seqs) * max(map(len, seqs))
             bare_first = self.n_batches % 2 == 0
             self.n_batches += 1
             if bare_first:
                 t0 = time.perf_counter()
-                _bare(self.lm_a, self.lm_b, self.layer_a, self.layer_b, seqs_a, seqs_b)
+                _bare(lm, layer, seqs)
                 t_bare = time.perf_counter() - t0
             t0 = time.perf_counter()
-            out = super().capture_batch(batch)
+            out = super().capture(lm, layer, seqs, positions)
             t_capture = time.perf_counter() - t0
             if not bare_first:
                 t0 = time.perf_counter()
-                _bare(self.lm_a, self.lm_b, self.layer_a, self.layer_b, seqs_a, seqs_b)
+                _bare(lm, layer, seqs)
                 t_bare = time.perf_counter() - t0
             self.bare_s += t_bare
             self.pairs.append((t_capture, t_bare))
@@ -317,13 +316,13 @@ def throughput(
             t0 = time.perf_counter()
             h.run(store, iter(docs))
             wall = time.perf_counter() - t0
-            batches = h.batch_log
+            batches = [h.batch_log.get(id(lm_a), []), h.batch_log.get(id(lm_b), [])]
             tm = h.timings
             net = wall - h.bare_s  # the harvest without the interleaved bare runs
             model = tm.model - h.bare_s  # the harvest's own forward passes (+ gathering rows)
             ratios = [c / b for c, b in h.pairs]
             limit = [
-                full_row_limit(lm, layer, [q for b in h.batch_log for q in b[side]],
+                full_row_limit(lm, layer, [q for b in batches[side] for q in b],
                                args.max_seq_len, args.batch_size)
                 for lm, layer, side in ((lm_a, h.layer_a, 0), (lm_b, h.layer_b, 1))
             ]  # fmt: skip
@@ -430,10 +429,10 @@ def run(args: argparse.Namespace) -> int:
     )
 
     # (c) early exit
-    sample = batches[: args.exit_batches]
-    print(f"\n(c) early exit vs full forward with all hidden states ({len(sample)} batches)")
+    print(f"\n(c) early exit vs full forward with all hidden states ({args.exit_batches} "
+          "batches of each model)")  # fmt: skip
     for name, lm, layer, side in (("A", lm_a, la, 0), ("B", lm_b, lb, 1)):
-        e = early_exit(lm, layer, [b[side] for b in sample])
+        e = early_exit(lm, layer, batches[side][: args.exit_batches])
         print(f"  {name} {lm.model_id} layer {layer}/{lm.n_layers}: capture {e['capture_s']:.2f}s, "
               f"full {e['full_s']:.2f}s -> {e['speedup']:.2f}x faster; max |capture - "
               f"hidden_states[{layer + 1}]| = {e['max_abs_diff']:.3g}")  # fmt: skip
@@ -441,22 +440,27 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\n(d) harvest against the paired early-exit limit: each round's tokens of each model "
         f"as full,\n    unpadded rows of {args.max_seq_len} in batches of {args.batch_size}, "
-        "run right after the round"
+        "run right after the round;\n    a round is compared with the mean of the limits run "
+        "just before and just after it"
     )
     shares = []
+    limits = [r["limit_tokens"] / max(r["limit_s"], 1e-9) for r in rounds]
     for i, r in enumerate(rounds):
         if not r["limit_tokens"]:
             print(f"  round {i + 1}: fewer tokens than one full row; no limit measured")
             continue
-        limit_rate = r["limit_tokens"] / max(r["limit_s"], 1e-9)
+        # Every round harvests the same documents, so the limit run after round i - 1 is on
+        # the same tokens as round i's: averaging the limits just before and just after a
+        # round brackets it in time, so a slow spell during one of them moves the share less.
+        limit_rate = limits[i] if i == 0 else (limits[i - 1] + limits[i]) / 2
         rate = r["tokens"] / r["harvest_s"]
         shares.append(rate / limit_rate)
         print(f"  round {i + 1}: harvest {rate:,.0f} tokens/s (both models), limit "
               f"{limit_rate:,.0f} tokens/s -> {rate / limit_rate:.2f} of the limit")  # fmt: skip
     if shares:
-        verdict = "met" if max(shares) >= 0.9 else "MISSED"
-        print(f"  best round {max(shares):.2f}, median {float(np.median(shares)):.2f} of the "
-              f"limit (issue 20 target >= 0.90: {verdict})")  # fmt: skip
+        verdict = "met" if float(np.median(shares)) >= 0.9 else "MISSED"
+        print(f"  median {float(np.median(shares)):.2f} of the limit, best round "
+              f"{max(shares):.2f} (issue 20 target >= 0.90, median: {verdict})")  # fmt: skip
 
     print(f"\ntotal {time.perf_counter() - t_start:.0f}s")
     return 0

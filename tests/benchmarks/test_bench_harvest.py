@@ -13,3 +13,29 @@ def test_full_row_limit_runs_the_tokens_as_full_rows(tiny_loaded) -> None:
     assert tokens == 80 and seconds > 0
     seconds, tokens = full_row_limit(lm, layer, [[5, 6, 7]], row_len=16, batch_size=2)
     assert (seconds, tokens) == (0.0, 0)  # fewer tokens than one row: nothing to run
+
+
+def test_throughput_times_each_models_own_batches(tiny_loaded) -> None:
+    """Part (b)/(d) on tiny models: each model's batches are logged and run bare beside the
+    harvest's forward, padding is counted per model, and the limit runs the same tokens."""
+    import argparse
+
+    from crossdiff_bench.harvest import _Doc, throughput
+    from tiny import TRAINING_TEXT
+
+    lm_a, lm_b = tiny_loaded("llama", "bpe"), tiny_loaded("qwen3", "unigram")
+    words = TRAINING_TEXT.split()
+    docs = [_Doc(f"d{i}", " ".join(words[i * 7 : i * 7 + 5 + 9 * (i % 5)])) for i in range(24)]
+    args = argparse.Namespace(
+        tokens=10**6, repeats=2, layer_a="middle", layer_b="middle", max_seq_len=32,
+        batch_size=4, shard_rows=4096,
+    )  # fmt: skip
+    rounds, batches = throughput(lm_a, lm_b, docs, args)
+    assert len(rounds) == 2 and len(batches) == 2
+    for r in rounds:
+        assert r["docs"] == 24 and r["rows"] > 0
+        assert r["batches"] == len(batches[0]) + len(batches[1])  # one bare run per forward
+        assert r["tokens"] <= r["padded"] <= 1.5 * r["tokens"]
+        assert r["limit_tokens"] > 0 and r["limit_s"] > 0
+    for side in batches:  # every batch within the token budget of batch_size x max_seq_len
+        assert all(len(b) * max(map(len, b)) <= 4 * 32 or len(b) == 1 for b in side)
