@@ -58,3 +58,32 @@ def tiny_loaded(tiny_model: Callable[..., Path]) -> Callable[..., object]:
         return cache[key]
 
     return get
+
+
+def _single_thread():
+    """Run torch on one thread, then restore the setting.
+
+    Tiny models and tensors are latency-bound: on a busy 2-core machine every small kernel
+    otherwise waits for the second OpenMP thread (up to 50x slower). One thread is also what
+    torchrun workers use (OMP_NUM_THREADS=1), so the same kernels on the same shapes give the
+    same bits in-process and under torchrun.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    yield from _single_thread()
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One torch thread for a whole module, module-scoped fixtures included (bit-exact
+    comparisons between stores built by module fixtures need it)."""
+    yield from _single_thread()

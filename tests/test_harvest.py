@@ -33,14 +33,7 @@ from tiny import TRAINING_TEXT
 LINES = [ln for ln in TRAINING_TEXT.splitlines() if ln.strip()]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Width-64 models gain nothing from threads, and on a busy 2-core machine each tiny matmul
-    then waits for the other thread (50x slower); restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 CHATS = [

@@ -87,14 +87,7 @@ WORKER = textwrap.dedent(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread, as in the torchrun workers (torchrun sets OMP_NUM_THREADS=1): the same
-    kernels on the same batch shapes give the same bits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _free_port() -> int:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from crossdiff.analysis.tokenization import ROLES, shard_descriptors
 from crossdiff.corpus import load_corpus
@@ -22,12 +21,7 @@ from tiny import TRAINING_TEXT
 A, B = ("llama", "bpe"), ("gemma3", "sentencepiece")  # ChatML vs a trimming Gemma template
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _sources(tmp_path: Path) -> tuple[Path, Path]:

@@ -29,14 +29,7 @@ from crossdiff.crosscoder.sparse import (
 )
 from test_crosscoder import D_A, D_B, F, paired_data, quick_train, same, train_stopped_at_step_9
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads (and a busy machine makes them cost)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def outlier_data(n: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,13 +39,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes are latency-bound: one thread avoids OpenMP waits on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cpu_run_passes_and_names_every_skipped_cuda_part(capsys, tmp_path: Path) -> None:

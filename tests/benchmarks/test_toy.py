@@ -21,15 +21,7 @@ from crossdiff_bench.toy_data import (
     score_decoders,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine spinning threads cost
-    seconds per step; restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = dict(n_concepts=200, d_a=32, d_b=24, frac_exclusive_a=0.05, frac_exclusive_b=0.05)

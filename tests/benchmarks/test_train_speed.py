@@ -13,15 +13,7 @@ from crossdiff.errors import CrossdiffError
 from crossdiff_bench.reference_dfc import ReferenceDFC
 from crossdiff_bench.train_speed import SpeedConfig, run_speed
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine spinning threads cost
-    seconds per step; restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 D_A, D_B, F = 24, 16, 96
