@@ -58,6 +58,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def recorded_file_problems(path: Path, sha256: str, size: int | None = None) -> list[str]:
+    """What is wrong with a file against the SHA-256 (and size) a manifest recorded: [] if
+    nothing. The one check of a shard or documents file against its record, behind both
+    ``store verify`` (which reports every problem) and the recovery of an interrupted streaming
+    harvest (which lists a leftover shard only when this is empty)."""
+    if not path.is_file():
+        return ["file is missing"]
+    got = path.stat().st_size
+    problems = [f"size {got} bytes, manifest says {size}"] if size not in (None, got) else []
+    digest = sha256_file(path)
+    if digest != sha256:
+        problems.append(f"checksum mismatch (sha256 {digest[:16]}..., manifest {sha256[:16]}...)")
+    return problems
+
+
 # bytes per element of the safetensors dtypes crossdiff writes (others are not checked by size)
 _DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1}
 _MAX_HEADER = 100 * 2**20

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crossdiff.errors import CrossdiffError
-from crossdiff.store.fileio import atomic_write_bytes, sha256_file
+from crossdiff.store.fileio import atomic_write_bytes, recorded_file_problems
 from crossdiff.store.manifest import ManifestError, ShardInfo
 from crossdiff.store.shard import docs_file_name, shard_file_name
 
@@ -155,13 +155,9 @@ def wait_for(
 
 def _intact(store_path: Path, info: ShardInfo) -> bool:
     """Both files of a published shard are there, with the sizes and checksums recorded."""
-    shard, docs = store_path / info.file, store_path / info.docs_file
-    try:
-        if shard.stat().st_size != info.bytes:
-            return False
-        return sha256_file(shard) == info.sha256 and sha256_file(docs) == info.docs_sha256
-    except OSError:
-        return False
+    return not recorded_file_problems(
+        store_path / info.file, info.sha256, info.bytes
+    ) and not recorded_file_problems(store_path / info.docs_file, info.docs_sha256)
 
 
 def recover(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from safetensors import safe_open
 
 from crossdiff.store.check import nonfinite_count
-from crossdiff.store.fileio import TMP_MARKER, sha256_file
+from crossdiff.store.fileio import TMP_MARKER, recorded_file_problems
 from crossdiff.store.moments import MOMENTS_FILE
 from crossdiff.store.shard import COLUMNS, expected_shape
 
@@ -88,19 +88,13 @@ def _check_shard(store: ActivationStore, k: int, report: VerifyReport) -> None:
     shard = m.shards[k]
     path = store.path / shard.file
     where = f"shard {k} ({shard.file})"
+    problems = recorded_file_problems(path, shard.sha256, shard.bytes)
+    for problem in problems:
+        fix = ": the file is corrupted; harvest it again" if "checksum" in problem else ""
+        report.problems.append(f"{where}: {problem}{fix}")
     if not path.is_file():
-        report.problems.append(f"{where}: file is missing")
         return
-    size = path.stat().st_size
-    report.bytes_checked += size
-    if size != shard.bytes:
-        report.problems.append(f"{where}: size {size} bytes, manifest says {shard.bytes}")
-    digest = sha256_file(path)
-    if digest != shard.sha256:
-        report.problems.append(
-            f"{where}: checksum mismatch (sha256 {digest[:16]}..., manifest "
-            f"{shard.sha256[:16]}...): the file is corrupted; harvest it again"
-        )
+    report.bytes_checked += path.stat().st_size
     try:
         with safe_open(str(path), framework="pt") as fh:
             keys = set(fh.keys())
@@ -149,14 +143,12 @@ def _check_docs(store: ActivationStore, k: int, report: VerifyReport) -> None:
     shard = store.manifest.shards[k]
     path = store.path / shard.docs_file
     where = f"documents {k} ({shard.docs_file})"
-    if not path.is_file():
-        report.problems.append(f"{where}: file is missing")
+    problems = recorded_file_problems(path, shard.docs_sha256)
+    report.problems += [f"{where}: {p}: the file is corrupted" if "checksum" in p
+                        else f"{where}: {p}" for p in problems]  # fmt: skip
+    if problems:
         return
     report.bytes_checked += path.stat().st_size
-    digest = sha256_file(path)
-    if digest != shard.docs_sha256:
-        report.problems.append(f"{where}: checksum mismatch: the file is corrupted")
-        return
     lines = path.read_bytes().decode("utf-8").splitlines()
     if len(lines) != shard.doc_end - shard.doc_start:
         report.problems.append(
