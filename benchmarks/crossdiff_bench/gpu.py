@@ -65,8 +65,6 @@ TINY_ARCHS = ("llama", "qwen3", "gpt_oss")
 """The architectures of the published pairs (DeepSeek-R1-0528-Qwen3-8B is a Qwen3)."""
 HARVEST_PAIR = ("gpt_oss", "qwen3")
 """The tiny pair harvested on both devices: the second published pair's architectures."""
-TINY_WIDTH = 64
-TINY_LAYERS = 2
 BF16_RTOL = 2.0**-7
 """One bf16 rounding step: stored activations of two devices may differ by this much."""
 
@@ -343,53 +341,13 @@ def device_nan_check(cfg: GpuBenchConfig) -> tuple[bool, str]:
 
 
 # ---- tiny models ----------------------------------------------------------------------------
-def _tiny_config(arch: str, tokenizer: Any) -> Any:
-    """A 2-layer, width-64 transformers config of ``arch`` (tests/tiny.py has the full set)."""
-    from transformers import GptOssConfig, LlamaConfig, Qwen3Config
-
-    common: dict[str, Any] = {
-        "hidden_size": TINY_WIDTH,
-        "intermediate_size": 2 * TINY_WIDTH,
-        "num_hidden_layers": TINY_LAYERS,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
-        "vocab_size": len(tokenizer),
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    if arch == "llama":
-        return LlamaConfig(**common)
-    if arch == "qwen3":
-        return Qwen3Config(head_dim=16, **common)
-    if arch == "gpt_oss":  # sliding + full attention, sinks, 4 experts with top-2 routing
-        rope = {
-            "rope_type": "yarn",
-            "rope_theta": 150000.0,
-            "factor": 32.0,
-            "beta_fast": 32.0,
-            "beta_slow": 1.0,
-            "truncate": False,
-            "original_max_position_embeddings": 16,
-        }
-        return GptOssConfig(
-            head_dim=16,
-            sliding_window=16,
-            num_local_experts=4,
-            num_experts_per_tok=2,
-            rope_parameters=rope,
-            **common,
-        )
-    raise ValueError(f"unknown tiny arch {arch!r}; choose one of {TINY_ARCHS}")
-
-
 def build_tiny_models(root: Path, seed: int = 0) -> dict[str, Path]:
     """One random tiny model per arch in :data:`TINY_ARCHS`, saved as a local checkpoint."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from crossdiff_bench.planted_lm import train_tokenizer
+    from crossdiff_bench.tiny_configs import tiny_config
 
     lines = [*TEXTS, *(m["content"] for chat in CHATS for m in chat)]
     kinds = {"llama": "metaspace", "qwen3": "metaspace", "gpt_oss": "bpe"}
@@ -399,7 +357,7 @@ def build_tiny_models(root: Path, seed: int = 0) -> dict[str, Path]:
         folder = root / arch
         tok = train_tokenizer(kinds[arch], lines, 400)
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(_tiny_config(arch, tok), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(tiny_config(arch, tok), dtype=torch.float32)
         tok.save_pretrained(folder)
         model.eval().save_pretrained(folder)
         out[arch] = folder
