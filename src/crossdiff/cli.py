@@ -2,8 +2,10 @@
 
 Each command lives in ``crossdiff.commands.<name>`` and exposes ``register(subparsers)``;
 the module is imported only when the CLI starts, and heavy libraries only inside the command
-function, so ``crossdiff --help`` stays fast. A command module that fails to import stops the
-CLI with its name and the error (it is never skipped).
+function, or when the options it generates from its config dataclass are added (only when
+that command is parsed: :mod:`crossdiff.configcli`), so ``crossdiff --help`` stays fast. A
+command module that fails to import stops the CLI with its name and the error (it is never
+skipped).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import argparse
 import importlib
 import sys
 
-from crossdiff import __version__
+from crossdiff import __version__, configcli
 from crossdiff.errors import CrossdiffError
 
 # Order is the order shown in --help.
@@ -37,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Diff two language models of different architectures with crosscoders.",
     )
     parser.add_argument("--version", action="version", version=f"crossdiff {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # a command's options are added when it is parsed (configcli.CommandParser)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=configcli.CommandParser
+    )
     for name in COMMAND_MODULES:
         module_name = f"crossdiff.commands.{name}"
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from crossdiff.errors import CrossdiffError, reject_unknown_fields
 from crossdiff.store.stats import HIGH_NORM_FACTOR
@@ -35,7 +35,7 @@ class AnalysisConfig:
     """Standard crosscoders: relative decoder norm above this labels a feature A-exclusive
     (docs/METHOD.md §3: 0.9 for real models, 0.8 for the toy)."""
     rel_lo: float = 0.1
-    """...and below this B-exclusive."""
+    """Standard crosscoders: relative decoder norm below this labels a feature B-exclusive."""
     min_count: int = 5
     """A feature with fewer activations than this over the analysed rows is near-dead and left
     out of the ranking (its examples cannot show a pattern)."""
@@ -48,7 +48,7 @@ class AnalysisConfig:
     """Fraction of documents in the store's eval split (held out from crosscoder training);
     None = the store's default (``crossdiff.store.reader.DEFAULT_EVAL_FRACTION``). Must match
     what training used."""
-    probe_split: str = "crossfit"
+    probe_split: Literal["crossfit", "eval", "all"] = "crossfit"
     """Rows the exclusivity check uses: 'crossfit' (default: every row of the store, each
     scored by maps fitted on the other ``probe_folds`` folds of documents, so every candidate
     is judged on all its activations), 'eval' (the store's eval split only: few rows) or
@@ -86,7 +86,7 @@ class AnalysisConfig:
     twin_min_corr: float = 0.5
     """An A-exclusive and a B-exclusive feature whose activations correlate at least this much
     over the same rows are 'twins': one shared concept split in two (both get verdict 'twin')."""
-    contexts_for: str = "exclusive"
+    contexts_for: Literal["exclusive", "all", "none"] = "exclusive"
     """Which features get their example texts copied into examples.parquet: 'exclusive'
     (exclusive candidates: what the report shows), 'all', or 'none'. Provenance (row, document,
     offsets) is always written; ``crossdiff show`` reads texts from the store when absent."""

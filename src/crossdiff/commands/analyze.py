@@ -3,6 +3,52 @@
 from __future__ import annotations
 
 import argparse
+import functools
+
+from crossdiff import configcli
+from crossdiff.configcli import ConfigOptions, Flag
+
+
+@functools.cache
+def options() -> ConfigOptions:
+    """AnalysisConfig on ``crossdiff analyze``: the settings one tunes per run; the method's
+    own thresholds are left to a run config's analysis section."""
+    from crossdiff.analysis.config import AnalysisConfig
+
+    method = "not on the command line: a run config's analysis section or the Python API"
+    return ConfigOptions(
+        AnalysisConfig,
+        flags={
+            "top_n": Flag(name="--top"),
+            # 'crossfit', the default, has no option of its own (as before)
+            "probe_split": Flag(choices=("eval", "all")),
+            "exclusive_max_r2": Flag(name="--max-r2"),
+            "contexts_for": Flag(name="--contexts"),
+        },
+        exclude={
+            name: method
+            for name in (
+                "sample_size",
+                "quantile_bands",
+                "per_band",
+                "min_count",
+                "min_frequency",
+                "outlier_factor",
+                "probe_folds",
+                "probe_test_fraction",
+                "probe_test_rows",
+                "ridge",
+                "latent_scaling_max",
+                "shared_controls",
+                "min_test_active",
+                "tokenization_min_share",
+                "tokenization_min_ratio",
+                "twin_min_corr",
+                "context_before",
+                "context_after",
+            )
+        },
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,49 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", help="store folder (default RUN/store)")
     p.add_argument("--crosscoder", help="crosscoder folder (default RUN/crosscoder)")
     p.add_argument("--out", help="output folder (default RUN/analysis)")
-    p.add_argument("--top", type=int, dest="top_n", help="top examples per feature (default 20)")
-    p.add_argument("--batch-size", type=int, help="rows per batch (default 4096)")
-    p.add_argument("--rel-hi", type=float, help="standard: A-exclusive above this (default 0.9)")
-    p.add_argument("--rel-lo", type=float, help="standard: B-exclusive below this (default 0.1)")
-    p.add_argument("--probe-split", choices=["eval", "all"], help="rows of the check (eval)")
-    p.add_argument("--eval-fraction", type=float, help="the store's eval split (as in training)")
-    p.add_argument(
-        "--max-r2",
-        type=float,
-        dest="exclusive_max_r2",
-        help="refute exclusivity at held-out R^2 >= this (default 0.5)",
-    )
-    p.add_argument(
-        "--contexts",
-        choices=["exclusive", "all", "none"],
-        dest="contexts_for",
-        help="which features get example texts copied (default exclusive)",
-    )
-    p.add_argument("--max-rows", type=int, help="analyse only the first N rows")
-    p.add_argument("--device", help="cpu, cuda, ... (default auto)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--no-progress", action="store_true")
+    configcli.defer(p, lambda parser: options().add_to(parser))
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossdiff.analysis import AnalysisConfig, analyze
+    from crossdiff.analysis import analyze
 
-    fields = (
-        "top_n",
-        "batch_size",
-        "rel_hi",
-        "rel_lo",
-        "probe_split",
-        "eval_fraction",
-        "exclusive_max_r2",
-        "contexts_for",
-        "max_rows",
-        "device",
-        "seed",
-    )
-    kw = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
-    config = AnalysisConfig(progress=not args.no_progress, **kw)
+    config = options().build(args)
     result = analyze(
         args.run, store=args.store, crosscoder=args.crosscoder, out=args.out, config=config
     )

@@ -4,12 +4,26 @@ again (rediscovery across seeds and exclusive fractions; crossdiff.recurrence)."
 from __future__ import annotations
 
 import argparse
+import functools
+
+from crossdiff import configcli
+from crossdiff.configcli import ConfigOptions, Flag
+
+
+@functools.cache
+def options() -> ConfigOptions:
+    """MatchConfig on ``crossdiff compare``."""
+    from crossdiff.recurrence.config import RULES, MatchConfig
+
+    fixed = "not on the command line: a run config's recurrence section or the Python API"
+    return ConfigOptions(
+        MatchConfig,
+        flags={"rule": Flag(choices=RULES)},
+        exclude={"min_active": fixed, "one_to_one": fixed},
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from crossdiff.recurrence.config import RULES, MatchConfig
-
-    d = MatchConfig()
     p = sub.add_parser(
         "compare",
         help="match RUN/crosscoder's exclusive features against RUN/crosscoders/* "
@@ -19,50 +33,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "decoder cosine in the feature's own model and activation correlation on held-out "
         "store rows; writes RUN/recurrence/recurrence.parquet and recurrence.json.",
     )
+    configcli.defer(p, _add_options)
+    p.set_defaults(func=run)
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument(
         "--members", help="comma-separated folder names in RUN/crosscoders (default: all)"
     )
-    p.add_argument(
-        "--min-cosine",
-        type=float,
-        default=d.min_cosine,
-        help=f"decoder cosine a match needs (default {d.min_cosine})",
-    )
-    p.add_argument(
-        "--min-correlation",
-        type=float,
-        default=d.min_correlation,
-        help=f"activation correlation a match needs (default {d.min_correlation})",
-    )
-    p.add_argument(
-        "--rule",
-        choices=RULES,
-        default=d.rule,
-        help=f"which thresholds must hold (default {d.rule!r}: cosine and correlation)",
-    )
-    p.add_argument(
-        "--rows",
-        type=int,
-        default=d.rows,
-        help=f"held-out rows to encode (default {d.rows:,}; eval split first)",
-    )
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    options().add_to(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossdiff.recurrence import MatchConfig, compare, recurrence_summary
+    from crossdiff.recurrence import compare, recurrence_summary
 
-    config = MatchConfig(
-        min_cosine=args.min_cosine,
-        min_correlation=args.min_correlation,
-        rule=args.rule,
-        rows=args.rows,
-        batch_size=args.batch_size,
-    )
+    config = options().build(args)
     members = [x.strip() for x in args.members.split(",") if x.strip()] if args.members else None
     res = compare(
         args.run, members=members, config=config, device=args.device, progress=not args.no_progress

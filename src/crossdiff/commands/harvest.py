@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
+from crossdiff import configcli
+from crossdiff.configcli import ConfigOptions, Flag
 from crossdiff.errors import CrossdiffError
 
 _SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
@@ -26,6 +29,32 @@ def parse_count(text: str) -> int:
     return int(value)
 
 
+@functools.cache
+def options() -> ConfigOptions:
+    """The options of ``crossdiff harvest``: every HarvestConfig field but ``block_batches``."""
+    from crossdiff.harvest.config import LITERAL_SPECIALS, PAIR_POSITIONS, HarvestConfig
+
+    return ConfigOptions(
+        HarvestConfig,
+        flags={
+            "tokens": Flag(
+                type=parse_count,
+                help="stop after this many aligned pairs (e.g. 200k); default: the whole corpus",
+            ),
+            # kept as typed (not int_or_str): the manifest records the layer spec as given
+            "layer_a": Flag(type=str),
+            "layer_b": Flag(type=str),
+            "literal_specials": Flag(choices=LITERAL_SPECIALS),
+            "pair_positions": Flag(choices=PAIR_POSITIONS),
+            "progress": Flag(name="--quiet", help="no progress bar or summary"),
+        },
+        exclude={
+            "block_batches": "shapes the rows (a store is extended only with the same); set by "
+            "the Python API or a run config's harvest section",
+        },
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "harvest",
@@ -39,80 +68,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             "its own shards into the one store (docs/harvest-store.md)."
         ),
     )
-    p.add_argument("--model-a", required=True, help="built-in alias, local folder, .gguf or hub id")
-    p.add_argument("--model-b", required=True, help="the other model, likewise")
-    p.add_argument(
-        "--corpus",
-        required=True,
-        help="a .txt/.jsonl/.parquet file, a folder of them, hf:NAME, 'builtin' (web text and "
-        "chats, half and half), or a mix by share of pairs: SPEC=SHARE,SPEC=SHARE "
-        "(e.g. hf:my/chats=0.5,hf:my/web=0.5)",
-    )
-    p.add_argument("--out", required=True, help="store folder (created, or resumed if it exists)")
-    p.add_argument(
-        "--tokens",
-        type=parse_count,
-        default=None,
-        help="stop after this many aligned pairs (e.g. 200k); default: the whole corpus",
-    )
-    p.add_argument("--layer-a", default="middle", help="layer index, negative index or 'middle'")
-    p.add_argument("--layer-b", default="middle", help="layer index, negative index or 'middle'")
-    p.add_argument("--max-seq-len", type=int, default=512, help="tokens per window (default 512)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 where fast), float32, bfloat16")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument(
-        "--shard-rows",
-        type=int,
-        default=16384,
-        help="rows per shard, at least (default 16384; under torchrun each block is a shard)",
-    )
-    p.add_argument(
-        "--pair-positions",
-        choices=("all", "word_end"),
-        default="all",
-        help="which aligned positions become rows: all (default), or word_end: only where the "
-        "next character is not a letter or digit (no word-piece positions, where "
-        "cross-tokenizer artifacts live)",
-    )
-    p.add_argument(
-        "--literal-specials",
-        choices=("cut", "keep"),
-        default="cut",
-        help="content holding a special token's literal string: cut the document's pairs "
-        "there (default) or keep them",
-    )
-    p.add_argument("--max-documents", type=int, default=None, help="read at most N documents")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from hub")
-    p.add_argument("--cache-dir", default=None, help="where built-in/GGUF models are converted")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    configcli.defer(p, lambda parser: options().add_to(parser))
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from crossdiff.crosscoder import distributed
-    from crossdiff.harvest import HarvestConfig, harvest
+    from crossdiff.harvest import harvest
 
-    config = HarvestConfig(
-        model_a=args.model_a,
-        model_b=args.model_b,
-        corpus=args.corpus,
-        out=args.out,
-        tokens=args.tokens,
-        layer_a=args.layer_a,
-        layer_b=args.layer_b,
-        max_seq_len=args.max_seq_len,
-        batch_size=args.batch_size,
-        dtype=args.dtype,
-        device=args.device,
-        shard_rows=args.shard_rows,
-        max_documents=args.max_documents,
-        trust_remote_code=args.trust_remote_code,
-        cache_dir=args.cache_dir,
-        progress=not args.quiet,
-        pair_positions=args.pair_positions,
-        literal_specials=args.literal_specials,
-    )
+    config = options().build(args)
     store = harvest(config)
     distributed.shutdown()  # under torchrun: leave the process group cleanly (no-op otherwise)
     if store.n_rows == 0:

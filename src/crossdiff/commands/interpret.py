@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
+
+from crossdiff import configcli
+from crossdiff.configcli import ConfigOptions, Flag
 
 
 def _features(text: str) -> list[int]:
@@ -16,9 +20,39 @@ def _features(text: str) -> list[int]:
         ) from None
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+@functools.cache
+def options() -> ConfigOptions:
+    """InterpretConfig on ``crossdiff interpret``."""
     from crossdiff.interpret.config import NEGATIVES, InterpretConfig
 
+    sizes = "not on the command line: a run config's interpret section or the Python API"
+    return ConfigOptions(
+        InterpretConfig,
+        flags={
+            "features": Flag(
+                type=str,
+                convert=_features,
+                help="explain exactly these features, comma-separated (e.g. 3,17,40), instead "
+                "of --max-features and --shared",
+            ),
+            "timeout_s": Flag(name="--timeout"),
+            "negatives": Flag(choices=NEGATIVES),
+        },
+        exclude={
+            "explain_examples": sizes,
+            "score_examples": sizes,
+            "pool_rows": sizes,
+            "search_rows": sizes,
+            "context_chars": sizes,
+            "backoff_s": sizes,
+            "dtype": sizes,
+            "api_key_env": "a secret's name: never given on the command line",
+            "extra": "free-form notes: the Python API",
+        },
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "interpret",
         help="explain the ranked exclusive candidates and score the explanations",
@@ -30,65 +64,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "See docs/interpret.md.",
     )
     p.add_argument("run", help="run folder")
-    p.add_argument(
-        "--explainer",
-        default="stats",
-        help="stats (offline, default), hf:<model> (e.g. hf:smollm2-135m-instruct) or "
-        "openai:<base URL>#<model>; the key is read from $CROSSDIFF_OPENAI_API_KEY "
-        "(or $OPENAI_API_KEY)",
-    )
-    p.add_argument(
-        "--judge", default="same", help="backend of the judge (default: the explainer's)"
-    )
-    p.add_argument(
-        "--max-features", type=int, default=50, help="candidates per model, in review order"
-    )
-    p.add_argument("--shared", type=int, default=10, help="shared features as a control")
-    p.add_argument("--features", help="explain exactly these features (comma-separated)")
-    p.add_argument("--concurrency", type=int, default=4, help="features in parallel (threads)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per LLM request")
-    p.add_argument("--retries", type=int, default=3, help="retries of a failed LLM request")
-    p.add_argument(
-        "--max-new-tokens", type=int, default=120, help="tokens an LLM may write per explanation"
-    )
-    p.add_argument("--judge-batch", type=int, default=5, help="examples per judge request")
-    p.add_argument(
-        "--negatives",
-        choices=NEGATIVES,
-        default=InterpretConfig.negatives,
-        help="non-activating contexts detection is scored against: random ones, hard ones "
-        "(the same token where the feature is silent) or mixed (half each; the default)",
-    )
-    p.add_argument("--device", default="auto", help="device of an hf: model")
-    p.add_argument("--price-per-mtok", type=float, default=0.0, help="for the cost estimate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-cache", action="store_true", help="ignore and do not write the cache")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    configcli.defer(p, lambda parser: options().add_to(parser))
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from crossdiff.analysis.show import safe_text
-    from crossdiff.interpret import InterpretConfig, interpret
+    from crossdiff.interpret import interpret
 
-    config = InterpretConfig(
-        explainer=args.explainer,
-        judge=args.judge,
-        max_features=args.max_features,
-        shared=args.shared,
-        features=_features(args.features) if args.features else None,
-        concurrency=args.concurrency,
-        timeout_s=args.timeout,
-        retries=args.retries,
-        max_new_tokens=args.max_new_tokens,
-        judge_batch=args.judge_batch,
-        negatives=args.negatives,
-        device=args.device,
-        price_per_mtok=args.price_per_mtok,
-        seed=args.seed,
-        cache=not args.no_cache,
-        progress=not args.no_progress,
-    )
+    config = options().build(args)
     res = interpret(args.run, config)
     c = res.meta["counts"]
     t = res.meta["timing"]["total_s"]

@@ -3,6 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import functools
+
+from crossdiff import configcli
+from crossdiff.configcli import ConfigOptions
+
+
+@functools.cache
+def options() -> ConfigOptions:
+    """RunConfig's top-level settings on ``crossdiff run`` (given ones only: they go over the
+    preset and the --config file)."""
+    from crossdiff.run import RunConfig
+
+    section = "a stage's section: the --config file (--tokens, --steps, --device and --seeds set "
+    "a few of its keys)"
+    sections = ("harvest", "crosscoder", "train", "recurrence", "analysis", "interpret", "steer")
+    return ConfigOptions(
+        RunConfig,
+        given_only=True,
+        exclude={
+            **{name: section for name in sections},
+            "about": "what a config file is for: only in the file",
+        },
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,18 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Rerunning the same command skips finished stages and resumes an interrupted harvest "
         "or training (an interrupted analysis starts over).",
     )
+    configcli.defer(p, _add_options)
+    p.set_defaults(func=run)
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML run config, merged over the preset")
     p.add_argument("--out", help="run folder (default runs/default, or runs/quick with --quick)")
     p.add_argument("--quick", action="store_true", help="small preset: finishes in minutes")
-    p.add_argument("--corpus", help="corpus spec (file, folder, hf:NAME, builtin)")
-    p.add_argument("--model-a")
-    p.add_argument("--model-b")
-    p.add_argument("--layer-a")
-    p.add_argument("--layer-b")
+    options().add_to(p)
     p.add_argument("--tokens", type=int, help="aligned pairs to harvest")
     p.add_argument("--steps", type=int, help="crosscoder training steps")
     p.add_argument("--device", help="device for every stage (cpu, cuda, ...)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     p.add_argument(
         "--seeds",
         type=int,
@@ -34,16 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "off. Each further one costs about one train stage",
     )
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
-
-
-def _layer(value: str | None) -> int | str | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,12 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     preset = "quick" if args.quick else "default"
     overrides = {
-        "corpus": args.corpus,
-        "threads": args.threads,
-        "model_a": args.model_a,
-        "model_b": args.model_b,
-        "layer_a": _layer(args.layer_a),
-        "layer_b": _layer(args.layer_b),
+        **options().values(args),
         "harvest.tokens": args.tokens,
         "train.steps": args.steps,
         "recurrence.seeds": args.seeds,

@@ -3,8 +3,86 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
+
+from crossdiff import configcli
+from crossdiff.configcli import ConfigOptions, Flag
+
+
+@functools.cache
+def crosscoder_options() -> ConfigOptions:
+    """The crosscoder's shape and sparsity on ``crossdiff train`` (given ones only: the rest
+    comes from the store, the defaults, or with ``--seeds`` the reference's settings)."""
+    from crossdiff.crosscoder.config import CrosscoderConfig
+
+    from_store = "set from the store's manifest"
+    expert = "not on the command line: a run config's crosscoder section or the Python API"
+    return ConfigOptions(
+        CrosscoderConfig,
+        given_only=True,
+        flags={
+            "n_features": Flag(help="dictionary size F (default: --expansion x the larger width)"),
+            "frac_designated_shared": Flag(name="--designated"),
+        },
+        exclude={
+            "d_a": from_store,
+            "d_b": from_store,
+            "frac_exclusive_a": "--exclusive sets both models' fractions",
+            "frac_exclusive_b": "--exclusive sets both models' fractions",
+            "dsf_k_factor": expert,
+            "threshold_beta": expert,
+            "init_decoder_norm": expert,
+            "scale_a": "set by training from the normalization (--normalization)",
+            "scale_b": "set by training from the normalization (--normalization)",
+            "centered": "set by training from the normalization (--normalization)",
+            "model_a": from_store,
+            "model_b": from_store,
+            "layer_a": from_store,
+            "layer_b": from_store,
+            "extra": "provenance (the store's path), set by training",
+        },
+    )
+
+
+@functools.cache
+def training_options() -> ConfigOptions:
+    """TrainConfig on ``crossdiff train`` (given ones only, so that ``--seeds`` members keep
+    the reference's other settings)."""
+    from crossdiff.crosscoder.train import NORMALIZATIONS, TrainConfig
+
+    expert = "not on the command line: a run config's train section or the Python API"
+    return ConfigOptions(
+        TrainConfig,
+        given_only=True,
+        flags={
+            "k_anneal_from": Flag(
+                help="start k here, lowered linearly to the crosscoder's k (0: no annealing)",
+                convert=lambda k: None if k == 0 else k,
+            ),
+            "dead_window_tokens": Flag(name="--dead-window"),
+            "normalization": Flag(choices=NORMALIZATIONS),
+            "exclusive_init": Flag(choices=("residual", "random")),
+            "compute_dtype": Flag(choices=("auto", "float32", "bfloat16")),
+        },
+        exclude={
+            name: expert
+            for name in (
+                "decay_fraction",
+                "adam_betas",
+                "aux_k",
+                "resample_every",
+                "resample_until",
+                "grad_clip",
+                "high_norm_factor",
+                "scale_estimate_batches",
+                "init_samples",
+                "keep_checkpoints",
+                "log_every",
+            )
+        },
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,47 +93,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "writes RUN/crosscoder; --store/--out override either. Rerunning resumes from the last "
         "checkpoint, or does nothing if the output is complete.",
     )
+    configcli.defer(p, _add_options)
+    p.set_defaults(func=run)
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", nargs="?", help="run folder (store in RUN/store, output RUN/crosscoder)")
     p.add_argument("--store", help="activation store folder (default RUN/store)")
     p.add_argument("--out", help="output folder (default RUN/crosscoder)")
     g = p.add_argument_group("crosscoder")
-    g.add_argument("--n-features", type=int, help="dictionary size F (default expansion x width)")
+    crosscoder_options().add_to(g)
     g.add_argument("--expansion", type=int, help="F = expansion x max width (default 32)")
-    g.add_argument("--k", type=int, help="active features per sample (default 200)")
     g.add_argument(
         "--exclusive",
         help="fraction of F exclusive to each model (default 0.05; 0 = standard crosscoder); "
         "with --seeds, comma-separated fractions for the further crosscoders (0.01,0.03,0.05)",
     )
-    g.add_argument("--designated", type=float, help="fraction of designated shared features (DSF)")
-    g.add_argument("--activation", choices=["batchtopk", "topk", "relu"])
-    g.add_argument("--selection-norm", choices=["l2", "sum", "none"])
-    t = p.add_argument_group("training")
-    t.add_argument("--steps", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--warmup-steps", type=int)
-    t.add_argument("--k-anneal-from", type=int, help="start k (0 disables annealing)")
-    t.add_argument("--k-anneal-steps", type=int)
-    t.add_argument("--aux-alpha", type=float)
-    t.add_argument("--dead-window", type=int, dest="dead_window_tokens")
-    t.add_argument("--l1-coeff", type=float)
-    t.add_argument(
-        "--exclusive-init",
-        choices=["residual", "random"],
-        help="start exclusive features at cross-model residual directions (default) or at "
-        "random (the paper)",
-    )
-    t.add_argument(
-        "--normalization",
-        choices=["centered", "median", "none"],
-        help="'centered' (default: remove each model's mean, equal centred variance) or "
-        "'median' (the paper: equal median norm, no centring)",
-    )
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device")
-    t.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"])
-    t.add_argument("--checkpoint-every", type=int)
+    training_options().add_to(p.add_argument_group("training"))
     p.add_argument(
         "--seeds",
         type=int,
@@ -67,40 +121,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--force", action="store_true", help="retrain even if the output is complete")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
-
-
-TRAIN_FIELDS = (
-    "steps",
-    "batch_size",
-    "lr",
-    "warmup_steps",
-    "k_anneal_from",
-    "k_anneal_steps",
-    "aux_alpha",
-    "dead_window_tokens",
-    "l1_coeff",
-    "exclusive_init",
-    "normalization",
-    "seed",
-    "device",
-    "compute_dtype",
-    "checkpoint_every",
-)
-
-
-def train_fields_from_args(args: argparse.Namespace) -> dict:
-    """The TrainConfig fields given on the command line (and only those)."""
-    kw = {f: getattr(args, f) for f in TRAIN_FIELDS if getattr(args, f, None) is not None}
-    if kw.get("k_anneal_from") == 0:
-        kw["k_anneal_from"] = None
-    return kw
-
-
-def train_config_from_args(args: argparse.Namespace):
-    from crossdiff.crosscoder.train import TrainConfig
-
-    return TrainConfig(**train_fields_from_args(args))
 
 
 def _single_fraction(text: str | None) -> float | None:
@@ -131,17 +151,13 @@ def run_members(args: argparse.Namespace) -> int:
     done = train_members(
         args.run,
         seeds=args.seeds,
-        exclusive=args.exclusive,
-        train=train_fields_from_args(args),
+        train=training_options().values(args),
         store=args.store,
         progress=not args.no_progress,
         force=args.force,
-        n_features=args.n_features,
+        exclusive=args.exclusive,
         expansion=args.expansion,
-        k=args.k,
-        frac_designated_shared=args.designated,
-        activation=args.activation,
-        selection_norm=args.selection_norm,
+        **crosscoder_options().values(args),
     )
     rank = distributed.rank()
     distributed.shutdown()
@@ -170,16 +186,12 @@ def run(args: argparse.Namespace) -> int:
     cc = train_on_store(
         store,
         out,
-        train=train_config_from_args(args),
+        train=training_options().build(args),
         progress=not args.no_progress,
         force=args.force,
-        n_features=args.n_features,
-        expansion=args.expansion,
-        k=args.k,
         exclusive=_single_fraction(args.exclusive),
-        frac_designated_shared=args.designated,
-        activation=args.activation,
-        selection_norm=args.selection_norm,
+        expansion=args.expansion,
+        **crosscoder_options().values(args),
     )
     rank = distributed.rank()
     distributed.shutdown()  # under torchrun: waits until rank 0 has written the output

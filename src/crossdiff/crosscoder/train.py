@@ -84,8 +84,9 @@ class TrainConfig:
     aux_k: int | None = None
     """Dead features used by AuxK per sample; None = min(512, max(d_a, d_b) // 2)."""
     dead_window_tokens: int | None = None
-    """A feature is dead after this many training samples without firing; None = auto
-    (see module docstring)."""
+    """A feature is dead after this many training samples without firing; None = auto:
+    min(10M, max(10 x batch_size, 5% of all training samples)), so AuxK also acts in short
+    runs (the published code hard-coded 10M tokens)."""
     l1_coeff: float = 1.0
     """ReLU mode only: weight of the decoder-norm-weighted L1 penalty."""
     resample_every: int | None = None

@@ -31,7 +31,10 @@ class HarvestConfig:
     model_b: str
     """Model B, likewise."""
     corpus: str
-    """Corpus spec (a file, a folder, a dataset name or the built-in default; crossdiff.corpus)."""
+    """Corpus spec (crossdiff.corpus): a .txt/.jsonl/.parquet file, a folder of them,
+    ``hf:NAME``, ``builtin`` (web text and chats, half and half), or a mix by share of pairs,
+    ``SPEC=SHARE,SPEC=SHARE`` (e.g. ``hf:my/chats=0.5,hf:my/web=0.5``; a config file may give
+    it as a mapping {spec: share})."""
     out: str
     """Store folder. Rerunning with the same folder resumes (or reports that it is complete)."""
     tokens: int | None = None
@@ -40,16 +43,19 @@ class HarvestConfig:
     layer_a: int | str = "middle"
     """Layer of A whose output is stored: index, negative index, or "middle" (n_layers // 2)."""
     layer_b: int | str = "middle"
+    """Layer of B, likewise."""
     max_seq_len: int = 512
     """Tokens per window and model; longer texts are split into windows, chats truncated."""
     batch_size: int = 8
-    """Windows per forward pass."""
+    """Full-length windows per forward pass: each model's batches hold at most batch_size x
+    max_seq_len padded tokens, so shorter windows share a pass (harvest.engine.token_batches)."""
     block_batches: int = 8
-    """Documents per block = block_batches x batch_size; windows are sorted by length within a
+    """Documents per block = block_batches x batch_size; windows are batched within a
     block, and shards close at block boundaries (see :mod:`crossdiff.harvest`)."""
     dtype: str = "auto"
     """Dtype the models run in: "auto" (bf16 where fast), "float32", "bfloat16", "float16"."""
     device: str = "auto"
+    """Device both models run on: "auto" (cuda if available), "cpu", "cuda", "cuda:1", ..."""
     shard_rows: int = 16384
     """A shard is committed at the first block boundary with at least this many rows. Under
     torchrun with several ranks every block is its own shard (a rank's blocks are not
@@ -57,6 +63,7 @@ class HarvestConfig:
     max_documents: int | None = None
     """Read at most this many corpus documents."""
     trust_remote_code: bool = False
+    """Allow a hub model's own Python code to run (transformers' ``trust_remote_code``)."""
     cache_dir: str | None = None
     """Where built-in and GGUF models are converted (default: crossdiff's cache)."""
     progress: bool = True

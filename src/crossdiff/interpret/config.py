@@ -35,7 +35,8 @@ class InterpretConfig:
     explainer: str = "stats"
     """Who writes explanations: ``stats`` (offline, deterministic contrastive statistics),
     ``hf:<model>`` (a local transformers chat model: built-in alias, folder or hub id) or
-    ``openai:<base URL>#<model>`` (any OpenAI-compatible endpoint)."""
+    ``openai:<base URL>#<model>`` (any OpenAI-compatible endpoint; its key is read from
+    $CROSSDIFF_OPENAI_API_KEY, else $OPENAI_API_KEY: ``api_key_env``)."""
     judge: str = "same"
     """Who scores them (detection, fuzzing, harm screen): a backend spec as for ``explainer``,
     or ``same`` (the explainer's backend). ``stats`` scores by the explanation's terms."""
