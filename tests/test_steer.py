@@ -30,6 +30,7 @@ from crossdiff.steering import (
     KeywordScorer,
     LLMJudge,
     RegexScorer,
+    SteerConfig,
     SteeringResult,
     fit_linear_map,
     make_scorer,
@@ -63,13 +64,7 @@ A_EXCL, B_EXCL, SHARED = 1, 5, 12
 FAST = {"dtype": "float32", "device": "cpu", "max_new_tokens": 6}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are latency-bound: one thread avoids OpenMP sync costs on busy machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def hook_count(model: torch.nn.Module) -> int:
@@ -346,10 +341,14 @@ def run_dir(tmp_path_factory, tiny_model, tiny_loaded) -> Path:
     return run
 
 
+CALL_ARGS = ("prompts", "loaded_models", "save", "progress")  # steer()'s own, not settings
+
+
 def _steer(run_dir, tiny_loaded, feature, **kw):
     loaded = {"a": tiny_loaded(*SPEC_A), "b": tiny_loaded(*SPEC_B)}
     kw = {"prompts": PROMPTS[:2], "alphas": [-2, 0, 2], "loaded_models": loaded, **FAST, **kw}
-    return steer(run_dir, feature, **kw)
+    call = {k: kw.pop(k) for k in CALL_ARGS if k in kw}
+    return steer(run_dir, feature, SteerConfig(**kw), **call)
 
 
 def test_streamed_s_max_equals_brute_force_and_is_cached(run_dir):

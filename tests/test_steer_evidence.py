@@ -17,7 +17,7 @@ import torch
 
 import crossdiff.steering.api as api
 from crossdiff.paths import RunPaths
-from crossdiff.steering import SteeringResult
+from crossdiff.steering import SteerConfig, SteeringResult
 from crossdiff.steering import evidence as ev
 from crossdiff.steering.context import RunContext
 from crossdiff.steering.generation import GenerationSettings, generate_rows, prompt_ids
@@ -383,20 +383,18 @@ def planted_run(run_dir, tmp_path, word_model):  # noqa: F811
 
 
 def _planted_steer(run, lm, feature, nulls):
-    return api.steer(
-        run,
-        feature,
-        prompts=PLANTED_PROMPTS,
+    config = SteerConfig(
         alphas=PLANTED_ALPHAS,
         s_max=1.0,
         score=f"keywords:{KEYWORD}",
         nulls=len(nulls),
-        loaded_models={"a": lm},
         dtype="float32",
         device="cpu",
         max_new_tokens=8,
         chat=False,
-        save=False,
+    )
+    return api.steer(
+        run, feature, config, prompts=PLANTED_PROMPTS, loaded_models={"a": lm}, save=False
     )
 
 

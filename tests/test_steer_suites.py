@@ -71,8 +71,8 @@ class _Fake:
 def test_cli_takes_a_suite_and_its_default_scorer(monkeypatch, capsys):
     calls: list[dict] = []
 
-    def fake_steer(run, feature, **kw):
-        calls.append(kw)
+    def fake_steer(run, feature, config, **kw):
+        calls.append({**kw, "score": config.score})
         return _Fake()
 
     monkeypatch.setattr(crossdiff.steering, "steer", fake_steer)
@@ -102,7 +102,11 @@ def test_the_run_steer_stage_takes_a_suite_or_a_prompt_file(monkeypatch, tmp_pat
 
     calls: list[dict] = []
     monkeypatch.setattr(run_mod, "top_exclusive_features", lambda root, n: {"A": [3]})
-    monkeypatch.setattr(crossdiff.steering, "steer", lambda run, f, **kw: calls.append(kw))
+    monkeypatch.setattr(
+        crossdiff.steering,
+        "steer",
+        lambda run, f, config, **kw: calls.append({**kw, "score": config.score}),
+    )
     paths = RunPaths(tmp_path / "run")
     for prompts, score in (("builtin:copyright", "builtin:copyright"), ("builtin:national", None)):
         cfg = RunConfig(steer={"top_features": 1, "prompts": prompts})

@@ -491,22 +491,25 @@ def sweep_feature(
     scorer. ``cfg`` needs the steering fields of :class:`PlantedConfig` (alphas,
     max_new_tokens, steer_nulls, data_seed, min_coherent, rate_change, other_tolerance,
     progress); ``crossdiff bench finetune`` passes its own config."""
-    from crossdiff.steering import steer
+    from crossdiff.steering import SteerConfig, steer
 
-    result = steer(
-        run,
-        feature,
-        prompts=list(on) + list(off),
+    config = SteerConfig(
         alphas=list(cfg.alphas),
         cross_model=True,
         chat=chat,
         max_new_tokens=cfg.max_new_tokens,
         score=score,
-        loaded_models={"a": models[0], "b": models[1]},
         nulls=cfg.steer_nulls,
         null_seed=cfg.data_seed,
-        save=True,
         batch_size=batch_size,
+    )
+    result = steer(
+        run,
+        feature,
+        config,
+        prompts=list(on) + list(off),
+        loaded_models={"a": models[0], "b": models[1]},
+        save=True,
         progress=cfg.progress,
     )
     n_on = len(on)

@@ -68,8 +68,8 @@ class RunConfig:
     the offline 'stats' backend by default."""
     steer: dict[str, Any] = field(default_factory=dict)
     """top_features (per model), prompts (a list, a prompt file, or a built-in suite such as
-    'builtin:copyright' with its default scorer), alphas, max_new_tokens; top_features 0
-    skips."""
+    'builtin:copyright' with its default scorer), and any crossdiff.steering.SteerConfig field
+    (alphas, max_new_tokens, nulls (2 here), ...); top_features 0 skips."""
     about: dict[str, Any] = field(default_factory=dict)
     """What the config is for, read by no stage and kept in RUN/config.yaml: the shipped
     configs of the published pairs hold their models' facts and cost estimate here
@@ -275,9 +275,16 @@ def top_exclusive_features(
     return out
 
 
+STEER_STAGE_KEYS = ("top_features", "prompts")
+"""Keys of the ``steer`` section that belong to the stage, not to its SteerConfig."""
+STEER_STAGE_NULLS = 2
+"""Null features per steered feature unless the section says (docs/steering.md): enough for a
+verdict, and the stage stays within ~2x the time of steering without them."""
+
+
 def _stage_steer(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
-    from crossdiff.steering import steer
-    from crossdiff.steering.api import DEFAULT_ALPHAS, result_path
+    from crossdiff.steering import SteerConfig, steer
+    from crossdiff.steering.api import result_path
 
     sc = dict(cfg.steer)
     per_model = int(sc.pop("top_features", 0))
@@ -290,15 +297,16 @@ def _stage_steer(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
         prompts, default_score = prompts_and_scorer(prompts)
         if default_score is not None:
             sc.setdefault("score", default_score)
-    alphas = sc.pop("alphas", list(DEFAULT_ALPHAS))
-    # random-feature null for the verdict (docs/steering.md); 2 keeps the stage within ~2x
-    sc.setdefault("nulls", 2)
+    sc.setdefault("nulls", STEER_STAGE_NULLS)
+    config = SteerConfig.from_dict(
+        sc, "steer config keys", suffix=f" (and {', '.join(STEER_STAGE_KEYS)})"
+    )
     done = 0
     for feats in top_exclusive_features(paths.root, per_model).values():
         for feat in feats:
             if result_path(paths.steering, feat).is_file():
                 continue
-            steer(paths.root, feat, prompts=prompts, alphas=alphas, progress=progress, **sc)
+            steer(paths.root, feat, config, prompts=prompts, progress=progress)
             done += 1
     return "done" if done else "skipped (complete)"
 

@@ -6,6 +6,10 @@ import argparse
 import json
 import re
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crossdiff.steering.config import SteerConfig
 
 # argparse takes "-4,-2,0" for an option unless it looks like a negative number; widen that test
 # so the documented `--alphas -4,-2,0,2,4` parses (Python >= 3.13 already accepts it).
@@ -64,7 +68,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="VALUE",
         help="clamp mode with absolute activation value(s), e.g. 0 or 5,10 (replaces --alphas)",
     )
-    g = p.add_argument_group("cross-model check")
+    _add_cross_model(p)
+    _add_generation(p)
+    _add_scoring(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-save", action="store_true", help="do not write RUN/steering/")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _add_cross_model(parser: argparse.ArgumentParser) -> None:
+    """The cross-model check's flags (SteerConfig.cross_model, cross_norm, map_*)."""
+    g = parser.add_argument_group("cross-model check")
     g.add_argument(
         "--cross-model",
         action="store_true",
@@ -75,7 +90,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--map-rows", type=int, help="store rows to fit the map on (default 1M)")
     g.add_argument("--map-ridge", type=float, help="relative ridge strength (default 1e-3)")
     g.add_argument("--refit-map", action="store_true", help="refit even if a map is cached")
-    d = p.add_argument_group("generation")
+
+
+def _add_generation(parser: argparse.ArgumentParser) -> None:
+    """Decoding, batching, s_max and model loading flags."""
+    d = parser.add_argument_group("generation")
     d.add_argument("--max-new-tokens", type=int, default=40)
     d.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     d.add_argument("--temperature", type=float, default=1.0)
@@ -89,7 +108,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--model-b", help="load model B from here instead of the run's record")
     d.add_argument("--dtype", default="auto")
     d.add_argument("--device", default="auto")
-    s = p.add_argument_group("scoring")
+
+
+def _add_scoring(parser: argparse.ArgumentParser) -> None:
+    """Scorer, null features and judge flags."""
+    s = parser.add_argument_group("scoring")
     s.add_argument(
         "--score",
         metavar="RULE",
@@ -117,37 +140,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="OPENAI_API_KEY",
         help="environment variable holding the judge's API key (default OPENAI_API_KEY)",
     )
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--no-save", action="store_true", help="do not write RUN/steering/")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def steer_config(args: argparse.Namespace, score: str | None) -> SteerConfig:
+    """The :class:`SteerConfig` the parsed flags ask for (``score``: ``--score`` or the prompt
+    suite's default rule); flags left unset keep the config's defaults."""
     from crossdiff.errors import CrossdiffError
-    from crossdiff.steering import steer
-    from crossdiff.steering.suites import prompts_and_scorer
+    from crossdiff.steering import SteerConfig
 
-    prompts = list(args.prompt)
-    score = args.score
-    if args.prompts:
-        more, default_score = prompts_and_scorer(args.prompts)
-        prompts.extend(more)
-        score = score if score is not None else default_score
-    if not prompts:
-        raise CrossdiffError("give at least one prompt: --prompt TEXT or --prompts FILE")
     alphas = [a for text in args.alphas for a in _floats(text)]
     clamp = _floats(args.clamp) if args.clamp is not None else None
     if clamp is not None and not clamp:
         raise CrossdiffError("--clamp needs a value, e.g. --clamp 0 or --clamp 5,10")
-    optional = {
-        "map_rows": args.map_rows,
-        "map_ridge": args.map_ridge,
-    }
-    result = steer(
-        args.run,
-        args.feature,
-        prompts=prompts,
+    maps = {"map_rows": args.map_rows, "map_ridge": args.map_ridge}
+    return SteerConfig(
         alphas=alphas,
         model=args.model,
         mode=args.mode,
@@ -174,9 +180,31 @@ def run(args: argparse.Namespace) -> int:
         model_specs={k: v for k, v in (("a", args.model_a), ("b", args.model_b)) if v},
         dtype=args.dtype,
         device=args.device,
+        **{k: v for k, v in maps.items() if v is not None},
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from crossdiff.errors import CrossdiffError
+    from crossdiff.steering import steer
+    from crossdiff.steering.suites import prompts_and_scorer
+
+    prompts = list(args.prompt)
+    score = args.score
+    if args.prompts:
+        more, default_score = prompts_and_scorer(args.prompts)
+        prompts.extend(more)
+        score = score if score is not None else default_score
+    if not prompts:
+        raise CrossdiffError("give at least one prompt: --prompt TEXT or --prompts FILE")
+    config = steer_config(args, score)
+    result = steer(
+        args.run,
+        args.feature,
+        config,
+        prompts=prompts,
         save=not args.no_save,
         progress=not args.no_progress,
-        **{k: v for k, v in optional.items() if v is not None},
     )
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=2, ensure_ascii=False)

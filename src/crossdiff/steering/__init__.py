@@ -3,7 +3,8 @@
 The package is named ``steering`` (not ``steer``) so that the public function
 ``crossdiff.steer`` is never shadowed by a submodule of the same name.
 
-- :func:`steer` (api.py): the one call behind ``crossdiff steer``;
+- :func:`steer` (api.py): the one call behind ``crossdiff steer``, its settings one
+  :class:`SteerConfig` (config.py); :mod:`.sweep` runs the plan on one loaded model;
 - :class:`SteeringResult` (result.py): generations, table, JSON, plot;
 - :mod:`.stitch`: the linear map between the two models for the cross-model check;
 - :mod:`.scoring`: regex/keyword rules and an LLM judge that turn generations into rates;
@@ -15,7 +16,8 @@ The package is named ``steering`` (not ``steer``) so that the public function
 from __future__ import annotations
 
 from crossdiff.steering.activation import FeatureReader
-from crossdiff.steering.api import DEFAULT_ALPHAS, plan_models, save_result, score_result, steer
+from crossdiff.steering.api import plan_models, save_result, score_result, steer
+from crossdiff.steering.config import DEFAULT_ALPHAS, SteerConfig
 from crossdiff.steering.generation import GenerationSettings
 from crossdiff.steering.result import ModelSteering, SteeringResult
 from crossdiff.steering.scoring import (
@@ -37,6 +39,7 @@ __all__ = [
     "LinearMap",
     "ModelSteering",
     "RegexScorer",
+    "SteerConfig",
     "SteeringResult",
     "fit_linear_map",
     "fit_store_map",

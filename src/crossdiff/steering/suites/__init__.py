@@ -19,7 +19,7 @@ Select one with ``--prompts builtin:NAME`` (``crossdiff steer``), its scorer wit
 ``--score builtin:NAME`` (the default when the prompts come from a suite), or in Python::
 
     suite = load_suite("copyright")
-    steer(run, 12, prompts=suite.prompts(), score=suite.score_rule)
+    steer(run, 12, SteerConfig(score=suite.score_rule), prompts=suite.prompts())
 """
 
 from __future__ import annotations
