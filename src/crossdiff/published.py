@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from crossdiff.errors import CrossdiffError, reject_unknown_fields
 
 if TYPE_CHECKING:
+    from crossdiff.crosscoder.train import TrainConfig
     from crossdiff.run import RunConfig
 
 PUBLISHED_PACKAGE = "crossdiff.data"
@@ -246,10 +247,6 @@ def check_published(cfg: RunConfig) -> PublishedAbout:
     of the estimate matches :func:`estimate` (floors may be exceeded). Returns the parsed
     ``about`` section; raises a CrossdiffError naming the first mismatch.
     """
-    from crossdiff.analysis import AnalysisConfig
-    from crossdiff.crosscoder.config import CrosscoderConfig
-    from crossdiff.crosscoder.train import TrainConfig
-    from crossdiff.harvest import HarvestConfig
     from crossdiff.models.layers import resolve_layer
 
     about = PublishedAbout.from_dict(cfg.about)
@@ -262,6 +259,42 @@ def check_published(cfg: RunConfig) -> PublishedAbout:
             )
     layer_a = resolve_layer(cfg.layer_a, a.n_layers, a.hub_id)
     layer_b = resolve_layer(cfg.layer_b, b.n_layers, b.hub_id)
+    train, n_features, exclusive = _check_stage_configs(cfg, a, b)
+    est = about.estimate
+    if cfg.harvest.get("tokens") != est.rows:
+        raise CrossdiffError(
+            f"harvest.tokens is {cfg.harvest.get('tokens')} but the estimate is for "
+            f"{est.rows} rows; make them the same"
+        )
+    computed = estimate(
+        a,
+        b,
+        layer_a,
+        layer_b,
+        rows=est.rows,
+        n_features=n_features,
+        exclusive=exclusive,
+        steps=train.steps,
+        batch_size=train.batch_size,
+        tokens_per_row=est.tokens_per_row,
+        effective_tflops=est.effective_tflops,
+        reference_samples_per_second=REFERENCE_SAMPLES_PER_SECOND,
+    )
+    _check_estimate(est, computed)
+    return about
+
+
+def _check_stage_configs(
+    cfg: RunConfig, a: ModelFacts, b: ModelFacts
+) -> tuple[TrainConfig, int, float]:
+    """Every stage section builds its stage's config (unknown keys are errors); returns the
+    train config and the crosscoder's size, which the estimate is computed for. A step because
+    it checks the config file against the code, not against the ``about`` section."""
+    from crossdiff.analysis import AnalysisConfig
+    from crossdiff.crosscoder.config import CrosscoderConfig
+    from crossdiff.crosscoder.train import TrainConfig
+    from crossdiff.harvest import HarvestConfig
+
     cc_keys = {k for k in cfg.crosscoder if k not in ("expansion", "exclusive")}
     for section, cls, keys in (
         ("harvest", HarvestConfig, set(cfg.harvest)),
@@ -286,26 +319,13 @@ def check_published(cfg: RunConfig) -> PublishedAbout:
     n_features = int(cc.pop("n_features", 32 * max(a.d_model, b.d_model)))
     CrosscoderConfig.dfc(a.d_model, b.d_model, n_features, exclusive=exclusive, **cc)
     AnalysisConfig(**cfg.analysis)
-    est = about.estimate
-    if cfg.harvest.get("tokens") != est.rows:
-        raise CrossdiffError(
-            f"harvest.tokens is {cfg.harvest.get('tokens')} but the estimate is for "
-            f"{est.rows} rows; make them the same"
-        )
-    computed = estimate(
-        a,
-        b,
-        layer_a,
-        layer_b,
-        rows=est.rows,
-        n_features=n_features,
-        exclusive=exclusive,
-        steps=train.steps,
-        batch_size=train.batch_size,
-        tokens_per_row=est.tokens_per_row,
-        effective_tflops=est.effective_tflops,
-        reference_samples_per_second=REFERENCE_SAMPLES_PER_SECOND,
-    )
+    return train, n_features, exclusive
+
+
+def _check_estimate(est: Estimate, computed: dict[str, float]) -> None:
+    """Every written number of ``about.estimate`` against its formula (``computed``, from
+    :func:`estimate`): exact for the bytes, within REL_TOLERANCE otherwise, floors may be
+    exceeded; the planned harvest hours may not fall below its compute bound."""
     if est.activation_bytes != computed["activation_bytes"]:
         raise CrossdiffError(
             f"about.estimate.activation_bytes is {est.activation_bytes} but rows x (d_a + d_b) "
@@ -327,4 +347,3 @@ def check_published(cfg: RunConfig) -> PublishedAbout:
             f"about.estimate.harvest_gpu_hours_plan ({est.harvest_gpu_hours_plan}) is below "
             f"the compute lower bound ({est.harvest_gpu_hours_compute})"
         )
-    return about

@@ -131,8 +131,6 @@ def run_crossfit_check(
     """Pass 2 of the cross-fitted check: stream the store, score each row by its fold's
     out-of-fold maps; returns per-feature columns (cross_r2, test_active, check_side,
     tok_r2, cross_tok_r2) and the check's summary."""
-    from crossdiff.analysis.tokenization import design
-
     f = len(klass)
     cols = {
         "cross_r2": np.full(f, np.nan),
@@ -158,7 +156,38 @@ def run_crossfit_check(
     feats, side, thr = _scored(cand, controls, klass, cc, state)
     feats_t = torch.as_tensor(feats, dtype=torch.long)
     scorers = [CrossPredictionScorer(cc, mp, feats_t, side, thr) for mp in maps]
-    total_rows = state.rows
+    _score_rows(store, cc, config, scorers, descriptors, dev, state.rows)
+    scorer = scorers[0]
+    for other in scorers[1:]:
+        scorer.merge(other)
+    r2 = scorer.r2().cpu().numpy()
+    tok, cross_tok = (t.cpu().numpy() for t in scorer.tokenization_r2())
+    cols["cross_r2"][feats] = r2
+    cols["test_active"][feats] = scorer.active.cpu().numpy()
+    cols["check_side"][feats] = np.array(side, dtype=object)
+    cols["tok_r2"][feats] = tok
+    cols["cross_tok_r2"][feats] = cross_tok
+    info["fit_rows"] = int(total.n)
+    info["test_rows"] = int(scorer.n)
+    info["test_rows_available"] = int(scorer.n)
+    _control_summary(info, r2, scorer, cand, controls, config)
+    return cols, info
+
+
+def _score_rows(
+    store: Any,
+    cc: Crosscoder,
+    config: AnalysisConfig,
+    scorers: list[CrossPredictionScorer],
+    descriptors: Any,
+    dev: torch.device,
+    total_rows: int,
+) -> None:
+    """Pass 2 proper: stream the store (the rows pass 1 analysed) and feed each row to the
+    scorer of its document's fold; a step because it is the check's one pass over the data."""
+    from crossdiff.analysis.tokenization import design
+
+    k = config.probe_folds
     bar = None
     if config.progress:
         from tqdm import tqdm
@@ -193,21 +222,6 @@ def run_crossfit_check(
     finally:
         if bar is not None:
             bar.close()
-    scorer = scorers[0]
-    for other in scorers[1:]:
-        scorer.merge(other)
-    r2 = scorer.r2().cpu().numpy()
-    tok, cross_tok = (t.cpu().numpy() for t in scorer.tokenization_r2())
-    cols["cross_r2"][feats] = r2
-    cols["test_active"][feats] = scorer.active.cpu().numpy()
-    cols["check_side"][feats] = np.array(side, dtype=object)
-    cols["tok_r2"][feats] = tok
-    cols["cross_tok_r2"][feats] = cross_tok
-    info["fit_rows"] = int(total.n)
-    info["test_rows"] = int(scorer.n)
-    info["test_rows_available"] = int(scorer.n)
-    _control_summary(info, r2, scorer, cand, controls, config)
-    return cols, info
 
 
 def _map_info(info: dict[str, Any], maps: Any) -> None:

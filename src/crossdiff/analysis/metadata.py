@@ -79,50 +79,16 @@ def build_meta(
     fve: dict[str, Any],
     check_info: dict[str, Any],
 ) -> dict[str, Any]:
+    """analysis.json's content: what the analysis read, what it found, and its settings."""
     man = store.manifest
-    models = {}
-    for side in ("a", "b"):
-        info = getattr(man, f"model_{side}")
-        models[side] = {
-            "model_id": info.model_id,
-            "spec": info.spec,
-            "revision": info.revision,
-            "layer": info.layer,
-            "n_layers": info.n_layers,
-            "d_model": info.d_model,
-            "tokenizer": info.tokenizer.name,
-        }
-    p = cc.partition
-    partitions = {}
-    for name, rng in (
-        ("a_exclusive", p.a_exclusive),
-        ("b_exclusive", p.b_exclusive),
-        ("shared", range(p.n_a + p.n_b, p.n_features - p.n_designated)),
-        ("designated_shared", p.designated),
-    ):
-        sl = slice(rng.start, rng.stop)
-        partitions[name] = {
-            "size": len(rng),
-            "alive": int(alive[sl].sum()),
-            "near_dead": int(near_dead[sl].sum()),
-            "activations": int(state.stats.count[sl].sum()),
-        }
-    classes = {}
-    for c in ("A", "B", "S"):
-        sel = klass == c
-        classes[c] = {
-            "size": int(sel.sum()),
-            "alive": int((sel & alive).sum()),
-            "reviewable": int((sel & alive & ~near_dead).sum()),
-            **{v: int((verdict[sel] == v).sum()) for v in VERDICTS},
-        }
+    partitions = _partitions(cc, alive, near_dead, state)
     cov = man.coverage()
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         "versions": versions(),
-        "models": models,
+        "models": {side: _model_info(getattr(man, f"model_{side}")) for side in ("a", "b")},
         "store": {
             "path": str(Path(store.path).resolve()),
             "rows": man.rows,
@@ -147,8 +113,62 @@ def build_meta(
         "diagnostics": diagnostics(store, cc, fve, partitions),
         "dead_fraction": float(1.0 - alive.mean()),
         "partitions": partitions,
-        "classes": classes,
+        "classes": _classes(klass, alive, near_dead, verdict),
         "check": {**check_info, "tokenization": state.tokenization_info},
         "where": {**state.where_info, "store": store.composition()},
         "config": config.to_dict(),
     }
+
+
+def _model_info(info: Any) -> dict[str, Any]:
+    """What analysis.json says of one model (from the store's manifest): the report and
+    ``show`` name models by it without opening the store."""
+    return {
+        "model_id": info.model_id,
+        "spec": info.spec,
+        "revision": info.revision,
+        "layer": info.layer,
+        "n_layers": info.n_layers,
+        "d_model": info.d_model,
+        "tokenizer": info.tokenizer.name,
+    }
+
+
+def _partitions(
+    cc: Crosscoder, alive: np.ndarray, near_dead: np.ndarray, state: PassState
+) -> dict[str, dict[str, int]]:
+    """Size, live, near-dead and activation counts per partition of the index layout: a step
+    because the diagnostics read them as well as the report."""
+    p = cc.partition
+    partitions = {}
+    for name, rng in (
+        ("a_exclusive", p.a_exclusive),
+        ("b_exclusive", p.b_exclusive),
+        ("shared", range(p.n_a + p.n_b, p.n_features - p.n_designated)),
+        ("designated_shared", p.designated),
+    ):
+        sl = slice(rng.start, rng.stop)
+        partitions[name] = {
+            "size": len(rng),
+            "alive": int(alive[sl].sum()),
+            "near_dead": int(near_dead[sl].sum()),
+            "activations": int(state.stats.count[sl].sum()),
+        }
+    return partitions
+
+
+def _classes(
+    klass: np.ndarray, alive: np.ndarray, near_dead: np.ndarray, verdict: np.ndarray
+) -> dict[str, dict[str, int]]:
+    """Per class (A, B, S): its size, how many are alive and reviewable, and the count of
+    each verdict: the exclusivity check's table in the report."""
+    classes = {}
+    for c in ("A", "B", "S"):
+        sel = klass == c
+        classes[c] = {
+            "size": int(sel.sum()),
+            "alive": int((sel & alive).sum()),
+            "reviewable": int((sel & alive & ~near_dead).sum()),
+            **{v: int((verdict[sel] == v).sum()) for v in VERDICTS},
+        }
+    return classes

@@ -114,8 +114,10 @@ class PassState:
 
 
 def _open_inputs(
-    run: str | Path | None, store: Any, crosscoder: Any
-) -> tuple[Any, Crosscoder, RunPaths | None]:
+    run: str | Path | None, store: Any, crosscoder: Any, out: str | Path | None
+) -> tuple[Any, Crosscoder, RunPaths | None, Path]:
+    """The store and crosscoder an analysis reads, checked to belong together, and the folder
+    it writes: a step so that every wrong input fails before any work."""
     from crossdiff.store import ActivationStore
     from crossdiff.store.manifest import MANIFEST_NAME
 
@@ -152,7 +154,11 @@ def _open_inputs(
         )
     if store.n_rows == 0:
         raise CrossdiffError(f"store {store.path} has no rows; harvest into it first")
-    return store, crosscoder, paths
+    if out is None:
+        if paths is None:
+            raise CrossdiffError("give out= (the analysis folder) when analysing without a run")
+        out = paths.analysis
+    return store, crosscoder, paths, Path(out)
 
 
 def _first_pass(
@@ -405,12 +411,7 @@ def analyze(
     config = config or AnalysisConfig()
     config.validate()
     t_start = time.perf_counter()
-    store, cc, paths = _open_inputs(run, store, crosscoder)
-    if out is None:
-        if paths is None:
-            raise CrossdiffError("give out= (the analysis folder) when analysing without a run")
-        out = paths.analysis
-    out = Path(out)
+    store, cc, paths, out = _open_inputs(run, store, crosscoder, out)
     dev = _resolve_device(config.device)
     from crossdiff.store.reader import DEFAULT_EVAL_FRACTION
 
@@ -423,9 +424,7 @@ def analyze(
         t0 = time.perf_counter()
         state = _first_pass(store, cc, config, klass, dev, eval_fraction, kind != "dfc")
         pass_seconds = time.perf_counter() - t0
-        stats = state.stats
-        count = stats.count.cpu().numpy()
-        alive = count > 0
+        alive = state.stats.count.cpu().numpy() > 0
         t1 = time.perf_counter()
         if config.probe_split == "crossfit":
             check_cols, check_info = run_crossfit_check(
@@ -438,101 +437,15 @@ def analyze(
     finally:
         cc.train(was_training)
 
-    rows = max(state.rows, 1)
-    freq = count / rows
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_act = np.where(alive, stats.sum.cpu().numpy() / np.maximum(count, 1), np.nan)
-        var = stats.sumsq.cpu().numpy() / np.maximum(count, 1) - np.nan_to_num(mean_act) ** 2
-        std_act = np.where(alive, np.sqrt(np.clip(var, 0, None)), np.nan)
-    s_max = stats.max.cpu().numpy().astype(np.float64)
-    dead = ~alive
-    near_dead = alive & ((count < config.min_count) | (freq < config.min_frequency))
-    norms = cc.decoder_norms().detach().float().cpu().numpy()
-    rel = norms[:, 0] / np.maximum(norms[:, 0] + norms[:, 1], 1e-12)
-    f = len(klass)
-    ls_own = np.full(f, np.nan)
-    ls_other = np.full(f, np.nan)
-    if state.latent is not None:
-        own, other = state.latent.betas()
-        idx = state.latent.feats.cpu().numpy()
-        ls_own[idx] = own.cpu().numpy()
-        ls_other[idx] = other.cpu().numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ls_ratio = np.where(np.abs(ls_own) > 1e-12, ls_other / ls_own, np.nan)
-    exclusive = klass != "S"
-    ls_for_check = np.where(exclusive & alive, ls_ratio, np.nan)
-    act_sum = stats.sum.cpu().numpy()
-    tok = tokenization_columns(state, store, config, check_cols, act_sum, klass)
-    where = where_columns(state, act_sum)
-    if state.twins is not None:
-        twin_of, twin_corr = state.twins.twins(f, config.twin_min_corr)
-    else:
-        twin_of, twin_corr = np.full(f, -1, dtype=np.int64), np.full(f, np.nan)
-    twin_of = np.where(alive, twin_of, -1)
-    verdict = verdicts(
-        exclusive & alive,
-        check_cols["cross_r2"],
-        check_cols["test_active"],
-        ls_for_check,
-        config,
-        tokenization=tok["tokenization"],
-        twin=twin_of >= 0,
-    )
-    score = np.where(
-        exclusive & alive, exclusivity_score(check_cols["cross_r2"], ls_for_check), np.nan
-    )
-    score = np.where(verdict == "untested", np.nan, score)  # too rare to judge: no score
-    reviewable = alive & ~near_dead
-    recurs = _recurrence(paths, f)
-    rank = rank_candidates(klass, verdict, score, freq, mean_act, reviewable, recurs)
-
-    features = pa.table(
-        {
-            "feature": np.arange(f, dtype=np.int64),
-            "partition": part.tolist(),
-            "klass": klass.tolist(),
-            "dec_norm_a": norms[:, 0].astype(np.float32),
-            "dec_norm_b": norms[:, 1].astype(np.float32),
-            "rel_norm": rel.astype(np.float32),
-            "count": count.astype(np.int64),
-            "frequency": freq.astype(np.float64),
-            "mean_act": mean_act.astype(np.float32),
-            "std_act": std_act.astype(np.float32),
-            "s_max": s_max.astype(np.float32),
-            "dead": dead,
-            "near_dead": near_dead,
-            "cross_r2": check_cols["cross_r2"].astype(np.float32),
-            "test_active": check_cols["test_active"],
-            "check_side": check_cols["check_side"].tolist(),
-            "ls_beta_own": ls_own.astype(np.float32),
-            "ls_beta_other": ls_other.astype(np.float32),
-            "ls_ratio": ls_ratio.astype(np.float32),
-            "tok_r2": check_cols.get("tok_r2", np.full(f, np.nan)).astype(np.float32),
-            "cross_tok_r2": check_cols.get("cross_tok_r2", np.full(f, np.nan)).astype(np.float32),
-            "internal_top_share": tok["internal_top_share"].astype(np.float32),
-            "internal_mass_share": tok["internal_mass_share"].astype(np.float32),
-            "later_top_share": tok["later_top_share"].astype(np.float32),
-            "chat_share": where["chat_share"].astype(np.float32),
-            "user_share": where["user_share"].astype(np.float32),
-            "assistant_share": where["assistant_share"].astype(np.float32),
-            "twin_of": twin_of,
-            "twin_corr": twin_corr.astype(np.float32),
-            "exclusivity": score.astype(np.float32),
-            "verdict": verdict.tolist(),
-            "recurs": recurs,
-            "rank": rank,
-        }
-    )
-    if config.contexts_for == "all":
-        with_context = np.ones(f, dtype=bool)
-    elif config.contexts_for == "exclusive":
-        with_context = exclusive
-    else:
-        with_context = np.zeros(f, dtype=bool)
+    cols = _feature_columns(state, store, cc, config, klass, check_cols, paths)
+    features = _features_table(cols, part, klass, check_cols)
+    f = len(klass)  # the features whose examples keep their texts, by contexts_for:
+    texts = {"all": np.ones(f, bool), "exclusive": klass != "S", "none": np.zeros(f, bool)}
     t2 = time.perf_counter()
-    examples = examples_table(state.top, state.sample, store, config, with_context)
+    examples = examples_table(state.top, state.sample, store, config, texts[config.contexts_for])
     examples_seconds = time.perf_counter() - t2
 
+    near_dead, verdict = cols["near_dead"], cols["verdict"]
     meta = build_meta(
         store, cc, config, kind, part, klass, alive, near_dead, verdict, state, fve, check_info
     )
@@ -550,6 +463,144 @@ def analyze(
     write_parquet(examples, out / EXAMPLES_FILE)
     write_meta(meta, out / META_FILE)  # last: its presence marks a complete analysis
     return AnalysisResult(out, features, examples, meta)
+
+
+def _feature_columns(
+    state: PassState,
+    store: Any,
+    cc: Crosscoder,
+    config: AnalysisConfig,
+    klass: np.ndarray,
+    check_cols: dict[str, np.ndarray],
+    paths: RunPaths | None,
+) -> dict[str, np.ndarray]:
+    """Every per-feature number of features.parquet, unrounded (the table casts them): a step
+    of its own because it is the one place pass 1's state and the check turn into verdicts."""
+    stats = state.stats
+    count = stats.count.cpu().numpy()
+    alive = count > 0
+    freq = count / max(state.rows, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_act = np.where(alive, stats.sum.cpu().numpy() / np.maximum(count, 1), np.nan)
+        var = stats.sumsq.cpu().numpy() / np.maximum(count, 1) - np.nan_to_num(mean_act) ** 2
+        std_act = np.where(alive, np.sqrt(np.clip(var, 0, None)), np.nan)
+    near_dead = alive & ((count < config.min_count) | (freq < config.min_frequency))
+    norms = cc.decoder_norms().detach().float().cpu().numpy()
+    f = len(klass)
+    ls_own, ls_other = _latent_betas(state.latent, f)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ls_ratio = np.where(np.abs(ls_own) > 1e-12, ls_other / ls_own, np.nan)
+    exclusive = klass != "S"
+    ls_for_check = np.where(exclusive & alive, ls_ratio, np.nan)
+    act_sum = stats.sum.cpu().numpy()
+    tok = tokenization_columns(state, store, config, check_cols, act_sum, klass)
+    if state.twins is not None:
+        twin_of, twin_corr = state.twins.twins(f, config.twin_min_corr)
+    else:
+        twin_of, twin_corr = np.full(f, -1, dtype=np.int64), np.full(f, np.nan)
+    twin_of = np.where(alive, twin_of, -1)
+    cross_r2 = check_cols["cross_r2"]
+    verdict = verdicts(
+        exclusive & alive,
+        cross_r2,
+        check_cols["test_active"],
+        ls_for_check,
+        config,
+        tokenization=tok["tokenization"],
+        twin=twin_of >= 0,
+    )
+    score = np.where(exclusive & alive, exclusivity_score(cross_r2, ls_for_check), np.nan)
+    score = np.where(verdict == "untested", np.nan, score)  # too rare to judge: no score
+    recurs = _recurrence(paths, f)
+    rank = rank_candidates(klass, verdict, score, freq, mean_act, alive & ~near_dead, recurs)
+    return {
+        "norms": norms,
+        "rel_norm": norms[:, 0] / np.maximum(norms[:, 0] + norms[:, 1], 1e-12),
+        "count": count,
+        "frequency": freq,
+        "mean_act": mean_act,
+        "std_act": std_act,
+        "s_max": stats.max.cpu().numpy().astype(np.float64),
+        "dead": ~alive,
+        "near_dead": near_dead,
+        "ls_beta_own": ls_own,
+        "ls_beta_other": ls_other,
+        "ls_ratio": ls_ratio,
+        **tok,
+        **where_columns(state, act_sum),
+        "twin_of": twin_of,
+        "twin_corr": twin_corr,
+        "exclusivity": score,
+        "verdict": verdict,
+        "recurs": recurs,
+        "rank": rank,
+    }
+
+
+def _latent_betas(latent: LatentScaling | None, f: int) -> tuple[np.ndarray, np.ndarray]:
+    """(F,) latent-scaling betas, own and other model (NaN where not measured): a step because
+    only standard crosscoders measure them, on their candidates only."""
+    ls_own = np.full(f, np.nan)
+    ls_other = np.full(f, np.nan)
+    if latent is not None:
+        own, other = latent.betas()
+        idx = latent.feats.cpu().numpy()
+        ls_own[idx] = own.cpu().numpy()
+        ls_other[idx] = other.cpu().numpy()
+    return ls_own, ls_other
+
+
+def _features_table(
+    cols: dict[str, np.ndarray],
+    part: np.ndarray,
+    klass: np.ndarray,
+    check_cols: dict[str, np.ndarray],
+) -> pa.Table:
+    """features.parquet's columns, in their order and stored types: a step apart so that the
+    file's schema reads in one place."""
+    f = len(klass)
+    nan = np.full(f, np.nan)
+
+    def f32(name: str) -> np.ndarray:
+        return cols[name].astype(np.float32)
+
+    return pa.table(
+        {
+            "feature": np.arange(f, dtype=np.int64),
+            "partition": part.tolist(),
+            "klass": klass.tolist(),
+            "dec_norm_a": cols["norms"][:, 0].astype(np.float32),
+            "dec_norm_b": cols["norms"][:, 1].astype(np.float32),
+            "rel_norm": f32("rel_norm"),
+            "count": cols["count"].astype(np.int64),
+            "frequency": cols["frequency"].astype(np.float64),
+            "mean_act": f32("mean_act"),
+            "std_act": f32("std_act"),
+            "s_max": f32("s_max"),
+            "dead": cols["dead"],
+            "near_dead": cols["near_dead"],
+            "cross_r2": check_cols["cross_r2"].astype(np.float32),
+            "test_active": check_cols["test_active"],
+            "check_side": check_cols["check_side"].tolist(),
+            "ls_beta_own": f32("ls_beta_own"),
+            "ls_beta_other": f32("ls_beta_other"),
+            "ls_ratio": f32("ls_ratio"),
+            "tok_r2": check_cols.get("tok_r2", nan).astype(np.float32),
+            "cross_tok_r2": check_cols.get("cross_tok_r2", nan).astype(np.float32),
+            "internal_top_share": f32("internal_top_share"),
+            "internal_mass_share": f32("internal_mass_share"),
+            "later_top_share": f32("later_top_share"),
+            "chat_share": f32("chat_share"),
+            "user_share": f32("user_share"),
+            "assistant_share": f32("assistant_share"),
+            "twin_of": cols["twin_of"],
+            "twin_corr": f32("twin_corr"),
+            "exclusivity": f32("exclusivity"),
+            "verdict": cols["verdict"].tolist(),
+            "recurs": cols["recurs"],
+            "rank": cols["rank"],
+        }
+    )
 
 
 def _fve(cc: Crosscoder, store: Any, eval_fraction: float, dev: torch.device) -> dict[str, Any]:

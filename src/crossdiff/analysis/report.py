@@ -98,6 +98,52 @@ def _model_name(meta: dict[str, Any], m: str) -> str:
 
 # ---- sections --------------------------------------------------------------------------------
 def _summary(meta: dict[str, Any]) -> str:
+    diag = meta.get("diagnostics") or {}
+    warn_html = "".join(
+        f'<p class="warning"><strong>Warning:</strong> {e(w)}</p>'
+        for w in diag.get("warnings") or []
+    )
+    part_rows = []
+    for name, p in meta.get("partitions", {}).items():
+        if not p.get("size"):
+            continue
+        part_rows.append(
+            f"<tr><td>{e(name.replace('_', ' '))}</td>{_num_td(p['size'])}{_num_td(p['alive'])}"
+            f"{_num_td(p['near_dead'])}{_num_td(p['activations'])}</tr>"
+        )
+    classes = meta.get("classes", {})
+    check_rows = []
+    for c in ("A", "B"):
+        k = classes.get(c, {})
+        check_rows.append(
+            f'<tr><td class="model-{c.lower()}">{e(c)}-exclusive candidates</td>'
+            f"{_num_td(k.get('size'))}{_num_td(k.get('alive'))}{_num_td(k.get('reviewable'))}"
+            f"{_num_td(k.get('confirmed'))}{_num_td(k.get('untested'))}"
+            f"{_num_td(k.get('tokenization', 0))}{_num_td(k.get('twin', 0))}"
+            f"{_num_td(k.get('refuted'))}</tr>"
+        )
+    return (
+        '<section id="summary"><h2>Summary</h2>'
+        + warn_html
+        + '<table class="summary">'
+        + "".join(_summary_rows(meta))
+        + '</table><div class="cards"><div><h3>Partitions</h3><table><thead><tr><th>partition'
+        "</th><th>size</th><th>alive</th><th>near-dead</th><th>activations</th></tr></thead>"
+        "<tbody>" + "".join(part_rows) + "</tbody></table></div>"
+        "<div><h3>Exclusivity check</h3><table><thead><tr><th></th><th>candidates</th>"
+        "<th>alive</th><th>reviewable</th><th>confirmed</th><th>too rare</th><th>tokenization</th>"
+        "<th>twin</th><th>refuted</th>"
+        "</tr></thead><tbody>"
+        + "".join(check_rows)
+        + "</tbody></table>"
+        + "".join(f'<p class="note">{e(n)}</p>' for n in _check_notes(meta))
+        + "</div></div></section>"
+    )
+
+
+def _summary_rows(meta: dict[str, Any]) -> list[str]:
+    """The summary table's rows: the models, the data, the crosscoder and the loss balance;
+    a step apart from the cards because each row reads its own part of analysis.json."""
     ev = meta.get("eval", {})
     store = meta.get("store", {})
     cc = meta.get("crosscoder", {})
@@ -138,29 +184,13 @@ def _summary(meta: dict[str, Any]) -> str:
             f"<td>share of the loss weight: A {100 * (1 - share_b):.1f}%, "
             f"B {100 * share_b:.1f}%</td><td>{e(gam)}</td></tr>"
         )
-    warn_html = "".join(
-        f'<p class="warning"><strong>Warning:</strong> {e(w)}</p>'
-        for w in diag.get("warnings") or []
-    )
-    part_rows = []
-    for name, p in meta.get("partitions", {}).items():
-        if not p.get("size"):
-            continue
-        part_rows.append(
-            f"<tr><td>{e(name.replace('_', ' '))}</td>{_num_td(p['size'])}{_num_td(p['alive'])}"
-            f"{_num_td(p['near_dead'])}{_num_td(p['activations'])}</tr>"
-        )
-    classes = meta.get("classes", {})
-    check_rows = []
-    for c in ("A", "B"):
-        k = classes.get(c, {})
-        check_rows.append(
-            f'<tr><td class="model-{c.lower()}">{e(c)}-exclusive candidates</td>'
-            f"{_num_td(k.get('size'))}{_num_td(k.get('alive'))}{_num_td(k.get('reviewable'))}"
-            f"{_num_td(k.get('confirmed'))}{_num_td(k.get('untested'))}"
-            f"{_num_td(k.get('tokenization', 0))}{_num_td(k.get('twin', 0))}"
-            f"{_num_td(k.get('refuted'))}</tr>"
-        )
+    return rows
+
+
+def _check_notes(meta: dict[str, Any]) -> list[str]:
+    """The notes under the exclusivity check: how it was scored, what flags tokenization,
+    where the pairs come from, the shared controls; a step because they explain the check's
+    numbers rather than show them."""
     check = meta.get("check", {})
     cfg = meta.get("config", {})
     if cfg.get("probe_split") == "crossfit":
@@ -175,7 +205,6 @@ def _summary(meta: dict[str, Any]) -> str:
             f"{_fmt(check.get('test_rows'))} held out to score them (documents of the "
             f"{cfg.get('probe_split', 'eval')} split). "
         )
-    tok = check.get("tokenization") or {}
     notes = [
         rows_note + f"Map FVE: "
         f"B→A {_fmt(check.get('map_fve_b_to_a'))}, "
@@ -183,12 +212,13 @@ def _summary(meta: dict[str, Any]) -> str:
         f"predicts it with held-out R² ≥ {_fmt(cfg.get('exclusive_max_r2'))}"
         + (
             f" or its latent scaling ratio is ≥ {_fmt(cfg.get('latent_scaling_max'))}"
-            if cc.get("kind") != "dfc"
+            if meta.get("crosscoder", {}).get("kind") != "dfc"
             else ""
         )
         + f"; too rare to judge (untested) with fewer than {_fmt(cfg.get('min_test_active'))} "
         "scored activations.",
     ]
+    tok = check.get("tokenization") or {}
     if tok:
         notes.append(
             "Tokenization: "
@@ -207,26 +237,7 @@ def _summary(meta: dict[str, Any]) -> str:
         )
     where = meta.get("where") or {}
     if where:
-        comp = where.get("store") or {}
-        sources = comp.get("sources") or {}
-        total = max(1, sum(int(v.get("pairs", 0)) for v in sources.values()))
-        split = ", ".join(
-            f"{name} {100 * int(v.get('pairs', 0)) / total:.1f}%" for name, v in sources.items()
-        )
-        notes.append(
-            f"Where the pairs come from: {_pct(where.get('chat_rows_share'))} of the analysed "
-            f"pairs are in chats ({_pct(where.get('user_rows_share_of_chat'))} of those in user "
-            f"messages, {_pct(where.get('assistant_rows_share_of_chat'))} in assistant ones)"
-            + (f"; by source: {split}" if split else "")
-            + (
-                f"; harvested at {comp.get('pair_positions')} positions only "
-                f"({_fmt(comp.get('pairs_removed'))} pairs removed)"
-                if comp.get("pair_positions", "all") != "all"
-                else ""
-            )
-            + ". The lists give each feature's share of activation in chats and, within chats, "
-            "in assistant messages: compare with these base rates."
-        )
+        notes.append(_where_note(where))
     ctrl = check.get("controls")
     if ctrl and ctrl.get("tested"):
         notes.append(
@@ -238,22 +249,31 @@ def _summary(meta: dict[str, Any]) -> str:
     for key in ("skipped", "warning"):
         if check.get(key):
             notes.append(f"{key.capitalize()}: {check[key]}")
+    return notes
+
+
+def _where_note(where: dict[str, Any]) -> str:
+    """Where the analysed pairs come from (chats, roles, sources): the base rates the lists'
+    'in chats' and 'assistant' columns are read against."""
+    comp = where.get("store") or {}
+    sources = comp.get("sources") or {}
+    total = max(1, sum(int(v.get("pairs", 0)) for v in sources.values()))
+    split = ", ".join(
+        f"{name} {100 * int(v.get('pairs', 0)) / total:.1f}%" for name, v in sources.items()
+    )
     return (
-        '<section id="summary"><h2>Summary</h2>'
-        + warn_html
-        + '<table class="summary">'
-        + "".join(rows)
-        + '</table><div class="cards"><div><h3>Partitions</h3><table><thead><tr><th>partition'
-        "</th><th>size</th><th>alive</th><th>near-dead</th><th>activations</th></tr></thead>"
-        "<tbody>" + "".join(part_rows) + "</tbody></table></div>"
-        "<div><h3>Exclusivity check</h3><table><thead><tr><th></th><th>candidates</th>"
-        "<th>alive</th><th>reviewable</th><th>confirmed</th><th>too rare</th><th>tokenization</th>"
-        "<th>twin</th><th>refuted</th>"
-        "</tr></thead><tbody>"
-        + "".join(check_rows)
-        + "</tbody></table>"
-        + "".join(f'<p class="note">{e(n)}</p>' for n in notes)
-        + "</div></div></section>"
+        f"Where the pairs come from: {_pct(where.get('chat_rows_share'))} of the analysed "
+        f"pairs are in chats ({_pct(where.get('user_rows_share_of_chat'))} of those in user "
+        f"messages, {_pct(where.get('assistant_rows_share_of_chat'))} in assistant ones)"
+        + (f"; by source: {split}" if split else "")
+        + (
+            f"; harvested at {comp.get('pair_positions')} positions only "
+            f"({_fmt(comp.get('pairs_removed'))} pairs removed)"
+            if comp.get("pair_positions", "all") != "all"
+            else ""
+        )
+        + ". The lists give each feature's share of activation in chats and, within chats, "
+        "in assistant messages: compare with these base rates."
     )
 
 
@@ -335,26 +355,9 @@ def _feature_list(
         + e(_model_name(result.meta, m))
         + ")</th></tr>"
     )
-    body = []
-    for f in feats:
-        i = int(f["feature"])
-        ex = top_example.get(i)
-        snippet = (
-            context_html(ex.get(f"pre_{m}"), ex.get(f"tok_{m}"), ex.get(f"post_{m}"), short=True)
-            if ex
-            else ""
-        )
-        body.append(
-            f'<tr data-verdict="{e(f["verdict"])}">{_num_td(f["rank"])}'
-            f'<td class="num" data-v="{i}"><a href="#f-{i}">{i}</a></td>'
-            f'<td class="verdict-{e(f["verdict"])}">{e(f["verdict"])}</td>'
-            f"{_num_td(f['exclusivity'], 2)}{_num_td(f['cross_r2'], 2)}"
-            + (_num_td(f["ls_ratio"], 2) if standard else "")
-            + f"{_num_td(f['frequency'], 2)}{_num_td(f['mean_act'])}{_num_td(f['s_max'])}"
-            f"{_num_td(f.get('chat_share'), 2)}{_num_td(f.get('assistant_share'), 2)}"
-            f'<td class="why">{e(verdict_reason(f, min_active))}</td>'
-            f'<td class="snippet">{snippet}</td></tr>'
-        )
+    body = [
+        _feature_row(f, m, top_example.get(int(f["feature"])), standard, min_active) for f in feats
+    ]
     what = "flagged candidates" if flagged else "concept candidates"
     shown = f"Top {len(feats)} of {total} {what}" if len(feats) < total else f"{len(feats)} {what}"
     table_id = f"list-{m}" + ("-flagged" if flagged else "")
@@ -388,6 +391,30 @@ def _feature_list(
         f'</span></div><table class="sortable" id="{table_id}"><thead>{head}</thead><tbody>'
         + "".join(body)
         + "</tbody></table></section>"
+    )
+
+
+def _feature_row(
+    f: dict[str, Any], m: str, ex: dict[str, Any] | None, standard: bool, min_active: int
+) -> str:
+    """One candidate's row in its model's list: a step so that the list's header and the
+    cells below it can be read side by side."""
+    i = int(f["feature"])
+    snippet = (
+        context_html(ex.get(f"pre_{m}"), ex.get(f"tok_{m}"), ex.get(f"post_{m}"), short=True)
+        if ex
+        else ""
+    )
+    return (
+        f'<tr data-verdict="{e(f["verdict"])}">{_num_td(f["rank"])}'
+        f'<td class="num" data-v="{i}"><a href="#f-{i}">{i}</a></td>'
+        f'<td class="verdict-{e(f["verdict"])}">{e(f["verdict"])}</td>'
+        f"{_num_td(f['exclusivity'], 2)}{_num_td(f['cross_r2'], 2)}"
+        + (_num_td(f["ls_ratio"], 2) if standard else "")
+        + f"{_num_td(f['frequency'], 2)}{_num_td(f['mean_act'])}{_num_td(f['s_max'])}"
+        f"{_num_td(f.get('chat_share'), 2)}{_num_td(f.get('assistant_share'), 2)}"
+        f'<td class="why">{e(verdict_reason(f, min_active))}</td>'
+        f'<td class="snippet">{snippet}</td></tr>'
     )
 
 

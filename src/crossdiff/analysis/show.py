@@ -109,7 +109,41 @@ def format_feature(
 ) -> str:
     """The terminal text for one feature."""
     f = result.feature(feature)
-    meta = result.meta
+    lines = _stat_lines(f, result.meta)
+    from crossdiff.interpret import interpret_lines
+
+    lines += interpret_lines(run, feature) if run is not None else []
+    from crossdiff.recurrence import recurrence_lines
+
+    lines += recurrence_lines(run, feature) if run is not None else []
+    exs = result.feature_examples(feature)
+    _fill_missing_contexts(result, exs, run)
+    tops = [x for x in exs if x["kind"] == "top"][:examples]
+    bands = [x for x in exs if x["kind"] == "band"]
+    n_bands = int(result.meta.get("config", {}).get("quantile_bands", 4))
+    if not tops and not bands:
+        lines.append("  no examples: the feature never fired on the analysed rows")
+    for title, group in (("top activations", tops), ("quantile bands", bands)):
+        if not group:
+            continue
+        lines.append(f"  {title}:")
+        for x in group:
+            if x["kind"] == "top":
+                tag = f"#{int(x['order']) + 1}"
+            else:
+                tag = f"{100 * x['order'] // n_bands}-{100 * (x['order'] + 1) // n_bands}%"
+            lines.append(
+                f"   {tag:>8} act {_fmt(x['activation'])}  doc {x['doc_index']} window "
+                f"{x['window']} char {x['content_end']}"
+            )
+            for m in ("a", "b"):
+                lines.append(f"       {m.upper()}: {_context(x, m, width - 10, color)}")
+    return "\n".join(lines)
+
+
+def _stat_lines(f: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """The feature's numbers from features.parquet, one topic a line: a step apart from the
+    examples because it needs nothing but the feature's row."""
     min_active = int(meta.get("config", {}).get("min_test_active", 10))
     names = {m: meta.get("models", {}).get(m, {}).get("model_id", m.upper()) for m in ("a", "b")}
     standard = meta.get("crosscoder", {}).get("kind") != "dfc"
@@ -156,35 +190,7 @@ def format_feature(
             f"  latent scaling beta own {_fmt(f['ls_beta_own'])}  other "
             f"{_fmt(f['ls_beta_other'])}  ratio {_fmt(f['ls_ratio'], 3)}"
         )
-    from crossdiff.interpret import interpret_lines
-
-    lines += interpret_lines(run, feature) if run is not None else []
-    from crossdiff.recurrence import recurrence_lines
-
-    lines += recurrence_lines(run, feature) if run is not None else []
-    exs = result.feature_examples(feature)
-    _fill_missing_contexts(result, exs, run)
-    tops = [x for x in exs if x["kind"] == "top"][:examples]
-    bands = [x for x in exs if x["kind"] == "band"]
-    n_bands = int(meta.get("config", {}).get("quantile_bands", 4))
-    if not tops and not bands:
-        lines.append("  no examples: the feature never fired on the analysed rows")
-    for title, group in (("top activations", tops), ("quantile bands", bands)):
-        if not group:
-            continue
-        lines.append(f"  {title}:")
-        for x in group:
-            if x["kind"] == "top":
-                tag = f"#{int(x['order']) + 1}"
-            else:
-                tag = f"{100 * x['order'] // n_bands}-{100 * (x['order'] + 1) // n_bands}%"
-            lines.append(
-                f"   {tag:>8} act {_fmt(x['activation'])}  doc {x['doc_index']} window "
-                f"{x['window']} char {x['content_end']}"
-            )
-            for m in ("a", "b"):
-                lines.append(f"       {m.upper()}: {_context(x, m, width - 10, color)}")
-    return "\n".join(lines)
+    return lines
 
 
 def show_feature(

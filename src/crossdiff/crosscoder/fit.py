@@ -76,7 +76,6 @@ def train_on_store(
     ``out`` is an error rather than a silent overwrite. ``callback`` is passed to
     :func:`train_crosscoder`.
     """
-    from crossdiff.crosscoder.metrics import evaluate
     from crossdiff.store import ActivationStore
 
     store = ActivationStore.open(store_path)
@@ -86,15 +85,7 @@ def train_on_store(
     train = train or TrainConfig()
     out = Path(out)
     if is_complete(out) and not force:
-        summary = json.loads((out / SUMMARY_FILE).read_text())
-        if summary.get("train_config") != train.to_dict() or summary.get(
-            "requested_config"
-        ) != _comparable(config):
-            raise CrossdiffError(
-                f"{out} already holds a crosscoder trained with other settings; pass another "
-                f"output folder, or force=True / --force to overwrite it"
-            )
-        return Crosscoder.from_pretrained(out, device="cpu")
+        return _trained_before(out, config, train)
     source = store.source("train")
     t0 = time.perf_counter()
     cc = train_crosscoder(
@@ -110,6 +101,39 @@ def train_on_store(
 
     if distributed.rank() != 0:
         return cc  # under torchrun: rank 0 evaluates and writes; the weights are identical
+    _evaluate_and_save(cc, store, source, out, config, train, seconds, eval_batches, progress)
+    return cc
+
+
+def _trained_before(out: Path, config: CrosscoderConfig, train: TrainConfig) -> Crosscoder:
+    """The crosscoder of a complete ``out``, if it was trained with these configs: a step
+    because reusing a finished output must never hide a change of settings."""
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    if summary.get("train_config") != train.to_dict() or summary.get(
+        "requested_config"
+    ) != _comparable(config):
+        raise CrossdiffError(
+            f"{out} already holds a crosscoder trained with other settings; pass another "
+            f"output folder, or force=True / --force to overwrite it"
+        )
+    return Crosscoder.from_pretrained(out, device="cpu")
+
+
+def _evaluate_and_save(
+    cc: Crosscoder,
+    store: Any,
+    source: Any,
+    out: Path,
+    config: CrosscoderConfig,
+    train: TrainConfig,
+    seconds: float,
+    eval_batches: int,
+    progress: bool,
+) -> None:
+    """Rank 0's end of training: metrics on the eval split, the weights, then
+    train_summary.json (written last: its presence marks a complete output)."""
+    from crossdiff.crosscoder.metrics import evaluate, lopsided_warnings
+
     try:
         eval_source, eval_split = store.source("eval"), "eval"
     except CrossdiffError:  # a store too small to hold any eval document
@@ -121,8 +145,6 @@ def train_on_store(
         batch_size=min(train.batch_size, 4096),
     )
     cc.save_pretrained(out)
-    from crossdiff.crosscoder.metrics import lopsided_warnings
-
     warnings = lopsided_warnings(
         metrics.get("loss_share_b"),
         metrics.get("dead_frac_a") if cc.partition.n_a else None,
@@ -140,13 +162,12 @@ def train_on_store(
         "train_seconds": seconds,
         "train_config": train.to_dict(),
         "requested_config": _comparable(config),
-        "store": str(Path(store_path).resolve()),
+        "store": str(Path(store.path).resolve()),
         "store_rows": store.n_rows,
     }
     tmp = out / (SUMMARY_FILE + ".tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.replace(out / SUMMARY_FILE)
-    return cc
 
 
 def _comparable(config: CrosscoderConfig) -> dict[str, Any]:

@@ -564,75 +564,128 @@ class Crosscoder(nn.Module):
         if keep is not None and not static:
             x_a, x_b, keep = x_a[keep], x_b[keep], None
         w = None if keep is None else keep.to(x_a.dtype)
-        cfg = self.config
         var_a = _centred_sq_sum(x_a, w)
         var_b = _centred_sq_sum(x_b, w)
-        zero = x_a.new_zeros(())
-        if cfg.activation == "relu":
-            pre = self.preacts(x_a, x_b, compute_dtype)
-            f = pre.clamp_min(0)
-            if w is not None:
-                f = f * w.unsqueeze(1)
-            ra, rb = self.decode(f)
-            la = _row_mean((ra - x_a).pow(2).sum(-1), batch, w)
-            lb = _row_mean((rb - x_b).pow(2).sum(-1), batch, w)
-            l1 = l1_coeff * _row_mean((f * self.decoder_norms().sum(1)).sum(-1), batch, w)
-            fired = (f > 0).any(0)
-            counts = (f > 0).sum(-1).float()
-            l0: float | torch.Tensor = _weighted_mean(counts, w) if static else float(counts.mean())
-            return LossOutput(
-                la + lb + l1, la + lb, la, lb, zero, l1, fired, l0, None, var_a, var_b
+        if self.config.activation == "relu":
+            return self._relu_loss(
+                x_a, x_b, w, batch, l1_coeff, compute_dtype, static, var_a, var_b
             )
-        with torch.no_grad():
-            pre = self.preacts(x_a, x_b, compute_dtype)
-        n = x_a.shape[0]
-        valid = None
-        if static:
-            rows, feats, valid, mins = self._select_static(pre, k or cfg.k, batch, keep)
-            vals = self._gather(pre, x_a, x_b, rows, feats, static=True) * valid
-        else:
-            rows, feats, mins = self.select(pre, k=k, use_threshold=False, batch=batch)
-            vals = self._gather(pre, x_a, x_b, rows, feats)
-        codes = SparseCodes(rows, feats, vals, n, cfg.n_features, mins)
+        zero = x_a.new_zeros(())
+        pre, codes, valid = self._loss_codes(x_a, x_b, k, batch, keep, compute_dtype, static)
         ra, rb = self.decode_sparse(codes, static=static)
         la = _row_mean((ra - x_a).pow(2).sum(-1), batch, w)
         lb = _row_mean((rb - x_b).pow(2).sum(-1), batch, w)
         if valid is None:
-            fired = torch.zeros(cfg.n_features, dtype=torch.bool, device=x_a.device)
-            fired[feats] = True
+            fired = torch.zeros(self.config.n_features, dtype=torch.bool, device=x_a.device)
+            fired[codes.feats] = True
         else:
-            hits = torch.zeros(cfg.n_features, dtype=torch.int32, device=x_a.device)
-            fired = hits.index_add_(0, feats, valid.to(torch.int32)) > 0
+            hits = torch.zeros(self.config.n_features, dtype=torch.int32, device=x_a.device)
+            fired = hits.index_add_(0, codes.feats, valid.to(torch.int32)) > 0
         aux = zero
-        if aux_alpha > 0 and aux_k > 0 and dead_mask is not None:
-            if static:  # every step a dead mask is given; the term counts only if one is dead
-                with torch.no_grad():
-                    dead_pre = pre.clamp_min(0).mul_(dead_mask)
-                    if keep is not None:
-                        dead_pre.mul_(keep.unsqueeze(1))
-                    arows, afeats, avalid = select_topk_static(dead_pre, aux_k)
-                avals = self._gather(pre, x_a, x_b, arows, afeats, static=True) * avalid
-                acodes = SparseCodes(arows, afeats, avals, n, cfg.n_features, mins)
-                ea, eb = self.decode_sparse(acodes, bias=False, static=True)
-                targets = (x_a - ra).detach(), (x_b - rb).detach()
-                aux = aux_alpha * _aux_mse(ea, targets[0], eb, targets[1], batch, w)
+        # static: no host read; a dead mask is given every step, the term counts if one is dead
+        if (
+            aux_alpha > 0
+            and aux_k > 0
+            and dead_mask is not None
+            and (static or bool(dead_mask.any()))
+        ):
+            ea, eb = self._auxk_decode(pre, x_a, x_b, codes, dead_mask, aux_k, keep, static)
+            targets = (x_a - ra).detach(), (x_b - rb).detach()
+            aux = aux_alpha * _aux_mse(ea, targets[0], eb, targets[1], batch, w)
+            if static:
                 aux = aux * dead_mask.any()
-            elif bool(dead_mask.any()):
-                dead = torch.nonzero(dead_mask, as_tuple=True)[0]
-                with torch.no_grad():
-                    dead_pre = pre[:, dead].clamp_min(0)
-                    arows, apos = select_topk(dead_pre, min(aux_k, dead.numel()))
-                afeats = dead[apos]
-                avals = self._gather(pre, x_a, x_b, arows, afeats)
-                acodes = SparseCodes(arows, afeats, avals, n, cfg.n_features, mins)
-                ea, eb = self.decode_sparse(acodes, bias=False)
-                targets = (x_a - ra).detach(), (x_b - rb).detach()
-                aux = aux_alpha * _aux_mse(ea, targets[0], eb, targets[1], batch)
+        n = codes.batch
         if valid is None:
-            l0 = rows.numel() / max(1, n)
+            l0 = codes.rows.numel() / max(1, n)
         else:
             l0 = valid.sum() / (n if keep is None else keep.sum().clamp_min(1))
+        mins = codes.min_score
         return LossOutput(la + lb + aux, la + lb, la, lb, aux, zero, fired, l0, mins, var_a, var_b)
+
+    def _relu_loss(
+        self,
+        x_a: torch.Tensor,
+        x_b: torch.Tensor,
+        w: torch.Tensor | None,
+        batch: GlobalBatch | None,
+        l1_coeff: float,
+        compute_dtype: torch.dtype | None,
+        static: bool,
+        var_a: torch.Tensor,
+        var_b: torch.Tensor,
+    ) -> LossOutput:
+        """:meth:`loss` in relu mode (arguments as there, after its ``keep`` handling): a step
+        apart because this mode selects nothing and pays for sparsity with the L1 penalty."""
+        zero = x_a.new_zeros(())
+        pre = self.preacts(x_a, x_b, compute_dtype)
+        f = pre.clamp_min(0)
+        if w is not None:
+            f = f * w.unsqueeze(1)
+        ra, rb = self.decode(f)
+        la = _row_mean((ra - x_a).pow(2).sum(-1), batch, w)
+        lb = _row_mean((rb - x_b).pow(2).sum(-1), batch, w)
+        l1 = l1_coeff * _row_mean((f * self.decoder_norms().sum(1)).sum(-1), batch, w)
+        fired = (f > 0).any(0)
+        counts = (f > 0).sum(-1).float()
+        l0: float | torch.Tensor = _weighted_mean(counts, w) if static else float(counts.mean())
+        return LossOutput(la + lb + l1, la + lb, la, lb, zero, l1, fired, l0, None, var_a, var_b)
+
+    def _loss_codes(
+        self,
+        x_a: torch.Tensor,
+        x_b: torch.Tensor,
+        k: int | None,
+        batch: GlobalBatch | None,
+        keep: torch.Tensor | None,
+        compute_dtype: torch.dtype | None,
+        static: bool,
+    ) -> tuple[torch.Tensor, SparseCodes, torch.Tensor | None]:
+        """The training loss's selection (top-k modes): ``(pre-activations, codes, valid)``;
+        on the static path the codes have a fixed number of entries and ``valid`` marks the
+        selected ones (None on the other path). A step because it is where the two paths
+        differ most."""
+        with torch.no_grad():
+            pre = self.preacts(x_a, x_b, compute_dtype)
+        valid = None
+        if static:
+            rows, feats, valid, mins = self._select_static(pre, k or self.config.k, batch, keep)
+            vals = self._gather(pre, x_a, x_b, rows, feats, static=True) * valid
+        else:
+            rows, feats, mins = self.select(pre, k=k, use_threshold=False, batch=batch)
+            vals = self._gather(pre, x_a, x_b, rows, feats)
+        codes = SparseCodes(rows, feats, vals, x_a.shape[0], self.config.n_features, mins)
+        return pre, codes, valid
+
+    def _auxk_decode(
+        self,
+        pre: torch.Tensor,
+        x_a: torch.Tensor,
+        x_b: torch.Tensor,
+        codes: SparseCodes,
+        dead_mask: torch.Tensor,
+        aux_k: int,
+        keep: torch.Tensor | None,
+        static: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """AuxK's reconstructions (no bias) from the top ``aux_k`` dead features per row: their
+        error on the residual is the AuxK term. A step because it is a second selection and
+        decode, with its own static path."""
+        if static:
+            with torch.no_grad():
+                dead_pre = pre.clamp_min(0).mul_(dead_mask)
+                if keep is not None:
+                    dead_pre.mul_(keep.unsqueeze(1))
+                arows, afeats, avalid = select_topk_static(dead_pre, aux_k)
+            avals = self._gather(pre, x_a, x_b, arows, afeats, static=True) * avalid
+        else:
+            dead = torch.nonzero(dead_mask, as_tuple=True)[0]
+            with torch.no_grad():
+                dead_pre = pre[:, dead].clamp_min(0)
+                arows, apos = select_topk(dead_pre, min(aux_k, dead.numel()))
+            afeats = dead[apos]
+            avals = self._gather(pre, x_a, x_b, arows, afeats)
+        acodes = SparseCodes(arows, afeats, avals, codes.batch, codes.n_features, codes.min_score)
+        return self.decode_sparse(acodes, bias=False, static=static)
 
     # ---- persistence ---------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> Path:

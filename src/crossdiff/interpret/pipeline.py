@@ -166,8 +166,53 @@ def interpret(
     t_samples = time.perf_counter()
     est = estimate(jobs, config)
     counts = {k: sum(j.klass == k for j in jobs) for k in ("A", "B", "S")}
+    log(_plan_line(len(jobs), counts, explainer, judge, est, config))
+    rows, failures = _run_jobs(jobs, explainer, judge, callers, config)
+    done = sorted((r for r in rows if r is not None), key=review_key)
+    t_run = time.perf_counter()
+    table = pa.Table.from_pylist(done, schema=SCHEMA)
+    folder = paths.interpret
+    folder.mkdir(parents=True, exist_ok=True)
+    write_parquet(table, folder / TABLE_FILE)
+    calls = {c.name: dict(c.counts, first_error=c.first_error) for c in callers}
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run": str(run),
+        "explainer": explainer.name,
+        "judge": judge.name,
+        "config": config.to_dict(),
+        "interpretable_at": INTERPRETABLE_AT,
+        "samples": notes,
+        "counts": _counts(done, counts, failures),
+        "calls": calls,
+        "estimate": est,
+        "review_first": [r["feature"] for r in done if r["harm_flagged"]],
+        "timing": {
+            "backends_s": round(t_backends - t0, 3),
+            "samples_s": round(t_samples - t_backends, 3),
+            "explain_and_score_s": round(t_run - t_samples, 3),
+            "total_s": round(time.perf_counter() - t0, 3),
+        },
+        "versions": _versions(),
+    }
+    write_meta(meta, folder / META_FILE)
+    return load_interpretations(folder)
+
+
+def _plan_line(
+    n: int,
+    counts: dict[str, int],
+    explainer: Explainer,
+    judge: Judge,
+    est: dict[str, Any],
+    config: InterpretConfig,
+) -> str:
+    """The line said before any LLM call: what will be asked of which backends, and at most
+    what it costs, so that a user can stop an expensive run before it starts."""
     line = (
-        f"interpret: {len(jobs)} features (A {counts['A']}, B {counts['B']}, shared "
+        f"interpret: {n} features (A {counts['A']}, B {counts['B']}, shared "
         f"{counts['S']}); explainer {explainer.name}, judge {judge.name}"
     )
     if est["calls"]:
@@ -177,7 +222,19 @@ def interpret(
             + (f", ~${est['cost']:.2f}" if config.price_per_mtok else "")
             + " (cached replies are free)"
         )
-    log(line)
+    return line
+
+
+def _run_jobs(
+    jobs: list[FeatureJob],
+    explainer: Explainer,
+    judge: Judge,
+    callers: list[Any],
+    config: InterpretConfig,
+) -> tuple[list[dict[str, Any] | None], int]:
+    """Every job through :func:`process` on ``config.concurrency`` threads: its row per job
+    (in job order) and the number of features that failed. A step because one feature's
+    failure must never stop the others (only a CrossdiffError, a wrong setup, does)."""
     rows: list[dict[str, Any] | None] = [None] * len(jobs)
     failures = 0
     bar = None
@@ -209,45 +266,21 @@ def interpret(
     finally:
         if bar is not None:
             bar.close()
-    done = sorted((r for r in rows if r is not None), key=review_key)
-    t_run = time.perf_counter()
-    table = pa.Table.from_pylist(done, schema=SCHEMA)
-    folder = paths.interpret
-    folder.mkdir(parents=True, exist_ok=True)
-    write_parquet(table, folder / TABLE_FILE)
-    calls = {c.name: dict(c.counts, first_error=c.first_error) for c in callers}
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run": str(run),
-        "explainer": explainer.name,
-        "judge": judge.name,
-        "config": config.to_dict(),
-        "interpretable_at": INTERPRETABLE_AT,
-        "samples": notes,
-        "counts": {
-            "features": len(done),
-            "by_class": counts,
-            "interpretable": sum(r["interpretable"] for r in done),
-            "flagged": sum(r["harm_flagged"] for r in done),
-            "explanation_status": _tally(r["parse_status"] for r in done),
-            "judge_unparsed": sum(r["judge_unparsed"] for r in done),
-            "feature_errors": failures,
-        },
-        "calls": calls,
-        "estimate": est,
-        "review_first": [r["feature"] for r in done if r["harm_flagged"]],
-        "timing": {
-            "backends_s": round(t_backends - t0, 3),
-            "samples_s": round(t_samples - t_backends, 3),
-            "explain_and_score_s": round(t_run - t_samples, 3),
-            "total_s": round(time.perf_counter() - t0, 3),
-        },
-        "versions": _versions(),
+    return rows, failures
+
+
+def _counts(done: list[dict[str, Any]], by_class: dict[str, int], failures: int) -> dict:
+    """interpret.json's tallies of the rows: what a reader checks first (how many features
+    are interpretable, flagged by the harm screen, unparsed or failed)."""
+    return {
+        "features": len(done),
+        "by_class": by_class,
+        "interpretable": sum(r["interpretable"] for r in done),
+        "flagged": sum(r["harm_flagged"] for r in done),
+        "explanation_status": _tally(r["parse_status"] for r in done),
+        "judge_unparsed": sum(r["judge_unparsed"] for r in done),
+        "feature_errors": failures,
     }
-    write_meta(meta, folder / META_FILE)
-    return load_interpretations(folder)
 
 
 def _tally(values: Any) -> dict[str, int]:

@@ -533,9 +533,6 @@ def build_jobs(
     run: Path, result: Any, config: Any, log: Any = print
 ) -> tuple[list[FeatureJob], dict[str, Any]]:
     """One job per selected feature, and notes on how the samples were made."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     from crossdiff.paths import RunPaths
     from crossdiff.store.manifest import MANIFEST_NAME
 
@@ -548,13 +545,7 @@ def build_jobs(
         from crossdiff.store import ActivationStore
 
         store = ActivationStore.open(store_path)
-    wanted = pa.array([int(f["feature"]) for f in chosen], type=pa.int64())
-    ex_table = result.examples.filter(pc.is_in(result.examples["feature"], wanted))
-    by_feature: dict[int, list[dict[str, Any]]] = {}
-    for x in ex_table.to_pylist():
-        by_feature.setdefault(int(x["feature"]), []).append(x)
-    all_examples = [x for xs in by_feature.values() for x in xs]
-    fill_contexts(all_examples, store, before, after)
+    by_feature = _examples_by_feature(result, chosen, store, before, after)
     mode = config.negatives
     need_cc = store is not None and (config.pool_rows > 0 or mode != "random")
     cc, why = load_crosscoder(run) if need_cc else (None, "")
@@ -574,40 +565,11 @@ def build_jobs(
         if store is None or cc is None:
             hard_notes = {"unavailable": "no store and crosscoder to find silent same-token rows"}
         else:
-            demand: dict[tuple[str, str], int] = {}
-            for _, _, m, explain, held, _ in splits:
-                for k, v in token_demand(explain, held, mode).items():
-                    demand[(m, k)] = max(v, demand.get((m, k), 0))
-            same = build_same_token(
-                store, cc, demand, config.search_rows, config.seed, before, after
-            )
-            hard_notes = {
-                "searched_rows": same.searched,
-                "tokens": len(demand),
-                "occurrences": same.occurrences,
-                "encoded_rows": len(same.active),
-            }
+            same, hard_notes = _same_token_rows(store, cc, splits, config, before, after)
     jobs = []
     for f, i, m, explain, held, exclude in splits:
         neg = choose_negatives(i, m, explain, held, exclude, pool, same, mode, config.seed)
-        trim = config.context_chars
-        jobs.append(
-            FeatureJob(
-                feature=i,
-                klass=str(f["klass"]),
-                rank=int(f["rank"] or 0),
-                verdict=str(f["verdict"] or ""),
-                side=m,
-                frequency=float(f["frequency"]),
-                explain=[c.trimmed(trim) for c in explain],
-                held_out=[c.trimmed(trim) for c in held],
-                negatives=[c.trimmed(trim) for c in neg.negatives],
-                background=[c.trimmed(trim) for c in neg.background],
-                hard_n=neg.hard_n,
-                hard_wanted=neg.hard_wanted,
-                background_hard_n=neg.background_hard_n,
-            )
-        )
+        jobs.append(_job(f, i, m, explain, held, neg, config.context_chars))
     notes = {
         "non_activating": pool.source,
         "pool_rows": len(pool.rows),
@@ -624,3 +586,67 @@ def build_jobs(
         )
         notes["hard"] = hard_notes
     return jobs, notes
+
+
+def _examples_by_feature(
+    result: Any, chosen: list[dict[str, Any]], store: Any, before: int, after: int
+) -> dict[int, list[dict[str, Any]]]:
+    """The analysis's examples of the chosen features, by feature, with their contexts filled
+    from the store where the analysis kept none: a step because every sample is cut from them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted = pa.array([int(f["feature"]) for f in chosen], type=pa.int64())
+    ex_table = result.examples.filter(pc.is_in(result.examples["feature"], wanted))
+    by_feature: dict[int, list[dict[str, Any]]] = {}
+    for x in ex_table.to_pylist():
+        by_feature.setdefault(int(x["feature"]), []).append(x)
+    all_examples = [x for xs in by_feature.values() for x in xs]
+    fill_contexts(all_examples, store, before, after)
+    return by_feature
+
+
+def _same_token_rows(
+    store: Any, cc: Any, splits: list[tuple], config: Any, before: int, after: int
+) -> tuple[SameToken, dict[str, Any]]:
+    """The silent same-token rows for the hard negatives (every job's demand of each token,
+    found in one search of the store), and notes on the search: a step because it is the one
+    part of sampling that encodes store rows."""
+    demand: dict[tuple[str, str], int] = {}
+    for _, _, m, explain, held, _ in splits:
+        for k, v in token_demand(explain, held, config.negatives).items():
+            demand[(m, k)] = max(v, demand.get((m, k), 0))
+    same = build_same_token(store, cc, demand, config.search_rows, config.seed, before, after)
+    return same, {
+        "searched_rows": same.searched,
+        "tokens": len(demand),
+        "occurrences": same.occurrences,
+        "encoded_rows": len(same.active),
+    }
+
+
+def _job(
+    f: dict[str, Any],
+    i: int,
+    m: str,
+    explain: list[Context],
+    held: list[Context],
+    neg: Negatives,
+    trim: int,
+) -> FeatureJob:
+    """One feature's job: its samples trimmed to ``context_chars`` (the prompts' budget)."""
+    return FeatureJob(
+        feature=i,
+        klass=str(f["klass"]),
+        rank=int(f["rank"] or 0),
+        verdict=str(f["verdict"] or ""),
+        side=m,
+        frequency=float(f["frequency"]),
+        explain=[c.trimmed(trim) for c in explain],
+        held_out=[c.trimmed(trim) for c in held],
+        negatives=[c.trimmed(trim) for c in neg.negatives],
+        background=[c.trimmed(trim) for c in neg.background],
+        hard_n=neg.hard_n,
+        hard_wanted=neg.hard_wanted,
+        background_hard_n=neg.background_hard_n,
+    )

@@ -159,10 +159,8 @@ def compare(
 
     ``members``: folder names in ``RUN/crosscoders`` (default: every complete one).
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from crossdiff.crosscoder.model import Crosscoder
     from crossdiff.store import ActivationStore
 
     config = config or MatchConfig()
@@ -172,20 +170,7 @@ def compare(
     t0 = time.perf_counter()
     ref_m = reference_member(root)
     chosen = _members(root, members)
-    ref = Crosscoder.from_pretrained(ref_m.path, device=device).eval()
-    if not (ref.partition.n_a or ref.partition.n_b):
-        raise CrossdiffError(
-            f"the reference {ref_m.path} has no exclusive features (a standard crosscoder); "
-            f"compare needs DFCs (crossdiff train --exclusive 0.05)"
-        )
-    others = [Crosscoder.from_pretrained(m.path, device=device).eval() for m in chosen]
-    for m, o in zip(chosen, others):
-        if (o.config.d_a, o.config.d_b) != (ref.config.d_a, ref.config.d_b):
-            raise CrossdiffError(
-                f"{m.path} has widths {o.config.d_a}/{o.config.d_b}, the reference "
-                f"{ref.config.d_a}/{ref.config.d_b}: it was trained on another store; move it "
-                f"out of {paths.crosscoders}"
-            )
+    ref, others = _load_crosscoders(ref_m, chosen, device, paths)
     store = ActivationStore.open(paths.store)
     x_a, x_b, rows = held_out_rows(store, ref, config.rows)
     if progress:
@@ -194,34 +179,7 @@ def compare(
             f"({rows['eval']:,} eval, {rows['train']:,} train)"
         )
     matches = match_crosscoders(ref, others, x_a, x_b, config)
-    cols: dict[str, list[Any]] = {name: [] for name in RECURRENCE_COLUMNS}
-    hist: dict[str, dict[str, int]] = {}
-    for m in MODELS:
-        per = [mm[m] for mm in matches]
-        first = per[0]
-        matched = np.stack([p.matched for p in per], axis=1)
-        k = (matched >= 0).sum(1)
-        hist[m.upper()] = {str(j): int((k == j).sum()) for j in range(len(others) + 1)}
-        for i, feat in enumerate(first.ref_features.tolist()):
-            cols["feature"].append(int(feat))
-            cols["klass"].append(m.upper())
-            cols["active"].append(int(first.ref_active[i]))
-            cols["recurs"].append(int(k[i]))
-            cols["n_others"].append(len(others))
-            cols["matched"].append([int(p.matched[i]) for p in per])
-            for name in ("cosine", "correlation", "best_cosine", "best_correlation"):
-                cols[name].append([float(getattr(p, name)[i]) for p in per])
-    types = {
-        "feature": pa.int64(),
-        "klass": pa.string(),
-        "active": pa.int64(),
-        "recurs": pa.int32(),
-        "n_others": pa.int32(),
-        "matched": pa.list_(pa.int64()),
-    }
-    table = pa.table(
-        {n: pa.array(v, type=types.get(n, pa.list_(pa.float64()))) for n, v in cols.items()}
-    )
+    table, hist = _recurrence_table(matches, len(others))
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -255,6 +213,68 @@ def compare(
     tmp.write_text(json.dumps(_json_safe(meta), indent=2) + "\n")
     tmp.replace(out / META_FILE)
     return RecurrenceResult(table, meta, out)
+
+
+def _load_crosscoders(
+    ref_m: Member, chosen: list[Member], device: str, paths: RunPaths
+) -> tuple[Any, list[Any]]:
+    """The reference and the members, in eval mode, checked to be comparable (exclusive
+    features in the reference, the same widths everywhere): a step so that a wrong member
+    fails before any row is encoded."""
+    from crossdiff.crosscoder.model import Crosscoder
+
+    ref = Crosscoder.from_pretrained(ref_m.path, device=device).eval()
+    if not (ref.partition.n_a or ref.partition.n_b):
+        raise CrossdiffError(
+            f"the reference {ref_m.path} has no exclusive features (a standard crosscoder); "
+            f"compare needs DFCs (crossdiff train --exclusive 0.05)"
+        )
+    others = [Crosscoder.from_pretrained(m.path, device=device).eval() for m in chosen]
+    for m, o in zip(chosen, others):
+        if (o.config.d_a, o.config.d_b) != (ref.config.d_a, ref.config.d_b):
+            raise CrossdiffError(
+                f"{m.path} has widths {o.config.d_a}/{o.config.d_b}, the reference "
+                f"{ref.config.d_a}/{ref.config.d_b}: it was trained on another store; move it "
+                f"out of {paths.crosscoders}"
+            )
+    return ref, others
+
+
+def _recurrence_table(matches: list[dict[str, Any]], n_others: int) -> tuple[Any, dict]:
+    """recurrence.parquet's table (one row per exclusive feature of the reference, A then B)
+    and the k-of-N histogram per model: a step apart so that the file's schema reads in one
+    place."""
+    import pyarrow as pa
+
+    cols: dict[str, list[Any]] = {name: [] for name in RECURRENCE_COLUMNS}
+    hist: dict[str, dict[str, int]] = {}
+    for m in MODELS:
+        per = [mm[m] for mm in matches]
+        first = per[0]
+        matched = np.stack([p.matched for p in per], axis=1)
+        k = (matched >= 0).sum(1)
+        hist[m.upper()] = {str(j): int((k == j).sum()) for j in range(n_others + 1)}
+        for i, feat in enumerate(first.ref_features.tolist()):
+            cols["feature"].append(int(feat))
+            cols["klass"].append(m.upper())
+            cols["active"].append(int(first.ref_active[i]))
+            cols["recurs"].append(int(k[i]))
+            cols["n_others"].append(n_others)
+            cols["matched"].append([int(p.matched[i]) for p in per])
+            for name in ("cosine", "correlation", "best_cosine", "best_correlation"):
+                cols[name].append([float(getattr(p, name)[i]) for p in per])
+    types = {
+        "feature": pa.int64(),
+        "klass": pa.string(),
+        "active": pa.int64(),
+        "recurs": pa.int32(),
+        "n_others": pa.int32(),
+        "matched": pa.list_(pa.int64()),
+    }
+    table = pa.table(
+        {n: pa.array(v, type=types.get(n, pa.list_(pa.float64()))) for n, v in cols.items()}
+    )
+    return table, hist
 
 
 def _member_dict(m: Member, cc: Any) -> dict[str, Any]:
