@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "train_members": "crossdiff.recurrence",
     "steer": "crossdiff.steering",
     "SteeringResult": "crossdiff.steering",
+    "SteerConfig": "crossdiff.steering",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
