@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from crossdiff_bench.harvest import full_row_limit
+from crossdiff_bench.harvest import padded_vs_full
 
 
-def test_full_row_limit_runs_the_tokens_as_full_rows(tiny_loaded) -> None:
+def test_padded_vs_full_runs_the_same_tokens_both_ways(tiny_loaded) -> None:
     lm = tiny_loaded("llama", "bpe")
     layer = lm.resolve_layer("middle")
-    seqs = [list(range(5, 55)), list(range(7, 37))]  # 80 tokens -> 5 full rows of 16
-    seconds, tokens = full_row_limit(lm, layer, seqs, row_len=16, batch_size=2)
-    assert tokens == 80 and seconds > 0
-    seconds, tokens = full_row_limit(lm, layer, [[5, 6, 7]], row_len=16, batch_size=2)
-    assert (seconds, tokens) == (0.0, 0)  # fewer tokens than one row: nothing to run
+    batches = [[list(range(5, 55)), list(range(7, 37))], [list(range(9, 29))]]  # 100 tokens
+    got = padded_vs_full(lm, layer, batches, row_len=16, batch_size=2)
+    assert got["real_tokens"] == 100 and got["full_tokens"] == 96  # 6 full rows of 16
+    assert got["padded_s"] > 0 and got["full_s"] > 0
+    got = padded_vs_full(lm, layer, [[[5, 6, 7]]], row_len=16, batch_size=2)
+    assert got["full_tokens"] == 0 and got["full_s"] == 0.0  # fewer tokens than one row
 
 
 def test_throughput_times_each_models_own_batches(tiny_loaded) -> None:
@@ -36,6 +37,6 @@ def test_throughput_times_each_models_own_batches(tiny_loaded) -> None:
         assert r["docs"] == 24 and r["rows"] > 0
         assert r["batches"] == len(batches[0]) + len(batches[1])  # one bare run per forward
         assert r["tokens"] <= r["padded"] <= 1.5 * r["tokens"]
-        assert r["limit_tokens"] > 0 and r["limit_s"] > 0
+        assert r["limit_tokens"] > 0 and r["limit_s"] > 0 and 0 < r["share"] < 10
     for side in batches:  # every batch within the token budget of batch_size x max_seq_len
         assert all(len(b) * max(map(len, b)) <= 4 * 32 or len(b) == 1 for b in side)
