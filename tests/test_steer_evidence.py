@@ -31,9 +31,10 @@ from test_steer import (  # noqa: F401 (fixtures)
     SPEC_B,
     _steer,
     greedy,
-    one_thread,
     run_dir,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 NULLS = [0, 2, 3]  # A-exclusive features of the tiny DFC, as the fixed null draw
 
