@@ -15,7 +15,7 @@ import pytest
 
 from crossdiff import configcli
 from crossdiff.cli import build_parser, main
-from crossdiff.commands import analyze, compare, harvest, interpret, run, train
+from crossdiff.commands import analyze, compare, harvest, interpret, run, steer, train
 from crossdiff.configcli import CommandParser, ConfigOptions, Flag, field_docs
 
 # command -> (its ConfigOptions, the dests of its options that are no config field)
@@ -31,6 +31,11 @@ COMMANDS = {
     "run": (
         [run.options],
         {"config", "out", "quick", "tokens", "steps", "device", "seeds", "no_progress"},
+    ),
+    "steer": (
+        [steer.options],
+        {"run", "feature", "prompt", "prompts", "json", "no_save", "no_progress"}
+        | {"model_a", "model_b"},
     ),
 }
 
@@ -52,6 +57,11 @@ FLAGS_BEFORE = {
     "--rows --rule",
     "run": "--config --corpus --device --layer-a --layer-b --model-a --model-b --no-progress "
     "--out --quick --seeds --steps --threads --tokens",
+    "steer": "--alphas --batch-size --clamp --cross-model --cross-norm --device --dtype "
+    "--feature --judge-key-env --judge-model --judge-url --json --map-ridge --map-rows "
+    "--max-new-tokens --mode --model --model-a --model-b --no-batch --no-chat "
+    "--no-explanation-score --no-progress --no-save --null-seed --nulls --prompt --prompts "
+    "--refit-map --s-max --sample --score --seed --temperature --top-p",
 }
 CHOICES_BEFORE = {
     ("harvest", "--literal-specials"): ["cut", "keep"],
@@ -65,6 +75,9 @@ CHOICES_BEFORE = {
     ("analyze", "--probe-split"): ["eval", "all"],
     ("interpret", "--negatives"): ["random", "hard", "mixed"],
     ("compare", "--rule"): ["both", "either", "cosine", "correlation"],
+    ("steer", "--model"): ["auto", "a", "b", "both"],
+    ("steer", "--mode"): ["add", "clamp"],
+    ("steer", "--cross-norm"): ["relative", "map"],
 }
 HARVEST_ARGS = ["--model-a", "a", "--model-b", "b", "--corpus", "c", "--out", "o"]
 MINIMAL = {
@@ -74,6 +87,7 @@ MINIMAL = {
     "interpret": ["RUN"],
     "compare": ["RUN"],
     "run": [],
+    "steer": ["RUN", "--feature", "1"],
 }
 
 
@@ -154,7 +168,8 @@ def test_help_is_the_field_docstring(parsers, command):
                 words = words[1:]
             assert words in actions[f.name].help
             if opts.default(f) not in (None, dataclasses.MISSING, True, False):
-                assert actions[f.name].help.endswith(f"(default: {opts.default(f)})")
+                default = configcli.default_text(opts.default(f))
+                assert actions[f.name].help.endswith(f"(default: {default})")
 
 
 def test_harvest_help_shows_the_docstrings(capsys):
@@ -177,6 +192,19 @@ def test_harvest_help_shows_the_docstrings(capsys):
         ("interpret", ["--timeout", "3", "--no-cache"], {"timeout_s": 3.0, "cache": False}),
         ("interpret", ["--features", "3,17"], {"features": [3, 17], "progress": True}),
         ("compare", ["--rule", "either", "--rows", "10"], {"rule": "either", "rows": 10}),
+        ("steer", [], {"alphas": (-4.0, -2.0, 0.0, 2.0, 4.0), "clamp_value": None}),
+        (
+            "steer",
+            ["--alphas", "-4,-2", "0", "--sample"],  # negative numbers are values
+            {"alphas": (-4.0, -2.0, 0.0), "do_sample": True},
+        ),
+        ("steer", ["--clamp", "0,5", "--no-batch"], {"clamp_value": [0.0, 5.0], "batched": False}),
+        (
+            "steer",
+            ["--no-chat", "--no-explanation-score"],
+            {"chat": False, "explanation_score": False},
+        ),
+        ("steer", ["--model", "b", "--map-rows", "9"], {"model": "b", "map_rows": 9}),
     ],
 )
 def test_flags_mean_what_they_meant(parsers, command, argv, expected):
@@ -209,6 +237,9 @@ def test_given_only_commands_pass_what_was_given(parsers):
         (["harvest", "--model-a", "a"], ["required", "--model-b"]),
         (["analyze", "RUN", "--probe-split", "crossfit"], ["--probe-split", "'crossfit'"]),
         (["train", "--lr", "fast"], ["--lr", "'fast'"]),
+        (["steer", "RUN", "--feature", "1", "--mode", "scale"], ["--mode", "'scale'"]),
+        (["steer", "RUN", "--feature", "1", "--nulls", "two"], ["--nulls", "'two'"]),
+        (["steer", "RUN", "--alphas", "1"], ["required", "--feature"]),
     ],
 )
 def test_a_bad_value_is_named_by_argparse(argv, words, capsys):
@@ -225,6 +256,11 @@ def test_a_bad_value_found_by_the_config_is_named(capsys):
     assert "rel_hi=2.0" in capsys.readouterr().err
     assert main(["interpret", "RUN", "--features", "3,x"]) == 2
     assert "--features '3,x'" in capsys.readouterr().err
+    steer_run = ["steer", "RUN", "--feature", "1", "--prompt", "Hi"]
+    assert main([*steer_run, "--clamp", ","]) == 2
+    assert "--clamp needs a value" in capsys.readouterr().err
+    assert main([*steer_run, "--alphas", "1,x"]) == 2
+    assert "'x' in '1,x' is not a number" in capsys.readouterr().err
 
 
 def test_building_the_cli_imports_no_config_package():
@@ -308,6 +344,31 @@ def test_a_list_field_with_nargs():
     parser, opts = _toy_parser(exclude={}, flags=flags)
     assert opts.build(parser.parse_args(["--name", "x", "--tags", "a", "b"])).tags == ["A", "B"]
     assert opts.build(parser.parse_args(["--name", "x"])).tags == []  # the default, converted
+
+
+def test_one_config_over_several_groups():
+    """``add_to(container, fields)``: those fields, in that order; each field once."""
+    opts = ConfigOptions(Toy, exclude={"tags": "a list"})
+    parser = argparse.ArgumentParser(prog="toy")
+    opts.add_to(parser, ["size", "name"])
+    opts.add_to(parser.add_argument_group("more"), ["mode", "rate"])
+    assert [a.dest for a in parser._actions[1:]] == ["size", "name", "mode", "rate"]
+    with pytest.raises(ValueError, match="already has that option"):
+        opts.add_to(parser, ["size"])
+    with pytest.raises(ValueError, match=r"Toy has no option \['tags'\]"):
+        opts.add_to(parser, ["tags"])  # excluded
+
+
+def test_a_metavar_and_a_sequence_default():
+    flags = {
+        "size": Flag(name="--n", metavar="COUNT"),
+        "tags": Flag(type=str, nargs="+", metavar="TAG"),
+    }
+    parser, _ = _toy_parser(exclude={}, flags=flags)
+    actions = _actions(parser)
+    assert actions["size"].metavar == "COUNT" and actions["tags"].metavar == "TAG"
+    assert configcli.default_text((-4.0, 0.0, 2.0)) == "-4.0,0.0,2.0"
+    assert configcli.default_text([]) == "" and configcli.default_text(0.5) == "0.5"
 
 
 def test_a_field_without_a_command_line_form_must_be_flagged_or_excluded():

@@ -10,14 +10,17 @@ config not in ``exclude`` becomes an option of the command's parser:
   ``--no-progress`` for a True one);
 - the default from the field's default (a field without one is a required option);
 - the help from the field's docstring, the string literal right after the field in the class
-  body (:func:`field_docs`), with the default appended.
+  body (:func:`field_docs`), with the default appended (:func:`default_text`).
 
 What a command's option does differently on purpose (its own name such as ``--quiet`` for
 ``progress``, a parser such as ``parse_count``, narrower choices, a positional, a shorter
-help) is a :class:`Flag` in ``flags``; a field a command does not offer is in ``exclude`` with
-the reason, and a field of a type with no command-line form must be one or the other, so a
-field added to a config either gets its option or a documented reason for having none.
-:meth:`ConfigOptions.build` makes the config back from the parsed namespace.
+help, a metavar) is a :class:`Flag` in ``flags``; a field a command does not offer is in
+``exclude`` with the reason, and a field of a type with no command-line form must be one or
+the other, so a field added to a config either gets its option or a documented reason for
+having none.
+:meth:`ConfigOptions.build` makes the config back from the parsed namespace. A command that
+spreads one config over several argument groups (``crossdiff steer``) adds each group's fields
+with ``add_to(group, fields)``.
 
 Why not the ``simple-parsing`` library (tried: 0.1.9, the current release): it reads the same
 field docstrings, but it cannot reproduce this CLI's options. Its booleans take a value
@@ -44,7 +47,7 @@ import itertools
 import re
 import textwrap
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -120,6 +123,14 @@ def _terminal(text: str) -> str:
     return " ".join(text.replace("``", "`").split())
 
 
+def default_text(value: Any) -> str:
+    """A default as the help shows it: a list or tuple as its items comma-separated, the way
+    such an option is typed (``-4.0,-2.0,0.0``), anything else as ``str``."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 # ---- types -------------------------------------------------------------------------------------
 def int_or_str(text: str) -> int | str:
     """The parser of an ``int | str`` field: ``"12"`` and ``"-1"`` -> int, ``"middle"`` stays."""
@@ -165,6 +176,8 @@ class Flag:
     nargs: str | int | None = None
     """argparse's ``nargs`` (``"+"``: the value is a list of parsed texts, and ``convert``
     gets that list, or the field's default when not given)."""
+    metavar: str | None = None
+    """The value's name in the usage and help (``--clamp VALUE``), instead of the flag's."""
     convert: Callable[[Any], Any] | None = None
     """Applied, when the config is built, to the option's value (the parsed one, or the
     default when not given) unless it is None: ``--k-anneal-from 0`` -> None, or a check that
@@ -218,12 +231,21 @@ class ConfigOptions:
             return f.default_factory()
         return MISSING
 
-    def add_to(self, container: _Container) -> None:
-        """Add one option per field to a parser or argument group."""
+    def add_to(self, container: _Container, fields: Sequence[str] | None = None) -> None:
+        """Add one option per field to a parser or argument group: every field, or only
+        ``fields``, in that order (a command that spreads one config over several argument
+        groups adds each group's; a field added twice is an error)."""
         cls = self.config_class
         hints = get_type_hints(cls)
         taken = {a.dest for a in container._actions}
-        for f in self.fields():
+        chosen = self.fields()
+        if fields is not None:
+            by_name = {f.name: f for f in chosen}
+            unknown = [name for name in fields if name not in by_name]
+            if unknown:
+                raise ValueError(f"{cls.__name__} has no option {unknown} (no field, or excluded)")
+            chosen = [by_name[name] for name in fields]
+        for f in chosen:
             if f.name in taken:
                 raise ValueError(f"{cls.__name__}.{f.name}: the parser already has that option")
             args, kwargs = self._argument(f, hints[f.name], self.flags.get(f.name) or Flag())
@@ -255,6 +277,8 @@ class ConfigOptions:
             name = flag.name or f"--{dash}"
             if flag.name and choices is None:  # named as the flag, not the field
                 kwargs["metavar"] = flag.name.lstrip("-").replace("-", "_").upper()
+            if flag.metavar is not None:
+                kwargs["metavar"] = flag.metavar
         required = default is MISSING and not self.given_only
         if flag.positional:
             args = [f.name]
@@ -275,7 +299,7 @@ class ConfigOptions:
             lower = help_text[:1].lower() if help_text[1:2].islower() else help_text[:1]
             help_text = f"turn off: {lower}{help_text[1:]}"
         if default not in (MISSING, None) and hint is not bool:
-            help_text = f"{help_text} (default: {default})".strip()
+            help_text = f"{help_text} (default: {default_text(default)})".strip()
         kwargs["help"] = help_text.replace("%", "%%") or None
         return args, kwargs
 

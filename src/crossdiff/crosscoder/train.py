@@ -35,19 +35,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from crossdiff.crosscoder import hostsync
 from crossdiff.crosscoder.config import CrosscoderConfig
 from crossdiff.crosscoder.global_batch import GlobalBatch
-from crossdiff.crosscoder.model import Crosscoder
+from crossdiff.crosscoder.model import Crosscoder, LossOutput
 from crossdiff.crosscoder.sources import PairSource, rank_batches, source_moments
 from crossdiff.errors import CrossdiffError, reject_unknown_fields
 from crossdiff.models.hardware import resolve_device
 from crossdiff.store.moments import Moments, moments_of_arrays
 from crossdiff.store.stats import HIGH_NORM_FACTOR
+
+if TYPE_CHECKING:
+    from crossdiff.crosscoder.distributed import DistInfo
 
 CHECKPOINT_PREFIX = "step-"
 TRAIN_STATE_FILE = "train_state.safetensors"
@@ -592,12 +595,61 @@ def train_crosscoder(
             f"width mismatch: the data has d_a={source.d_a}, d_b={source.d_b} but the crosscoder "
             f"config says d_a={config.d_a}, d_b={config.d_b}; fix the config (or swap A and B)"
         )
+    run = _start(source, config, tc, checkpoint_dir, resume)
+    if run.state.step >= tc.steps:
+        return run.model
+    _first_weights(run, source)
+    _train_steps(run, source, progress, callback)
+    run.model.eval()
+    return run.model
+
+
+@dataclass
+class _Run:
+    """What every step of one training run reads, set up once by :func:`_start`: the model,
+    its optimizer and running state, and the settings derived from the configs and the
+    device, so that the steps themselves take one argument instead of a dozen."""
+
+    tc: TrainConfig
+    model: Crosscoder
+    opt: torch.optim.Optimizer
+    state: _State
+    device: torch.device
+    dinfo: DistInfo | None
+    """This rank under torchrun; None in a single process."""
+    cdtype: torch.dtype
+    """The dtype the loss is computed in (:func:`resolve_compute_dtype`)."""
+    aux_k: int
+    final_k: int
+    """The crosscoder's k, which k annealing ends at."""
+    dead_window: int
+    """Samples without firing after which a feature counts as dead (AuxK, resampling)."""
+    ckpt_dir: Path | None
+    static: bool
+    """The static-shape step (crosscoder/hostsync.py)."""
+    params: list[torch.nn.Parameter]
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes (the only one, or rank 0)."""
+        return self.dinfo is None or self.dinfo.is_main
+
+
+def _start(
+    source: PairSource,
+    config: CrosscoderConfig,
+    tc: TrainConfig,
+    checkpoint_dir: str | Path | None,
+    resume: bool,
+) -> _Run:
+    """Device and process group, the normalization (it fixes the model's config), the model
+    and its optimizer, and the state of the newest checkpoint when resuming: everything that
+    is decided once, before the first step."""
     from crossdiff.crosscoder import distributed
 
     device = resolve_device(tc.device)
     dinfo = distributed.setup(device.type)
     device = distributed.rank_device(device, dinfo)
-    main = dinfo is None or dinfo.is_main
     cdtype = resolve_compute_dtype(tc.compute_dtype, device)
     config, offsets = normalization_for(source, config, tc)
     model = Crosscoder(config, seed=tc.seed)
@@ -605,11 +657,35 @@ def train_crosscoder(
         model.set_offsets(*offsets)
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tc.adam_betas)
-    aux_k = tc.aux_k if tc.aux_k is not None else default_aux_k(config)
-    dead_window = tc.dead_window_tokens or default_dead_window(tc)
-    final_k = config.k
-
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    state = _resumed_state(model, opt, tc, device, ckpt_dir, resume)
+    return _Run(
+        tc=tc,
+        model=model,
+        opt=opt,
+        state=state,
+        device=device,
+        dinfo=dinfo,
+        cdtype=cdtype,
+        aux_k=tc.aux_k if tc.aux_k is not None else default_aux_k(config),
+        final_k=config.k,
+        dead_window=tc.dead_window_tokens or default_dead_window(tc),
+        ckpt_dir=ckpt_dir,
+        static=hostsync.static_shapes(device),
+        params=list(model.parameters()),
+    )
+
+
+def _resumed_state(
+    model: Crosscoder,
+    opt: torch.optim.Optimizer,
+    tc: TrainConfig,
+    device: torch.device,
+    ckpt_dir: Path | None,
+    resume: bool,
+) -> _State:
+    """The newest checkpoint's state, loaded into model and optimizer (with ``resume`` and a
+    checkpoint to resume), else a fresh one: counters at zero, step 0."""
     state = _State()
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -617,38 +693,56 @@ def train_crosscoder(
         if latest is not None:
             state = _load_checkpoint(latest, model, opt, tc, device)
     if state.since_fired is None:
-        state.since_fired = torch.zeros(config.n_features, dtype=torch.long, device=device)
+        state.since_fired = torch.zeros(model.config.n_features, dtype=torch.long, device=device)
         state.thr_updates = torch.zeros(2, dtype=torch.long, device=device)
-    if state.step >= tc.steps:
-        return model
-    if (
-        main  # the other ranks get it from the broadcast below
-        and state.step == 0
-        and tc.exclusive_init == "residual"
-        and model.partition.n_a + model.partition.n_b
-    ):
-        _residual_init(model, source, tc, device)
-    if dinfo is not None:
-        distributed.broadcast_module(model)  # identical start on every rank
+    return state
 
-    bar = None
-    if progress and main:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(
-            total=tc.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True
-        )
-    rank, world = (dinfo.rank, dinfo.world_size) if dinfo is not None else (0, 1)
+def _first_weights(run: _Run, source: PairSource) -> None:
+    """On a fresh start, rank 0 starts the exclusive features at residual directions; then
+    every rank gets rank 0's weights, so that all ranks start identical."""
+    p = run.model.partition
+    if run.main and run.state.step == 0 and run.tc.exclusive_init == "residual" and p.n_a + p.n_b:
+        _residual_init(run.model, source, run.tc, run.device)
+    if run.dinfo is not None:
+        from crossdiff.crosscoder import distributed
+
+        distributed.broadcast_module(run.model)
+
+
+class _Step(NamedTuple):
+    """What one step leaves for its log: the loss, the rows and the schedule it used."""
+
+    out: LossOutput
+    n_rows: int | torch.Tensor
+    """This rank's rows in the loss (a device count on the static path)."""
+    n_kept: int | torch.Tensor
+    """The global batch's kept rows."""
+    batch: GlobalBatch | None
+    k: int
+    dead_mask: torch.Tensor
+    resampled: int
+
+
+def _train_steps(
+    run: _Run,
+    source: PairSource,
+    progress: bool,
+    callback: Callable[[int, dict[str, float]], None] | None,
+) -> None:
+    """The steps from the state's step to ``tc.steps``. An ordinary step (not a first, log,
+    checkpoint or resample step) only trains, inside :func:`hostsync.step`, and reads nothing
+    on the host; the others also log and save, after checking the batch for NaN/inf."""
+    tc, state = run.tc, run.state
+    rank, world = (run.dinfo.rank, run.dinfo.world_size) if run.dinfo is not None else (0, 1)
     stream = rank_batches(source, tc.batch_size, seed=tc.seed, skip=state.step, part=(rank, world))
-    t0, s0 = time.perf_counter(), state.step
-    log_path = ckpt_dir / LOG_FILE if ckpt_dir is not None and main else None
-    params = list(model.parameters())
-    static = hostsync.static_shapes(device)
+    report = _Report.start(run, progress, callback)
     nonfinite = _NonFinite()
     # a feature can be dead only once its counter can have reached the window (it grows by at
     # most a batch a step): until then AuxK gets no dead mask, on the static path too
     since_max = int(state.since_fired.max())
-    model.train()
+    s0 = state.step
+    run.model.train()
     try:
         for step in range(state.step, tc.steps):
             done = step + 1
@@ -656,99 +750,165 @@ def train_crosscoder(
                 step == 0
                 or done % tc.log_every == 0
                 or done == tc.steps
-                or (ckpt_dir is not None and done % tc.checkpoint_every == 0)
-                or _resample_due(done, tc, model)
+                or (run.ckpt_dir is not None and done % tc.checkpoint_every == 0)
+                or _resample_due(done, tc, run.model)
             )
             raw_a, raw_b = next(stream)
             nonfinite.check(raw_a, raw_b, step)
             with hostsync.step(ordinary):
-                x_a, x_b, keep, batch = _prepare(model, raw_a, raw_b, tc, device, dinfo, static)
-                n_rows = x_a.shape[0] if keep is None else keep.sum()  # this rank's, kept
-                n_kept = n_rows if batch is None else batch.n_total  # the global batch's
-                if step == 0:  # fresh run: decoder bias at the geometric median (paper init)
-                    _init_decoder_bias(model, x_a, x_b, batch, keep)
-                k_now = annealed_k(step, final_k, tc)
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step, tc)
-                dead_mask = state.since_fired >= dead_window
-                may_be_dead = since_max + (step - s0) * tc.batch_size >= dead_window
-                out = model.loss(
-                    x_a,
-                    x_b,
-                    k=k_now,
-                    dead_mask=dead_mask if may_be_dead else None,
-                    aux_k=aux_k,
-                    aux_alpha=tc.aux_alpha,
-                    l1_coeff=tc.l1_coeff,
-                    compute_dtype=cdtype,
-                    batch=batch,
-                    keep=keep,
-                    static=static,
-                )
-                opt.zero_grad(set_to_none=True)
-                out.total.backward()
-                fired, min_score = out.fired, out.min_score
-                if dinfo is not None:
-                    fired = distributed.sum_gradients(params, fired) > 0
-                    if min_score is not None:
-                        min_score = distributed.min_over_ranks(min_score)
-                if tc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-                opt.step()
-                with torch.no_grad():
-                    _update_threshold(model, state, min_score, step, tc, final_k)
-                    state.since_fired += n_kept
-                    state.since_fired.masked_fill_(fired, 0)
-                state.samples = state.samples + n_kept
-                state.step = done
-                resampled = _maybe_resample(
-                    model, opt, state, tc, dead_window, x_a, x_b, batch, keep
-                )
-            if ordinary:
-                if bar is not None:
-                    bar.update(1)
-                continue
-            nonfinite.raise_if_any()  # before anything trained on it is logged or saved
-            if state.step % tc.log_every == 0 or state.step == tc.steps:
-                metrics = {
-                    "step": state.step,
-                    **_loss_metrics(out, n_rows, n_kept, batch),
-                    "k": k_now,
-                    "dead": float(dead_mask.float().mean()),
-                    "resampled": resampled,
-                    "lr": lr_at(step, tc),
-                    "samples_per_s": (state.step - s0)
-                    * tc.batch_size
-                    / max(time.perf_counter() - t0, 1e-9),
-                }
-                if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{metrics['loss']:.3g}",
-                        fve_a=f"{metrics['fve_a']:.3f}",
-                        fve_b=f"{metrics['fve_b']:.3f}",
-                        l0=f"{metrics['l0']:.1f}",
-                        dead=f"{metrics['dead']:.1%}",
-                        B_share=f"{metrics['loss_share_b']:.2f}",
-                        refresh=False,
-                    )
-                if log_path is not None:
-                    with log_path.open("a") as fh:
-                        fh.write(json.dumps(metrics) + "\n")
-                if callback is not None:
-                    callback(state.step, metrics)
-            if ckpt_dir is not None and (
-                state.step % tc.checkpoint_every == 0 or state.step == tc.steps
-            ):
-                if main:
-                    _save_checkpoint(ckpt_dir, model, opt, state, tc)
-                distributed.barrier(dinfo)
-            if bar is not None:
-                bar.update(1)
+                may_be_dead = since_max + (step - s0) * tc.batch_size >= run.dead_window
+                result = _train_step(run, raw_a, raw_b, step, may_be_dead)
+            if not ordinary:
+                nonfinite.raise_if_any()  # before anything trained on it is logged or saved
+                if state.step % tc.log_every == 0 or state.step == tc.steps:
+                    report.log(_step_metrics(run, step, result, report))
+                _maybe_checkpoint(run)
+            report.advance()
     finally:
-        if bar is not None:
-            bar.close()
-    model.eval()
-    return model
+        report.close()
+
+
+def _train_step(
+    run: _Run, raw_a: torch.Tensor, raw_b: torch.Tensor, step: int, may_be_dead: bool
+) -> _Step:
+    """One optimizer step on a raw batch: normalize and filter, the loss at this step's k and
+    lr, backward (gradients summed over ranks), clipping, Adam, then the threshold EMA, the
+    dead-feature counters and, when due, resampling."""
+    model, opt, tc, state = run.model, run.opt, run.tc, run.state
+    x_a, x_b, keep, batch = _prepare(model, raw_a, raw_b, tc, run.device, run.dinfo, run.static)
+    n_rows = x_a.shape[0] if keep is None else keep.sum()  # this rank's, kept
+    n_kept = n_rows if batch is None else batch.n_total  # the global batch's
+    if step == 0:  # fresh run: decoder bias at the geometric median (paper init)
+        _init_decoder_bias(model, x_a, x_b, batch, keep)
+    k_now = annealed_k(step, run.final_k, tc)
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, tc)
+    dead_mask = state.since_fired >= run.dead_window
+    out = model.loss(
+        x_a,
+        x_b,
+        k=k_now,
+        dead_mask=dead_mask if may_be_dead else None,
+        aux_k=run.aux_k,
+        aux_alpha=tc.aux_alpha,
+        l1_coeff=tc.l1_coeff,
+        compute_dtype=run.cdtype,
+        batch=batch,
+        keep=keep,
+        static=run.static,
+    )
+    opt.zero_grad(set_to_none=True)
+    out.total.backward()
+    fired, min_score = out.fired, out.min_score
+    if run.dinfo is not None:
+        from crossdiff.crosscoder import distributed
+
+        fired = distributed.sum_gradients(run.params, fired) > 0
+        if min_score is not None:
+            min_score = distributed.min_over_ranks(min_score)
+    if tc.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.params, tc.grad_clip)
+    opt.step()
+    with torch.no_grad():
+        _update_threshold(model, state, min_score, step, tc, run.final_k)
+        state.since_fired += n_kept
+        state.since_fired.masked_fill_(fired, 0)
+    state.samples = state.samples + n_kept
+    state.step = step + 1
+    resampled = _maybe_resample(model, opt, state, tc, run.dead_window, x_a, x_b, batch, keep)
+    return _Step(out, n_rows, n_kept, batch, k_now, dead_mask, resampled)
+
+
+@dataclass
+class _Report:
+    """Where a run's log steps go (the progress bar, RUN/crosscoder/train_log.jsonl on rank
+    0, the caller's callback) and the clock behind its samples per second."""
+
+    bar: Any | None
+    log_path: Path | None
+    callback: Callable[[int, dict[str, float]], None] | None
+    t0: float
+    s0: int
+    """The step the clock started at (the resumed step)."""
+
+    @classmethod
+    def start(
+        cls,
+        run: _Run,
+        progress: bool,
+        callback: Callable[[int, dict[str, float]], None] | None,
+    ) -> _Report:
+        bar = None
+        if progress and run.main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=run.tc.steps,
+                initial=run.state.step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+            )
+        log_path = run.ckpt_dir / LOG_FILE if run.ckpt_dir is not None and run.main else None
+        return cls(bar, log_path, callback, time.perf_counter(), run.state.step)
+
+    def samples_per_s(self, step: int, batch_size: int) -> float:
+        return (step - self.s0) * batch_size / max(time.perf_counter() - self.t0, 1e-9)
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        """One log step: the bar's postfix, a line of the log file, the callback."""
+        if self.bar is not None:
+            self.bar.set_postfix(
+                loss=f"{metrics['loss']:.3g}",
+                fve_a=f"{metrics['fve_a']:.3f}",
+                fve_b=f"{metrics['fve_b']:.3f}",
+                l0=f"{metrics['l0']:.1f}",
+                dead=f"{metrics['dead']:.1%}",
+                B_share=f"{metrics['loss_share_b']:.2f}",
+                refresh=False,
+            )
+        if self.log_path is not None:
+            with self.log_path.open("a") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+        if self.callback is not None:
+            self.callback(metrics["step"], metrics)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _step_metrics(run: _Run, step: int, result: _Step, report: _Report) -> dict[str, Any]:
+    """The log line of the step that just ran (``step``: its index, one less than the state's
+    step): the loss metrics over the global batch, k, the dead share, resampled features, lr
+    and throughput."""
+    return {
+        "step": run.state.step,
+        **_loss_metrics(result.out, result.n_rows, result.n_kept, result.batch),
+        "k": result.k,
+        "dead": float(result.dead_mask.float().mean()),
+        "resampled": result.resampled,
+        "lr": lr_at(step, run.tc),
+        "samples_per_s": report.samples_per_s(run.state.step, run.tc.batch_size),
+    }
+
+
+def _maybe_checkpoint(run: _Run) -> None:
+    """At checkpoint steps and the last step: rank 0 saves, the others wait for it."""
+    tc, state = run.tc, run.state
+    if run.ckpt_dir is None or not (
+        state.step % tc.checkpoint_every == 0 or state.step == tc.steps
+    ):
+        return
+    from crossdiff.crosscoder import distributed
+
+    if run.main:
+        _save_checkpoint(run.ckpt_dir, run.model, run.opt, state, tc)
+    distributed.barrier(run.dinfo)
 
 
 def _prepare(
