@@ -197,9 +197,8 @@ class StageRecord:
 
 def _stage_harvest(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
     from crossdiff.harvest import HarvestConfig, harvest
-    from crossdiff.store.manifest import MANIFEST_NAME
 
-    existed = (paths.store / MANIFEST_NAME).is_file()
+    existed = paths.has_store()
     hc = HarvestConfig(
         model_a=cfg.model_a,
         model_b=cfg.model_b,
@@ -236,16 +235,10 @@ def _stage_train(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
     return status
 
 
-def _analysis_complete(paths: RunPaths) -> bool:
-    from crossdiff.analysis.results import EXAMPLES_FILE, FEATURES_FILE, META_FILE
-
-    return all((paths.analysis / f).is_file() for f in (META_FILE, FEATURES_FILE, EXAMPLES_FILE))
-
-
 def _stage_analyze(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
     from crossdiff.analysis import AnalysisConfig, analyze
 
-    if _analysis_complete(paths):
+    if paths.has_analysis():
         return "skipped (complete)"
     kw = dict(cfg.analysis)
     kw["progress"] = progress and kw.get("progress", True)  # --no-progress reaches the bars
@@ -259,10 +252,9 @@ def top_exclusive_features(
     """The first ``per_model`` features of each model's review order (analysis 'rank');
     with ``concepts_only`` (default) only concept candidates (verdict confirmed / untested):
     tokenizer artifacts, twins and refuted candidates are not steered or summarized first."""
-    from crossdiff.analysis import load_analysis
     from crossdiff.analysis.ranking import CONCEPT_VERDICTS
 
-    table = load_analysis(run).features.to_pydict()
+    table = RunPaths(run).load_analysis().features.to_pydict()
     out: dict[str, list[int]] = {"A": [], "B": []}
     ranked = sorted(
         (r, k, f)
@@ -284,7 +276,6 @@ verdict, and the stage stays within ~2x the time of steering without them."""
 
 def _stage_steer(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
     from crossdiff.steering import SteerConfig, steer
-    from crossdiff.steering.api import result_path
 
     sc = dict(cfg.steer)
     per_model = int(sc.pop("top_features", 0))
@@ -304,7 +295,7 @@ def _stage_steer(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
     done = 0
     for feats in top_exclusive_features(paths.root, per_model).values():
         for feat in feats:
-            if result_path(paths.steering, feat).is_file():
+            if paths.steering_file(feat).is_file():
                 continue
             steer(paths.root, feat, config, prompts=prompts, progress=progress)
             done += 1
@@ -341,12 +332,24 @@ STAGES = [
 ]
 
 
+def recorded_config(run: str | Path) -> dict[str, Any] | None:
+    """The configuration ``crossdiff run`` recorded in RUN/config.yaml, as written (None: no
+    run made this folder); read as a mapping, not a RunConfig, so a folder made by another
+    crossdiff version still reads."""
+    import yaml
+
+    path = RunPaths(run).config
+    if not path.is_file():
+        return None
+    return yaml.safe_load(path.read_text()) or {}
+
+
 def _check_run_config(paths: RunPaths, cfg: RunConfig) -> None:
     """A run folder holds one configuration: refuse to mix in different settings."""
     import yaml
 
-    if paths.config.is_file():
-        old = yaml.safe_load(paths.config.read_text()) or {}
+    old = recorded_config(paths.root)
+    if old is not None:
         new = json.loads(json.dumps(cfg.to_dict()))
         # a section added to crossdiff since the folder was made counts as unchanged if empty
         old.update({k: v for k, v in new.items() if k not in old and v in ({}, None)})
@@ -399,10 +402,8 @@ def run_pipeline(
 
 def summarize(out: str | Path, examples_per_model: int = 3) -> str:
     """The one-screen summary printed at the end of ``crossdiff run``."""
-    from crossdiff.analysis import load_analysis
-
     paths = RunPaths(out)
-    res = load_analysis(out)
+    res = paths.load_analysis()
     meta = res.meta
     lines = [f"run folder: {paths.root}"]
     ev = meta.get("eval") or {}

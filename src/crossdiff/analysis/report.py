@@ -21,18 +21,22 @@ import base64
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from html import escape
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crossdiff.analysis.plots import partition_activity, relative_norm_histogram
 from crossdiff.analysis.ranking import CONCEPT_VERDICTS, verdict_reason
-from crossdiff.analysis.results import AnalysisResult, load_analysis
+from crossdiff.analysis.results import AnalysisResult
 from crossdiff.errors import CrossdiffError
 from crossdiff.paths import RunPaths
+
+if TYPE_CHECKING:
+    from crossdiff.steering.result import ModelSteering, SteeringResult
 
 DEFAULT_MAX_FEATURES = 300
 DEFAULT_EXAMPLES = 10
@@ -458,59 +462,76 @@ def _prompt_text(prompt: Any) -> str:
     return json.dumps(prompt, ensure_ascii=False)
 
 
-def steering_html(data: dict[str, Any]) -> str:
-    """The steering section of a feature: prompt x alpha, each model's generation side by side."""
-    alphas = data.get("alphas") or []
-    mode = data.get("mode", "add")
-    models = data.get("models") or []
+def steering_html(result: SteeringResult | Mapping[str, Any]) -> str:
+    """The steering section of a feature: prompt x alpha, each model's generation side by side.
+
+    ``result`` as :func:`crossdiff.steering.result.load_result` reads it (a saved file's
+    mapping is read the same way, through :meth:`SteeringResult.from_dict`)."""
+    from crossdiff.steering.result import SteeringResult
+
+    if not isinstance(result, SteeringResult):
+        result = SteeringResult.from_dict(dict(result))
+    alphas, mode, models = result.alphas, result.mode, result.models
     head = "".join(
         f"<th>{e(('clamp x' if mode == 'clamp' else 'alpha ') + format(float(a), 'g'))}</th>"
         for a in alphas
     )
     rows = []
-    for pi, prompt in enumerate(data.get("prompts") or []):
+    for pi, prompt in enumerate(result.prompts):
         rows.append(
             f'<tr><td colspan="{len(alphas) + 1}"><b>prompt {pi + 1}:</b> '
             f'<span class="gen">{e(_prompt_text(prompt))}</span></td></tr>'
         )
         for mdl in models:
-            gens = mdl.get("generations") or []
+            gens = mdl.generations
             row = gens[pi] if pi < len(gens) else []
-            label = str(mdl.get("model", "")).upper()
-            if mdl.get("direction") and mdl.get("direction") != "decoder":
-                label += f" ({mdl['direction']})"
             cells = "".join(_gen_td(g, _cell(mdl, pi, ai)) for ai, g in enumerate(row))
-            rows.append(f"<tr><td>{e(label)}</td>{cells}</tr>")
+            rows.append(f"<tr><td>{e(mdl.label)}</td>{cells}</tr>")
     rate_rows = []
     for mdl in models:
-        if mdl.get("rates"):
-            cells = "".join(_num_td(r, 2) for r in mdl["rates"])
-            rate_rows.append(
-                f"<tr><td>rate {e(str(mdl.get('model', '')).upper())}</td>{cells}</tr>"
-            )
+        if mdl.rates:
+            cells = "".join(_num_td(r, 2) for r in mdl.rates)
+            rate_rows.append(f"<tr><td>rate {e(mdl.model.upper())}</td>{cells}</tr>")
         rate_rows += _evidence_rows(mdl, len(alphas))
-    notes = [*(data.get("notes") or [])]
+    notes = [*result.notes]
     for mdl in models:
-        notes += [f"{str(mdl.get('model', '')).upper()}: {n}" for n in (mdl.get("notes") or [])]
-    s_max = data.get("s_max")
+        notes += [f"{mdl.model.upper()}: {n}" for n in mdl.notes]
     intro = (
-        f"Mode {mode}, s_max {_fmt(s_max)} ({data.get('s_max_source', '')}); "
-        f"scorer {data.get('scorer') or 'none'}."
+        f"Mode {mode}, s_max {_fmt(result.s_max)} ({result.s_max_source}); "
+        f"scorer {result.scorer or 'none'}."
     )
+    return _steering_table(
+        intro, "".join(_verdict_p(mdl) for mdl in models), head, rows + rate_rows, notes
+    )
+
+
+def _steering_table(intro: str, verdicts: str, head: str, rows: list[str], notes: list[str]) -> str:
+    """The steering section's frame: intro, verdicts, the prompt x alpha table, notes."""
     return (
         f'<h3>Steering</h3><p class="note">{e(intro)}</p>'
-        + "".join(_verdict_p(mdl) for mdl in models)
+        + verdicts
         + f"<table><thead><tr><th>model</th>{head}"
         "</tr></thead><tbody>"
-        + "".join(rows + rate_rows)
+        + "".join(rows)
         + "</tbody></table>"
         + "".join(f'<p class="note">{e(n)}</p>' for n in notes)
     )
 
 
-def _cell(mdl: dict[str, Any], p: int, a: int) -> dict[str, Any] | None:
+def _unreadable_steering_html(path: Path) -> str:
+    """The steering section of a feature whose result file does not load: says so."""
+    return _steering_table(
+        f"Mode add, s_max {_fmt(None)} (); scorer none.",
+        "",
+        "",
+        [],
+        [f"{path.name} could not be read"],
+    )
+
+
+def _cell(mdl: ModelSteering, p: int, a: int) -> dict[str, Any] | None:
     """One generation's coherence measures ({loss, repetition, nonword, broken}) or None."""
-    coh = mdl.get("coherence")
+    coh = mdl.coherence
     if not isinstance(coh, dict):
         return None
     out = {}
@@ -538,12 +559,12 @@ def _gen_td(text: str, cell: dict[str, Any] | None) -> str:
     )
 
 
-def _evidence_rows(mdl: dict[str, Any], n: int) -> list[str]:
+def _evidence_rows(mdl: ModelSteering, n: int) -> list[str]:
     """Effect with its 95% CI, the null band and coherence per alpha (when computed)."""
-    ev = mdl.get("evidence")
+    ev = mdl.evidence
     if not isinstance(ev, dict):
         return []
-    name = e(str(mdl.get("model", "")).upper())
+    name = e(mdl.model.upper())
 
     def at(key: str, i: int) -> Any:
         vals = ev.get(key)
@@ -569,9 +590,9 @@ def _evidence_rows(mdl: dict[str, Any], n: int) -> list[str]:
     return out
 
 
-def _verdict_p(mdl: dict[str, Any]) -> str:
+def _verdict_p(mdl: ModelSteering) -> str:
     """The verdict line of one steered model (nothing for files without evidence)."""
-    ev = mdl.get("evidence")
+    ev = mdl.evidence
     if not isinstance(ev, dict) or not ev.get("verdict"):
         return ""
     rng = ev.get("coherent_range")
@@ -586,33 +607,31 @@ def _verdict_p(mdl: dict[str, Any]) -> str:
     parts = [where, f"null: {len(nulls)} random feature(s) {', '.join(map(str, nulls))}".strip()]
     if beats:
         parts.append("beats the null at alpha " + ", ".join(_fmt(a) for a in beats))
-    label = str(mdl.get("model", "")).upper()
     return (
-        f"<p><b>Verdict {e(label)}: {e(ev['verdict'])}</b> "
+        f"<p><b>Verdict {e(mdl.model.upper())}: {e(ev['verdict'])}</b> "
         f'<span class="note">({e("; ".join(parts))})</span></p>'
     )
 
 
-def _load_steering(steering_dir: Path | None, feature: int) -> dict[str, Any] | None:
+def _steering_section(steering_dir: Path | None, feature: int) -> str:
+    """The feature's steering section, read through the steering package's loader; "" when
+    it was not steered, a note when its file does not load."""
     if steering_dir is None:
-        return None
-    from crossdiff.steering.api import result_path
+        return ""
+    from crossdiff.steering.result import load_result, result_path
 
-    path = result_path(steering_dir, feature)
-    if not path.is_file():
-        return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {"notes": [f"{path.name} could not be read"], "prompts": [], "models": []}
-    return data if isinstance(data, dict) else None
+        result = load_result(steering_dir, feature)
+    except CrossdiffError:
+        return _unreadable_steering_html(result_path(steering_dir, feature))
+    return "" if result is None else steering_html(result)
 
 
 def _detail(
     result: AnalysisResult,
     f: dict[str, Any],
     exs: list[dict[str, Any]],
-    steering: dict[str, Any] | None,
+    steering: str,
     n_top: int,
 ) -> str:
     i = int(f["feature"])
@@ -658,7 +677,7 @@ def _detail(
         f'{e(str(f["klass"]).lower())}">close</a><h2>Feature {i}</h2>'
         f'<table class="summary">{table}</table><h3>Examples</h3>'
         + _examples_table(exs, meta, n_top)
-        + (steering_html(steering) if steering else "")
+        + steering
         + "</section>"
     )
 
@@ -705,7 +724,9 @@ def render_report(
         for f in lists[m] + flagged[m]:
             i = int(f["feature"])
             details.append(
-                _detail(result, f, by_feature.get(i, []), _load_steering(steering_dir, i), examples)
+                _detail(
+                    result, f, by_feature.get(i, []), _steering_section(steering_dir, i), examples
+                )
             )
     script = _template("report.js")
     css = _template("report.css")
@@ -748,7 +769,7 @@ def build_report(
     if not run.is_dir():
         raise CrossdiffError(f"run folder {run} does not exist; check the path")
     paths = RunPaths(run)
-    result = load_analysis(run)
+    result = paths.load_analysis()
     html = render_report(
         result,
         steering_dir=paths.steering if paths.steering.is_dir() else None,

@@ -13,6 +13,7 @@ polars, DuckDB, Arrow); JSON for the small metadata a person may want to read.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,10 +160,30 @@ def analysis_folder(path: str | Path) -> Path:
     return RunPaths(p).analysis
 
 
+def _missing(folder: Path) -> list[str]:
+    return [f for f in (META_FILE, FEATURES_FILE, EXAMPLES_FILE) if not (folder / f).is_file()]
+
+
+def has_analysis(path: str | Path) -> bool:
+    """Whether ``crossdiff analyze`` wrote all its files there (run or analysis folder)."""
+    return not _missing(analysis_folder(path))
+
+
+def read_feature_columns(path: str | Path, columns: Sequence[str]) -> pa.Table | None:
+    """Those of ``columns`` that the feature table has (run or analysis folder), without
+    reading the examples; None when there is no feature table. For a stage that needs a few
+    numbers per feature (steering's s_max) from an analysis that may be large or partial."""
+    table = analysis_folder(path) / FEATURES_FILE
+    if not table.is_file():
+        return None
+    names = pq.read_schema(table).names
+    return pq.read_table(table, columns=[c for c in columns if c in names])
+
+
 def load_analysis(path: str | Path) -> AnalysisResult:
     """Read an analysis written by :func:`crossdiff.analysis.analyze` (run or analysis folder)."""
     folder = analysis_folder(path)
-    missing = [f for f in (META_FILE, FEATURES_FILE, EXAMPLES_FILE) if not (folder / f).is_file()]
+    missing = _missing(folder)
     if missing:
         raise CrossdiffError(
             f"no analysis at {folder} (missing {', '.join(missing)}); run "

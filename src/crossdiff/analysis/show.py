@@ -72,13 +72,10 @@ def _fill_missing_contexts(
     missing = [x for x in exs if x.get("tok_a") is None]
     if not missing or run is None:
         return
-    from crossdiff.store import ActivationStore
-    from crossdiff.store.manifest import MANIFEST_NAME
-
-    store_path = RunPaths(run).store
-    if not (store_path / MANIFEST_NAME).is_file():
+    paths = RunPaths(run)
+    if not paths.has_store():
         return
-    store = ActivationStore.open(store_path)
+    store = paths.open_store()
     prov = {
         "doc_index": np.array([x["doc_index"] for x in missing], dtype=np.int64),
         "window": np.array([x["window"] for x in missing], dtype=np.int64),

@@ -234,13 +234,11 @@ def load_crosscoder(run: Path) -> tuple[Any | None, str]:
     from crossdiff.crosscoder.model import CONFIG_FILE
     from crossdiff.paths import RunPaths
 
-    folder = RunPaths(run).crosscoder
-    if not (folder / CONFIG_FILE).is_file():
+    paths = RunPaths(run)
+    if not (paths.crosscoder / CONFIG_FILE).is_file():
         return None, "random rows not among the feature's examples (no crosscoder to check them)"
-    from crossdiff.crosscoder import Crosscoder
-
     try:
-        return Crosscoder.from_pretrained(folder).eval(), ""
+        return paths.load_crosscoder().eval(), ""
     except (OSError, ValueError) as error:
         return None, f"random rows not among the feature's examples (crosscoder: {error})"
 
@@ -534,17 +532,12 @@ def build_jobs(
 ) -> tuple[list[FeatureJob], dict[str, Any]]:
     """One job per selected feature, and notes on how the samples were made."""
     from crossdiff.paths import RunPaths
-    from crossdiff.store.manifest import MANIFEST_NAME
 
     chosen = select_features(result.features, config)
     cfg = result.meta.get("config", {})
     before, after = int(cfg.get("context_before", 240)), int(cfg.get("context_after", 80))
-    store = None
-    store_path = RunPaths(run).store
-    if (store_path / MANIFEST_NAME).is_file():
-        from crossdiff.store import ActivationStore
-
-        store = ActivationStore.open(store_path)
+    paths = RunPaths(run)
+    store = paths.open_store() if paths.has_store() else None
     by_feature = _examples_by_feature(result, chosen, store, before, after)
     mode = config.negatives
     need_cc = store is not None and (config.pool_rows > 0 or mode != "random")
@@ -573,7 +566,7 @@ def build_jobs(
     notes = {
         "non_activating": pool.source,
         "pool_rows": len(pool.rows),
-        "store": str(store_path) if store is not None else None,
+        "store": str(paths.store) if store is not None else None,
         "negatives": mode,
     }
     if mode != "random":

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from crossdiff.interpret.results import has_interpretations, load_interpretations
+from crossdiff.paths import RunPaths
 
 
 def _ci(row: dict[str, Any], name: str) -> str:
@@ -21,20 +22,13 @@ def _ci(row: dict[str, Any], name: str) -> str:
     return f"{v:.2f} [{lo:.2f}, {hi:.2f}] n={row[f'{name}_n']}"
 
 
-def _run_root(run: str | Path) -> Path:
-    """A run folder, or the folder above a given analysis/interpret folder."""
-    p = Path(run)
-    own = {"analysis": "analysis.json", "interpret": "interpret.json"}
-    return p.parent if p.name in own and (p / own[p.name]).is_file() else p
-
-
 def interpret_html(run: str | Path) -> str:
     """An HTML section listing every explained feature: a sortable, filterable table (the
     report's own script sorts ``table.sortable`` and filters ``.filter`` boxes), flagged
     features first. Empty string when there are no explanations."""
     from crossdiff.analysis.report import _num_td, e
 
-    root = _run_root(run)
+    root = RunPaths.containing(run).root
     if not has_interpretations(root):
         return ""
     res = load_interpretations(root)
@@ -106,7 +100,7 @@ def interpret_lines(run: str | Path, feature: int) -> list[str]:
     not explained."""
     from crossdiff.analysis.show import safe_text
 
-    root = _run_root(run)
+    root = RunPaths.containing(run).root
     if not has_interpretations(root):
         return []
     row = load_interpretations(root).feature(int(feature))

@@ -161,8 +161,6 @@ def compare(
     """
     import pyarrow.parquet as pq
 
-    from crossdiff.store import ActivationStore
-
     config = config or MatchConfig()
     config.validate()
     root = Path(run)
@@ -171,7 +169,7 @@ def compare(
     ref_m = reference_member(root)
     chosen = _members(root, members)
     ref, others = _load_crosscoders(ref_m, chosen, device, paths)
-    store = ActivationStore.open(paths.store)
+    store = paths.open_store()
     x_a, x_b, rows = held_out_rows(store, ref, config.rows)
     if progress:
         log(
@@ -302,9 +300,8 @@ def _json_safe(x: Any) -> Any:
 
 def run_root(run: str | Path) -> Path:
     """A run folder, or the run above an analysis folder (``AnalysisResult.folder``), so the
-    views take what the report and ``show`` already hold."""
-    p = Path(run)
-    return p.parent if p.name == "analysis" and (p / "analysis.json").is_file() else p
+    views take what the report and ``show`` already hold (:meth:`RunPaths.containing`)."""
+    return RunPaths.containing(run).root
 
 
 def has_recurrence(run: str | Path) -> bool:

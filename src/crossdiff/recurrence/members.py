@@ -142,11 +142,9 @@ def list_members(run: str | Path) -> list[Member]:
 
 def _run_config_sections(paths: RunPaths) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(train, crosscoder) sections of RUN/config.yaml when `crossdiff run` made the folder."""
-    if not paths.config.is_file():
+    data = paths.recorded_config()
+    if data is None:
         return None
-    import yaml
-
-    data = yaml.safe_load(paths.config.read_text()) or {}
     return dict(data.get("train") or {}), dict(data.get("crosscoder") or {})
 
 

@@ -39,7 +39,7 @@ from crossdiff.steering.evidence import (
     pick_nulls,
 )
 from crossdiff.steering.generation import Prompt
-from crossdiff.steering.result import ModelSteering, SteeringResult
+from crossdiff.steering.result import ModelSteering, SteeringResult, plot_path, result_path
 from crossdiff.steering.scoring import make_scorer, rates
 from crossdiff.steering.stitch import LinearMap, load_or_fit_map
 from crossdiff.steering.sweep import Sweep, steer_model, steering_fn
@@ -459,14 +459,6 @@ def score_result(result: SteeringResult, scorer) -> SteeringResult:
             null["rates"], null["scores"] = rates(scorer, texts, null["generations"])
     result.scorer = scorer.name
     return evaluate_result(result)
-
-
-def result_path(steering_dir: Path, feature: int) -> Path:
-    return Path(steering_dir) / f"feature-{feature}.json"
-
-
-def plot_path(steering_dir: Path, feature: int) -> Path:
-    return Path(steering_dir) / f"feature-{feature}-score.svg"
 
 
 def save_result(result: SteeringResult, steering_dir: str | Path) -> Path:

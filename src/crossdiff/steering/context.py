@@ -15,10 +15,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crossdiff.crosscoder.model import WEIGHTS_FILE, Crosscoder
 from crossdiff.errors import CrossdiffError
 from crossdiff.paths import RunPaths
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 S_MAX_CACHE = "s_max.json"
 STREAM_BATCH_ROWS = 4096
@@ -77,7 +81,7 @@ class RunContext:
                 f"run {paths.root} has no trained crosscoder ({paths.crosscoder / WEIGHTS_FILE} "
                 "is missing); train one first: crossdiff train RUN"
             )
-        cc = Crosscoder.from_pretrained(paths.crosscoder)
+        cc = paths.load_crosscoder()
         cfg = cc.config
         store_path = _find_store(paths, cfg.extra.get("store"))
         manifest = None
@@ -145,11 +149,12 @@ class RunContext:
         """
         from crossdiff.analysis.results import FEATURES_FILE
 
-        table = self.paths.analysis / FEATURES_FILE
-        if table.is_file():
+        table = self.paths.load_feature_columns(("feature", "s_max", "dead"))
+        if table is not None:
             found = _s_max_from_table(table, feature)
             if found is not None:
-                return found[0], f"analysis table {table}", found[1]
+                where = self.paths.analysis / FEATURES_FILE
+                return found[0], f"analysis table {where}", found[1]
         key = _crosscoder_key(self.paths)
         cache_path = self.paths.steering / S_MAX_CACHE
         store = self.store()
@@ -172,7 +177,7 @@ class RunContext:
 def _find_store(paths: RunPaths, recorded: object) -> Path | None:
     from crossdiff.store.manifest import MANIFEST_NAME
 
-    if (paths.store / MANIFEST_NAME).is_file():
+    if paths.has_store():
         return paths.store
     if isinstance(recorded, str) and (Path(recorded) / MANIFEST_NAME).is_file():
         return Path(recorded)
@@ -192,15 +197,12 @@ def _read_cache(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _s_max_from_table(path: Path, feature: int) -> tuple[float, bool] | None:
-    """(s_max, dead) of one feature from the analysis table; None if it lacks the columns."""
-    import pyarrow.parquet as pq
-
-    schema = pq.read_schema(path)
-    if "s_max" not in schema.names:
+def _s_max_from_table(table: pa.Table, feature: int) -> tuple[float, bool] | None:
+    """(s_max, dead) of one feature from the analysis table's columns (those of feature,
+    s_max, dead it has); None if it lacks s_max or the feature."""
+    columns = table.column_names
+    if "s_max" not in columns:
         return None
-    columns = [c for c in ("feature", "s_max", "dead") if c in schema.names]
-    table = pq.read_table(path, columns=columns)
     if "feature" in columns:
         features = table.column("feature").to_pylist()
         try:

@@ -2,12 +2,15 @@
 
 Saved as ``RUN/steering/feature-<i>.json`` (format in docs/steering.md), printed as a
 side-by-side table (one column per alpha, one block per prompt, one row per model), and, when
-scored, plotted as rate against alpha (``feature-<i>-score.svg``).
+scored, plotted as rate against alpha (``feature-<i>-score.svg``). The file names are this
+module's (:func:`result_path`, :func:`plot_path`); other stages read the results through
+:func:`load_result` (``RunPaths.load_steering``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import textwrap
 from collections.abc import Sequence
@@ -21,6 +24,37 @@ RESULT_FORMAT = "crossdiff-steering"
 RESULT_VERSION = 2  # 2: coherence, nulls, evidence, verdict (version 1 files still load)
 MIN_COLUMN = 14
 LABEL_WIDTH = 18
+RESULT_NAME = re.compile(r"feature-(\d+)\.json")
+"""A saved result's file name (:func:`result_path`); the group is the feature index."""
+
+
+def result_path(steering_dir: str | Path, feature: int) -> Path:
+    """Where the result of steering feature ``feature`` is saved in ``steering_dir``."""
+    return Path(steering_dir) / f"feature-{feature}.json"
+
+
+def plot_path(steering_dir: str | Path, feature: int) -> Path:
+    """Where its rate-against-alpha plot is saved (scored results only)."""
+    return Path(steering_dir) / f"feature-{feature}-score.svg"
+
+
+def steered_features(steering_dir: str | Path) -> list[int]:
+    """The features with a saved result in ``steering_dir``, in index order (none when the
+    folder does not exist)."""
+    folder = Path(steering_dir)
+    if not folder.is_dir():
+        return []
+    found = (RESULT_NAME.fullmatch(p.name) for p in folder.iterdir() if p.is_file())
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def load_result(steering_dir: str | Path, feature: int) -> SteeringResult | None:
+    """Feature ``feature``'s saved result, None when it was not steered; a file that is not
+    a readable steering result raises :class:`CrossdiffError` naming it."""
+    path = result_path(steering_dir, feature)
+    if not path.is_file():
+        return None
+    return SteeringResult.load(path)
 
 
 def _flag(broken: bool) -> str:
@@ -190,8 +224,11 @@ class SteeringResult:
         fields = dict(data)
         for key in ("format", "version", "plot"):
             fields.pop(key, None)
-        fields["models"] = [ModelSteering(**m) for m in fields["models"]]
-        return cls(**fields)
+        try:
+            fields["models"] = [ModelSteering(**m) for m in fields["models"]]
+            return cls(**fields)
+        except (KeyError, TypeError) as error:  # a field missing, unknown or of another shape
+            raise CrossdiffError(f"not a complete crossdiff steering result ({error})") from None
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -205,6 +242,7 @@ class SteeringResult:
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringResult:
+        """Read a result saved by :meth:`save` (version 1 files too)."""
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -212,7 +250,14 @@ class SteeringResult:
             raise CrossdiffError(f"no steering result at {path}") from None
         except json.JSONDecodeError as error:
             raise CrossdiffError(f"{path} is not valid JSON: {error}") from None
-        result = cls.from_dict(data)
+        except (OSError, UnicodeDecodeError) as error:
+            raise CrossdiffError(f"{path} could not be read: {error}") from None
+        if not isinstance(data, dict):
+            raise CrossdiffError(f"{path} is not a crossdiff steering result (not a mapping)")
+        try:
+            result = cls.from_dict(data)
+        except CrossdiffError as error:
+            raise CrossdiffError(f"{path}: {error}") from None
         result.path = path
         return result
 
