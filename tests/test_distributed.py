@@ -35,7 +35,7 @@ WORKER = textwrap.dedent(
     from test_crosscoder import D_A, D_B, F, paired_data, quick_train
     import contextlib, json
     from crossdiff.crosscoder import ArraySource, CrosscoderConfig, hostsync, train_crosscoder
-    from crossdiff.crosscoder.distributed import shutdown
+    from crossdiff.runtime.distributed import shutdown
     from safetensors.torch import save_file
 
     out = sys.argv[1]

@@ -62,7 +62,7 @@ WORKER = textwrap.dedent(
     import json, os, signal, sys
     import torch
     torch.set_num_threads(1)
-    from crossdiff.crosscoder.distributed import shutdown
+    from crossdiff.runtime.distributed import shutdown
     from crossdiff.harvest import HarvestConfig, harvest
 
     from crossdiff.errors import CrossdiffError

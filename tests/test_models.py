@@ -22,7 +22,7 @@ from crossdiff.models import (
     resolve_dtype,
     resolve_layer,
 )
-from crossdiff.models.hardware import cpu_has_fast_bf16
+from crossdiff.runtime.device import cpu_has_fast_bf16
 from tiny import make_tokenizer
 
 # (arch, tokenizer family) combinations: every arch and every family appears at least once.

@@ -562,7 +562,7 @@ def part_nccl(cfg: GpuBenchConfig, device: str, log: Callable) -> PartResult:
     """A one-process group (NCCL on CUDA, gloo on CPU) through crossdiff's collectives."""
     import torch.distributed as dist
 
-    from crossdiff.crosscoder import distributed as cd
+    from crossdiff.runtime import distributed as cd
 
     backend = "nccl" if device == "cuda" else "gloo"
     res = PartResult("nccl", device, metrics={"backend": backend})

@@ -50,6 +50,9 @@ Example::
     ...            [(0, 1), (1, 2), (2, 6), (6, 8)], [False] * 4, [(0, 8)])
     >>> al.pos_a.tolist(), al.pos_b.tolist(), al.content_end.tolist()
     ([0, 1], [1, 3], [2, 8])
+
+Size: one algorithm (offset intersection, content masks, special-token literals) with its
+doctests; the pieces are pure functions property-tested together against brute force.
 """
 
 from __future__ import annotations

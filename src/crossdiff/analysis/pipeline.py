@@ -14,6 +14,9 @@ positions and the correlations of the two exclusive blocks (:mod:`crossdiff.anal
 Then the provenance of the chosen examples is read
 from the store's small columns and their texts from its documents files, and everything is
 written to RUN/analysis/ (:mod:`crossdiff.analysis.results`).
+
+Size: the analysis's one streaming pass and its schema; the per-feature columns, twins,
+ranking and check already live in their own modules, and what stays here is their order.
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ from crossdiff.analysis.tokenization import ROLES, RowDescriptors
 from crossdiff.analysis.twins import TwinStats
 from crossdiff.crosscoder.model import WEIGHTS_FILE, Crosscoder
 from crossdiff.errors import CrossdiffError
-from crossdiff.models.hardware import resolve_device as _resolve_device
 from crossdiff.paths import RunPaths
+from crossdiff.runtime.device import resolve_device as _resolve_device
 
 
 def crosscoder_kind(cc: Crosscoder) -> str:

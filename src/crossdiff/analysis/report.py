@@ -13,6 +13,9 @@ filterable list per model of its exclusive candidates in review order, and a det
 listed feature (``#f-<index>``; CSS ``:target``, so it works without JS) with its statistics,
 top and quantile-band examples in both models' own renderings, and steering results when
 ``RUN/steering/feature-<i>.json`` exists.
+
+Size: one self-contained HTML page (markup, CSS, escaping) whose sections share the
+escaping and layout helpers; moving the report into a package of its own is still to do.
 """
 
 from __future__ import annotations

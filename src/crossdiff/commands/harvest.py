@@ -73,8 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossdiff.crosscoder import distributed
     from crossdiff.harvest import harvest
+    from crossdiff.runtime import distributed
 
     config = options().build(args)
     store = harvest(config)

@@ -139,9 +139,9 @@ def _single_fraction(text: str | None) -> float | None:
 
 def run_members(args: argparse.Namespace) -> int:
     """``--seeds N``: the reference plus the further crosscoders (crossdiff.recurrence)."""
-    from crossdiff.crosscoder import distributed
     from crossdiff.errors import CrossdiffError
     from crossdiff.recurrence.members import train_members
+    from crossdiff.runtime import distributed
 
     if not args.run or args.out:
         raise CrossdiffError(
@@ -171,10 +171,10 @@ def run_members(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossdiff.crosscoder import distributed
     from crossdiff.crosscoder.fit import SUMMARY_FILE, train_on_store
     from crossdiff.errors import CrossdiffError
     from crossdiff.paths import RunPaths
+    from crossdiff.runtime import distributed
 
     if args.seeds is not None:
         return run_members(args)

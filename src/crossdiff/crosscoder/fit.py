@@ -97,7 +97,7 @@ def train_on_store(
         callback=callback,
     )
     seconds = time.perf_counter() - t0
-    from crossdiff.crosscoder import distributed
+    from crossdiff.runtime import distributed
 
     if distributed.rank() != 0:
         return cc  # under torchrun: rank 0 evaluates and writes; the weights are identical

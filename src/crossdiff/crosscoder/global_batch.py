@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from crossdiff.crosscoder import distributed
 from crossdiff.crosscoder.sparse import select_batch_topk
+from crossdiff.runtime import distributed
 
 
 @dataclass

@@ -14,6 +14,9 @@ scale_m`` otherwise. :meth:`Crosscoder.normalize` maps raw to normalized,
 :meth:`Crosscoder.denormalize` maps a reconstruction back to the raw space (the mean goes back
 as an explicit offset), and :meth:`decoder_weight` can return the decoder in the model's own
 (raw) scale for steering: a direction, which the offset does not change.
+
+Size: the Crosscoder's forward, loss and normalization must agree bit for bit between the
+CPU path and the static accelerator path, which are kept side by side to be read together.
 """
 
 from __future__ import annotations

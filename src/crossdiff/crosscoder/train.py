@@ -23,6 +23,9 @@ counters and the threshold EMA stay on the device and the metrics are read at lo
 (crosscoder/hostsync.py, which also holds the check that tests and ``crossdiff bench gpu``
 run). A batch a source yields on the device is checked for NaN/inf on the device and the
 error is raised at the next log or checkpoint step (host batches are checked at once).
+
+Size: TrainConfig, the loop, checkpoints and resume share the loop's state (_Run, _Step);
+the checkpoint format and the static step could move out next (issue 11 leaves this open).
 """
 
 from __future__ import annotations
@@ -45,12 +48,12 @@ from crossdiff.crosscoder.global_batch import GlobalBatch
 from crossdiff.crosscoder.model import Crosscoder, LossOutput
 from crossdiff.crosscoder.sources import PairSource, rank_batches, source_moments
 from crossdiff.errors import CrossdiffError, reject_unknown_fields
-from crossdiff.models.hardware import resolve_device
+from crossdiff.runtime.device import resolve_device
 from crossdiff.store.moments import Moments, moments_of_arrays
 from crossdiff.store.stats import HIGH_NORM_FACTOR
 
 if TYPE_CHECKING:
-    from crossdiff.crosscoder.distributed import DistInfo
+    from crossdiff.runtime.distributed import DistInfo
 
 CHECKPOINT_PREFIX = "step-"
 TRAIN_STATE_FILE = "train_state.safetensors"
@@ -645,7 +648,7 @@ def _start(
     """Device and process group, the normalization (it fixes the model's config), the model
     and its optimizer, and the state of the newest checkpoint when resuming: everything that
     is decided once, before the first step."""
-    from crossdiff.crosscoder import distributed
+    from crossdiff.runtime import distributed
 
     device = resolve_device(tc.device)
     dinfo = distributed.setup(device.type)
@@ -705,7 +708,7 @@ def _first_weights(run: _Run, source: PairSource) -> None:
     if run.main and run.state.step == 0 and run.tc.exclusive_init == "residual" and p.n_a + p.n_b:
         _residual_init(run.model, source, run.tc, run.device)
     if run.dinfo is not None:
-        from crossdiff.crosscoder import distributed
+        from crossdiff.runtime import distributed
 
         distributed.broadcast_module(run.model)
 
@@ -801,7 +804,7 @@ def _train_step(
     out.total.backward()
     fired, min_score = out.fired, out.min_score
     if run.dinfo is not None:
-        from crossdiff.crosscoder import distributed
+        from crossdiff.runtime import distributed
 
         fired = distributed.sum_gradients(run.params, fired) > 0
         if min_score is not None:
@@ -904,7 +907,7 @@ def _maybe_checkpoint(run: _Run) -> None:
         state.step % tc.checkpoint_every == 0 or state.step == tc.steps
     ):
         return
-    from crossdiff.crosscoder import distributed
+    from crossdiff.runtime import distributed
 
     if run.main:
         _save_checkpoint(run.ckpt_dir, run.model, run.opt, state, tc)
@@ -1016,7 +1019,7 @@ def _maybe_resample(
     n = resample_dead(model, opt, dead, x_a, x_b, seed=tc.seed, step=state.step)
     state.since_fired[dead] = 0
     if batch is not None:
-        from crossdiff.crosscoder import distributed
+        from crossdiff.runtime import distributed
 
         distributed.broadcast_module(model)
     return n

@@ -103,8 +103,8 @@ def harvest(
     (gloo on CPU, NCCL with one GPU per rank) and left joined, as training does; the CLI leaves
     it at exit.
     """
-    from crossdiff.crosscoder import distributed
-    from crossdiff.models.hardware import resolve_device
+    from crossdiff.runtime import distributed
+    from crossdiff.runtime.device import resolve_device
     from crossdiff.store.manifest import MANIFEST_NAME
 
     config.validate()

@@ -7,6 +7,9 @@ the rows at the paired positions; :meth:`Harvester.run` is
 the single-process loop (shards committed at block boundaries), :meth:`Harvester.run_rank` one
 rank's share of a streaming harvest. Benchmarks and tests drive it directly, with models
 already loaded; :func:`model_info` is the manifest's record of each model.
+
+Size: one class, the Harvester, whose single-process loop and streaming-rank share use the
+same block planning, batching and row writing; splitting them would split its state.
 """
 
 from __future__ import annotations

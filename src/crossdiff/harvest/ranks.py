@@ -41,8 +41,8 @@ from crossdiff.harvest.stream import StreamStart
 from crossdiff.store import ActivationStore, ShardInfo
 
 if TYPE_CHECKING:
-    from crossdiff.crosscoder.distributed import DistInfo
     from crossdiff.models import LoadedModel
+    from crossdiff.runtime.distributed import DistInfo
     from crossdiff.store import StoreWriter
 
 
@@ -116,8 +116,8 @@ def _rank_models(
     models: tuple[LoadedModel, LoadedModel] | None,
 ) -> tuple[LoadedModel, LoadedModel]:
     """The models passed in, or both loaded on this rank's device (one GPU per rank)."""
-    from crossdiff.crosscoder import distributed
-    from crossdiff.models.hardware import resolve_device
+    from crossdiff.runtime import distributed
+    from crossdiff.runtime.device import resolve_device
 
     if models is not None:
         return models
@@ -162,7 +162,7 @@ def _stream_and_list(
     """Every rank: stream its blocks (:meth:`Harvester.run_rank`); then rank 0 (``writer``)
     writes what the store keeps for the others, who wait for it (or for its error), drop
     their blocks past the store's end, and all meet at one barrier."""
-    from crossdiff.crosscoder import distributed
+    from crossdiff.runtime import distributed
     from crossdiff.store import pending
 
     world, rank = dist_info.world_size, dist_info.rank
@@ -199,7 +199,7 @@ def _stream_and_list(
 def _gather_timings(harvester: Harvester, dist_info: DistInfo) -> None:
     """Every rank: the harvester's timings become the sum of all ranks' (the wall time the
     longest rank's), for the summary."""
-    from crossdiff.crosscoder import distributed
+    from crossdiff.runtime import distributed
 
     every = [HarvestTimings(**t) for t in distributed.all_gather_json(asdict(harvester.timings))]
     harvester.timings = HarvestTimings(
@@ -211,7 +211,7 @@ def _gather_timings(harvester: Harvester, dist_info: DistInfo) -> None:
 
 def _on_rank0(decide: Callable[[], Any]) -> Any:
     """``decide()`` on rank 0 only; every rank returns its JSON result or raises its error."""
-    from crossdiff.crosscoder import distributed
+    from crossdiff.runtime import distributed
 
     message = None
     if distributed.rank() == 0:

@@ -40,6 +40,10 @@ no same-token contexts and keeps the random contrast.
 
 Contexts are trimmed to ``context_chars`` characters before the token and a third of that
 after it.
+
+Size: the example sets of one job (top, quantile bands, random and same-token negatives,
+held-out splits) are drawn from one pass over the store and must stay disjoint, so they
+are drawn together.
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@ way each model reads them.
 from __future__ import annotations
 
 from crossdiff.models.builtin import BUILTIN_MODELS, BuiltinModel, default_cache_dir
-from crossdiff.models.hardware import resolve_device, resolve_dtype
 from crossdiff.models.layers import find_decoder_layers, resolve_layer
 from crossdiff.models.loaded import LoadedModel
 from crossdiff.models.loading import load_model, load_tokenizer
 from crossdiff.models.texts import RenderedText, TokenizedText
+from crossdiff.runtime.device import resolve_device, resolve_dtype
 
 __all__ = [
     "BUILTIN_MODELS",

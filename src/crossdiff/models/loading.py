@@ -16,9 +16,9 @@ from pathlib import Path
 from crossdiff.errors import CrossdiffError
 from crossdiff.models.builtin import BUILTIN_MODELS, builtin_folder, default_cache_dir
 from crossdiff.models.gguf import convert_gguf, folder_lock, is_model_folder
-from crossdiff.models.hardware import resolve_device, resolve_dtype
 from crossdiff.models.layers import find_decoder_layers
 from crossdiff.models.loaded import LoadedModel
+from crossdiff.runtime.device import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 

@@ -223,8 +223,8 @@ def train_members(
     (:func:`reference_settings`); a complete reference trained otherwise is an error, not
     silently retrained. ``force`` retrains the reference and every member.
     """
-    from crossdiff.crosscoder import distributed
     from crossdiff.crosscoder.fit import train_on_store
+    from crossdiff.runtime import distributed
     from crossdiff.store import ActivationStore
 
     paths = RunPaths(run)
