@@ -73,10 +73,11 @@ def _pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
 
 FORWARD_COST_TOKENS = 64
 """What one more forward pass costs, in padded tokens' worth of compute: the fixed part of a
-pass (per-layer kernel launches, Python) that a smaller batch does not shrink. Measured on the
-built-in pair on 2 CPU cores (bf16, early exit): SmolLM2-135M runs 8 x 64 rows ~12% slower per
-token than 32 x 64, i.e. a fixed cost of ~85 tokens a pass; Gemma-3-270M ~2%. It only decides
-how short windows are grouped; a full-length batch is ``batch_size`` rows whatever it is."""
+pass (mostly streaming the weights) that a smaller batch does not shrink. Measured on the
+built-in pair on 2 CPU cores (bf16, early exit; ``scripts/pass_cost.py``): 22-28 ms for 1-2
+rows of 8 tokens, against ~0.5 ms a token in full batches, i.e. ~50 tokens' worth. It only
+decides how short windows are grouped; a full-length batch is ``batch_size`` rows whatever it
+is."""
 
 
 def token_batches(
