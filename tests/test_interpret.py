@@ -213,11 +213,10 @@ def _examples_of(run: Path, feature: int) -> set[int]:
 def _activations(run: Path, rows: list[int]) -> dict[int, np.ndarray]:
     """Dense activations of store rows (the planted crosscoder is a ReLU one)."""
     from crossdiff.crosscoder import Crosscoder
-    from crossdiff.interpret.samples import _read_rows
     from crossdiff.store import ActivationStore
 
     cc = Crosscoder.from_pretrained(RunPaths(run).crosscoder).eval()
-    x_a, x_b = _read_rows(ActivationStore.open(RunPaths(run).store), np.array(sorted(rows)))
+    x_a, x_b = ActivationStore.open(RunPaths(run).store).rows_at(np.array(sorted(rows)))
     with torch.no_grad():
         f = cc.encode(cc.normalize(x_a.float(), "a"), cc.normalize(x_b.float(), "b"))
     return dict(zip(sorted(rows), f.numpy()))

@@ -217,6 +217,9 @@ OWNERS: dict[str, set[str]] = {
     "recurrence.json": {"recurrence/comparison.py"},
     "feature-": {"steering/result.py"},
     "model.safetensors": {"crosscoder/model.py"},
+    "train_summary.json": {"crosscoder/fit.py"},
+    "manifest.json": {"store/manifest.py"},
+    "moments.safetensors": {"store/moments.py"},
     # a transformers model folder's config.json (models/), not the crosscoder's
     "config.json": {"crosscoder/model.py", "models/gguf.py", "models/loading.py"},
 }

@@ -155,6 +155,21 @@ def test_roundtrip_rows_documents_and_manifest(store: ActivationStore) -> None:
     assert saved["coverage"]["content_tokens_a"] == expected_rows + 40
 
 
+def test_rows_at_reads_scattered_rows_in_the_order_asked(store: ActivationStore) -> None:
+    n = store.n_rows
+    rows = np.array([n - 1, 0, 13, 12, 5, 13, n // 2])  # across shards, unsorted, a repeat
+    x_a, x_b = store.rows_at(rows)
+    assert x_a.dtype == x_b.dtype == torch.bfloat16
+    assert x_a.shape == (len(rows), D_A) and x_b.shape == (len(rows), D_B)
+    assert (decode(x_a.float()) == rows).all() and (decode(x_b.float()) == rows).all()
+    whole_a = torch.cat([a for a, _, _ in store.iter_rows(1000, dtype=torch.bfloat16)])
+    assert torch.equal(x_a, whole_a[torch.from_numpy(rows)])  # the same bits as a full read
+    empty_a, empty_b = store.rows_at(np.zeros(0, np.int64))
+    assert empty_a.shape == (0, D_A) and empty_b.shape == (0, D_B)
+    with pytest.raises(CrossdiffError, match="rows must lie in"):
+        store.rows_at(np.array([n]))
+
+
 def test_norm_statistics_and_scales(store: ActivationStore) -> None:
     norms_a = np.concatenate([meta["norm_a"] for _, _, meta in store.iter_rows(1000)])
     stats = store.manifest.norm_stats["a"]

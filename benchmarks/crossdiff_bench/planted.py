@@ -276,7 +276,7 @@ def train_crosscoders(cfg: PlantedConfig, store_path: Path, runs: Path) -> list[
     Kinds: 'dfc' (``cfg.exclusive`` of F exclusive to each model), 'standard', and 'dsf' (the
     designated-shared variant, ``cfg.exclusive`` of F designated shared; equal widths only).
     Also used by ``crossdiff bench finetune``, whose config has the same fields."""
-    from crossdiff.crosscoder.fit import train_on_store
+    from crossdiff.crosscoder.fit import load_summary, train_on_store
     from crossdiff.crosscoder.train import TrainConfig
 
     out = []
@@ -307,7 +307,7 @@ def train_crosscoders(cfg: PlantedConfig, store_path: Path, runs: Path) -> list[
                 frac_designated_shared=cfg.exclusive if kind == "dsf" else None,
                 progress=cfg.progress,
             )
-            summary = json.loads((run / "crosscoder" / "train_summary.json").read_text())
+            summary = load_summary(run / "crosscoder").data
             out.append(
                 {
                     "kind": kind,

@@ -122,7 +122,6 @@ def _open_inputs(
     """The store and crosscoder an analysis reads, checked to belong together, and the folder
     it writes: a step so that every wrong input fails before any work."""
     from crossdiff.store import ActivationStore
-    from crossdiff.store.manifest import MANIFEST_NAME
 
     paths = RunPaths(run) if run is not None else None
     if run is not None and not Path(run).is_dir():
@@ -130,13 +129,13 @@ def _open_inputs(
     if store is None:
         if paths is None:
             raise CrossdiffError("analyze needs a run folder, or both store= and crosscoder=")
-        if not (paths.store / MANIFEST_NAME).is_file():
+        if not paths.has_store():
             raise CrossdiffError(
                 f"no activation store at {paths.store}; create it with "
                 f"`crossdiff harvest --out {paths.store}` (or `crossdiff run`)"
             )
-        store = paths.store
-    if not isinstance(store, ActivationStore):
+        store = paths.open_store()
+    elif not isinstance(store, ActivationStore):
         store = ActivationStore.open(store)
     if crosscoder is None:
         if paths is None:
@@ -146,8 +145,8 @@ def _open_inputs(
                 f"no trained crosscoder at {paths.crosscoder}; train it with "
                 f"`crossdiff train {paths.root}`"
             )
-        crosscoder = paths.crosscoder
-    if not isinstance(crosscoder, Crosscoder):
+        crosscoder = paths.load_crosscoder()
+    elif not isinstance(crosscoder, Crosscoder):
         crosscoder = Crosscoder.from_pretrained(crosscoder)
     cfg = crosscoder.config
     if (cfg.d_a, cfg.d_b) != (store.d_a, store.d_b):

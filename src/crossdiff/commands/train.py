@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 from pathlib import Path
 
 from crossdiff import configcli
@@ -171,7 +170,7 @@ def run_members(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossdiff.crosscoder.fit import SUMMARY_FILE, train_on_store
+    from crossdiff.crosscoder.fit import load_summary, train_on_store
     from crossdiff.errors import CrossdiffError
     from crossdiff.paths import RunPaths
     from crossdiff.runtime import distributed
@@ -197,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     distributed.shutdown()  # under torchrun: waits until rank 0 has written the output
     if rank != 0:
         return 0
-    summary = json.loads((out / SUMMARY_FILE).read_text())
+    summary = load_summary(out).data
     m = summary["metrics_eval"]
     p = cc.partition
     print(f"crosscoder: {out}")

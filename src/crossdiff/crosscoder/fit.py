@@ -4,14 +4,18 @@ Adds what a store-backed run needs around :func:`train_crosscoder`: the crosscod
 model ids and layers come from the store's manifest; checkpoints go to
 ``OUT/checkpoints/`` (so an interrupted run resumes); the final crosscoder is written to
 ``OUT/`` (``config.json`` + ``model.safetensors``) with a ``train_summary.json`` holding the
-eval-split metrics; and a complete output is recognized and not retrained.
+eval-split metrics; and a complete output is recognized and not retrained. Other stages
+read that summary back through :func:`load_summary` (and :func:`fingerprint`), never by its
+file name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +59,51 @@ def is_complete(out: str | Path) -> bool:
     """True when ``out`` holds a finished crosscoder (weights, config and summary)."""
     out = Path(out)
     return all((out / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE, SUMMARY_FILE))
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """``OUT/train_summary.json`` read back: the settings a crosscoder was trained with and
+    its eval-split metrics. ``data`` is the whole record, for the keys named here and any
+    other (``metrics_eval``, ``warnings``, ``train_seconds``, ...)."""
+
+    data: dict[str, Any]
+
+    @property
+    def train_config(self) -> dict[str, Any]:
+        """TrainConfig.to_dict() of the training ({} in a summary without one)."""
+        return dict(self.data.get("train_config") or {})
+
+    @property
+    def requested_config(self) -> dict[str, Any]:
+        """The CrosscoderConfig as requested (no scales or centring; {} when absent)."""
+        return dict(self.data.get("requested_config") or {})
+
+    @property
+    def seed(self) -> int:
+        """The training seed (0 when the summary does not record one)."""
+        return int(self.train_config.get("seed", 0))
+
+    @property
+    def frac_exclusive_a(self) -> float:
+        """The requested A-exclusive fraction (0 when the summary does not record one)."""
+        return float(self.requested_config.get("frac_exclusive_a", 0.0))
+
+
+def load_summary(out: str | Path) -> TrainSummary:
+    """The train summary of crosscoder folder ``out`` (check :func:`is_complete` first: a
+    missing file raises ``FileNotFoundError``)."""
+    return TrainSummary(json.loads((Path(out) / SUMMARY_FILE).read_text()))
+
+
+def fingerprint(out: str | Path) -> str:
+    """Changes when the crosscoder in ``out`` is retrained: a hash of its summary and of its
+    weight file's size and modification time (results derived from it record this)."""
+    out = Path(out)
+    w = (out / WEIGHTS_FILE).stat()
+    h = hashlib.sha256((out / SUMMARY_FILE).read_bytes())
+    h.update(f"{w.st_size}:{w.st_mtime_ns}".encode())
+    return h.hexdigest()
 
 
 def train_on_store(
@@ -108,7 +157,7 @@ def train_on_store(
 def _trained_before(out: Path, config: CrosscoderConfig, train: TrainConfig) -> Crosscoder:
     """The crosscoder of a complete ``out``, if it was trained with these configs: a step
     because reusing a finished output must never hide a change of settings."""
-    summary = json.loads((out / SUMMARY_FILE).read_text())
+    summary = load_summary(out).data
     if summary.get("train_config") != train.to_dict() or summary.get(
         "requested_config"
     ) != _comparable(config):

@@ -213,26 +213,6 @@ def _empty_pool(source: str) -> Pool:
     return Pool(np.zeros(0, np.int64), {"a": [], "b": []}, None, source)
 
 
-def _read_rows(store: Any, rows: np.ndarray) -> tuple[Any, Any]:
-    """x_a, x_b (bf16) of sorted store rows, one slice per row (safetensors reads just them)."""
-    import torch
-    from safetensors import safe_open
-
-    shards = store.manifest.shards
-    ends = np.cumsum([s.rows for s in shards])
-    xa, xb = [], []
-    shard_of = np.searchsorted(ends, rows, side="right")
-    for k in np.unique(shard_of):
-        start = int(ends[k] - shards[k].rows)
-        with safe_open(str(store.path / shards[k].file), framework="pt") as fh:
-            sa, sb = fh.get_slice("x_a"), fh.get_slice("x_b")
-            for r in rows[shard_of == k]:
-                local = int(r) - start
-                xa.append(sa[local : local + 1])
-                xb.append(sb[local : local + 1])
-    return torch.cat(xa), torch.cat(xb)
-
-
 def load_crosscoder(run: Path) -> tuple[Any | None, str]:
     """The run's crosscoder in eval mode, or None and the pool's description of why not."""
     from crossdiff.crosscoder.model import CONFIG_FILE
@@ -255,7 +235,7 @@ def encode_active(cc: Any, store: Any, rows: np.ndarray) -> list[frozenset[int]]
 
     if len(rows) == 0:
         return []
-    x_a, x_b = _read_rows(store, rows)
+    x_a, x_b = store.rows_at(rows)
     active: list[set[int]] = [set() for _ in range(len(rows))]
     with torch.no_grad():
         for s in range(0, len(rows), 512):

@@ -18,7 +18,6 @@ trainings; a run without them is complete without it, and the views return None 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -83,14 +82,10 @@ class RecurrenceResult:
 
 
 def reference_fingerprint(folder: Path) -> str:
-    """Changes when the reference is retrained (its summary and weight file's size and time)."""
-    from crossdiff.crosscoder.fit import SUMMARY_FILE
-    from crossdiff.crosscoder.model import WEIGHTS_FILE
+    """Changes when the reference is retrained (:func:`crossdiff.crosscoder.fit.fingerprint`)."""
+    from crossdiff.crosscoder.fit import fingerprint
 
-    w = (folder / WEIGHTS_FILE).stat()
-    h = hashlib.sha256((folder / SUMMARY_FILE).read_bytes())
-    h.update(f"{w.st_size}:{w.st_mtime_ns}".encode())
-    return h.hexdigest()
+    return fingerprint(folder)
 
 
 def held_out_rows(

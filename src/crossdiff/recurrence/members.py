@@ -17,7 +17,6 @@ after another; under ``torchrun`` each member is trained data-parallel over all 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -116,12 +115,10 @@ def reference_member(run: str | Path) -> Member:
 
 
 def _summary_seed_fraction(folder: Path) -> tuple[int, float]:
-    from crossdiff.crosscoder.fit import SUMMARY_FILE
+    from crossdiff.crosscoder.fit import load_summary
 
-    s = json.loads((folder / SUMMARY_FILE).read_text())
-    seed = int((s.get("train_config") or {}).get("seed", 0))
-    cfg = s.get("requested_config") or {}
-    return seed, float(cfg.get("frac_exclusive_a", 0.0))
+    s = load_summary(folder)
+    return s.seed, s.frac_exclusive_a
 
 
 def list_members(run: str | Path) -> list[Member]:
@@ -169,18 +166,16 @@ def reference_settings(
     ``expansion``, ``n_features``, ``k``, ...). So ``crossdiff train RUN --seeds 5`` after
     ``crossdiff run`` trains members exactly like the run's crosscoder.
     """
-    from crossdiff.crosscoder.fit import SUMMARY_FILE, crosscoder_config_for_store, is_complete
+    from crossdiff.crosscoder.fit import crosscoder_config_for_store, is_complete, load_summary
     from crossdiff.crosscoder.train import TrainConfig
 
     paths = RunPaths(run)
     base_train: dict[str, Any] = {}
     base_cc: dict[str, Any] = {}
     if is_complete(paths.crosscoder):
-        s = json.loads((paths.crosscoder / SUMMARY_FILE).read_text())
-        base_train = dict(s.get("train_config") or {})
-        base_cc = {
-            k: v for k, v in (s.get("requested_config") or {}).items() if k not in _PROVENANCE
-        }
+        s = load_summary(paths.crosscoder)
+        base_train = s.train_config
+        base_cc = {k: v for k, v in s.requested_config.items() if k not in _PROVENANCE}
     else:
         sections = _run_config_sections(paths)
         if sections is not None:

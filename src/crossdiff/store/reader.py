@@ -1,4 +1,5 @@
-"""Reading a store: shuffled training batches (a ``PairSource``) and ordered streaming.
+"""Reading a store: shuffled training batches (a ``PairSource``), ordered streaming, and rows by
+index (:func:`rows_at`).
 
 Shuffling never loads the store: each epoch permutes the *shard order* (seeded by the epoch),
 cuts the permuted shards into groups of about ``shuffle_buffer_rows`` rows, and permutes the
@@ -100,6 +101,36 @@ def read_rows(mapped: tuple[np.ndarray, str], rows: np.ndarray) -> torch.Tensor:
     arr, dtype = mapped
     t = torch.from_numpy(np.ascontiguousarray(arr[rows]))
     return t.view(torch.bfloat16) if dtype == "BF16" else t
+
+
+def rows_at(store: ActivationStore, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_a, x_b (as stored, bf16) of store rows ``rows`` (indices into the whole store, any
+    order; returned in that order). Each shard holding some of them is memory-mapped
+    (:func:`map_tensor`), so only the pages of those rows are read: a pool of scattered rows
+    costs its own bytes, not its shards'."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= store.n_rows):
+        raise CrossdiffError(
+            f"rows must lie in [0, {store.n_rows}) of store {store.path}, got "
+            f"{int(rows.min())}..{int(rows.max())}"
+        )
+    if rows.size == 0:
+        return (
+            torch.zeros(0, store.d_a, dtype=torch.bfloat16),
+            torch.zeros(0, store.d_b, dtype=torch.bfloat16),
+        )
+    shards = store.manifest.shards
+    ends = np.cumsum([s.rows for s in shards])
+    shard_of = np.searchsorted(ends, rows, side="right")
+    order = np.argsort(shard_of, kind="stable")
+    pieces_a, pieces_b = [], []
+    for k in np.unique(shard_of):
+        local = rows[shard_of == k] - int(ends[k] - shards[k].rows)
+        path = store.path / shards[k].file
+        pieces_a.append(read_rows(map_tensor(path, "x_a"), local))
+        pieces_b.append(read_rows(map_tensor(path, "x_b"), local))
+    back = torch.from_numpy(np.argsort(order, kind="stable"))
+    return torch.cat(pieces_a)[back], torch.cat(pieces_b)[back]
 
 
 def _check_split(split: str | None, eval_fraction: float) -> None:

@@ -30,7 +30,7 @@ from crossdiff.errors import CrossdiffError
 from crossdiff.store.check import check_open
 from crossdiff.store.manifest import MANIFEST_NAME, Manifest, incompatibilities
 from crossdiff.store.moments import Moments, store_moments
-from crossdiff.store.reader import DEFAULT_EVAL_FRACTION, StoreSource, iter_rows
+from crossdiff.store.reader import DEFAULT_EVAL_FRACTION, StoreSource, iter_rows, rows_at
 from crossdiff.store.verify import VerifyReport, verify_store
 from crossdiff.store.writer import LOCK_NAME, StoreWriter, now_iso
 
@@ -214,6 +214,11 @@ class ActivationStore:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]]:
         """(x_a, x_b, meta) in store order; see :func:`crossdiff.store.reader.iter_rows`."""
         return iter_rows(self, batch_size, split=split, eval_fraction=eval_fraction, dtype=dtype)
+
+    def rows_at(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_a, x_b (bf16) of the store rows ``rows``, in that order, reading only those rows;
+        see :func:`crossdiff.store.reader.rows_at`."""
+        return rows_at(self, rows)
 
     def documents(self) -> Iterator[dict[str, Any]]:
         """Every consumed document's record, in corpus order (index 0, 1, ...)."""
