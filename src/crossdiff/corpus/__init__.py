@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from crossdiff.corpus.builtin import BUILTIN_MIX, builtin_chats, builtin_corpus, builtin_texts
+from crossdiff.corpus.builtin import BUILTIN_MIX, builtin_chats, builtin_texts
 from crossdiff.corpus.document import Document
 from crossdiff.corpus.files import SUFFIXES, check_file, folder_files, read_file, read_folder
 from crossdiff.corpus.hf import open_hf
@@ -78,6 +78,12 @@ def load_corpus(
         return _checked(read_folder(path), text, limit)
     check_file(path)
     return _checked(read_file(path, path.name), text, limit)
+
+
+def builtin_corpus() -> Iterator[Document]:
+    """The default corpus: Wikipedia text and the chats, half and half by pairs in every
+    prefix; it ends when the chats run out (the mix ``BUILTIN_MIX``, opened like any mix)."""
+    return load_corpus(BUILTIN_MIX)
 
 
 __all__ = [

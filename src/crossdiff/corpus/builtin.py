@@ -86,12 +86,3 @@ def builtin_texts() -> Iterator[Document]:
 
 BUILTIN_MIX = {WIKI_SOURCE: 0.5, CHATS_SOURCE: 0.5}
 """The default corpus's shares of pairs: the method's half web text, half chat."""
-
-
-def builtin_corpus() -> Iterator[Document]:
-    """The default corpus: Wikipedia text and the chats, half and half by pairs in every
-    prefix; it ends when the chats run out. It is the mix ``BUILTIN_MIX``, opened by
-    :func:`crossdiff.corpus.load_corpus` like any other mix."""
-    from crossdiff.corpus import load_corpus
-
-    return load_corpus(BUILTIN_MIX)

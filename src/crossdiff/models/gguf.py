@@ -136,7 +136,7 @@ def _check_roundtrip(original_tok, model, folder: Path) -> None:
     """Reload what was written and compare: tokenizer encodings and logits must be identical."""
     from transformers import AutoModelForCausalLM
 
-    from crossdiff.models.loading import load_tokenizer
+    from crossdiff.models.tokenizers import load_tokenizer
 
     reloaded_tok = load_tokenizer(folder)
     for text in PROBE_TEXTS:

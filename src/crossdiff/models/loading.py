@@ -9,7 +9,6 @@ then a Hugging Face hub id passed to ``from_pretrained`` as is. Every failure is
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -18,13 +17,10 @@ from crossdiff.models.builtin import BUILTIN_MODELS, builtin_folder, default_cac
 from crossdiff.models.gguf import convert_gguf, folder_lock, is_model_folder
 from crossdiff.models.layers import find_decoder_layers
 from crossdiff.models.loaded import LoadedModel
+from crossdiff.models.tokenizers import load_tokenizer
 from crossdiff.runtime.device import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
-
-# tokenizer_config classes meaning "use tokenizer.json verbatim" (transformers 5 would otherwise
-# substitute a model-type specific class that can rebuild the pipeline differently).
-_VERBATIM_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 def _aliases() -> str:
@@ -64,18 +60,6 @@ def _hub_error(spec: str, error: Exception) -> CrossdiffError:
         f"model '{spec}' is not a built-in alias ({_aliases()}), an existing local path, or a "
         f"model on the Hugging Face hub: {text}"
     )
-
-
-def load_tokenizer(source: str | Path, trust_remote_code: bool = False, **kwargs):
-    """The tokenizer of a folder or hub id; tokenizer.json verbatim where the folder says so."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    config_path = Path(source) / "tokenizer_config.json"
-    if config_path.is_file():
-        declared = json.loads(config_path.read_text(encoding="utf-8")).get("tokenizer_class")
-        if declared in _VERBATIM_TOKENIZER_CLASSES and (Path(source) / "tokenizer.json").is_file():
-            return PreTrainedTokenizerFast.from_pretrained(str(source), **kwargs)
-    return AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code, **kwargs)
 
 
 def _gguf_folder(path: Path, cache_dir: str | Path | None) -> Path:

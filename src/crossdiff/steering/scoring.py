@@ -218,12 +218,11 @@ def make_scorer(
     if kind == "builtin":
         from crossdiff.steering.suites import load_suite
 
-        suite = load_suite(body)
-        scorer = suite.scorer()
-        if scorer is None:
+        suite = load_suite(body)  # a suite is data; its default scorer is a regex rule
+        if suite.pattern is None:
             hint = f', e.g. --score "judge:{suite.judge}"' if suite.judge else ""
             raise CrossdiffError(f"built-in suite {suite.name!r}: {suite.scoring}{hint}")
-        return scorer
+        return RegexScorer(suite.pattern, label=suite.score_rule)
     if kind == "judge":
         if not judge_url or not judge_model:
             raise CrossdiffError(

@@ -92,14 +92,6 @@ class PromptSuite:
         with resources.as_file(resources.files(__name__).joinpath(self.file)) as path:
             return read_prompts(path)
 
-    def scorer(self):
-        """The default scorer (a RegexScorer named ``builtin:NAME``), None without one."""
-        if self.pattern is None:
-            return None
-        from crossdiff.steering.scoring import RegexScorer
-
-        return RegexScorer(self.pattern, label=PREFIX + self.name)
-
 
 SUITES: dict[str, PromptSuite] = {
     s.name: s
