@@ -29,6 +29,7 @@ from crossdiff.analysis.results import load_analysis
 from crossdiff.cli import main as cli_main
 from crossdiff.errors import CrossdiffError
 from crossdiff.paths import RunPaths
+from crossdiff.steering.result import ModelSteering, SteeringResult
 from crossdiff_bench.synthetic import make_planted_run
 
 HOSTILE_PROMPT = "<script>document.title='steered'</script>Tell me"
@@ -116,10 +117,11 @@ def read_png(path: Path) -> np.ndarray:
     return out.reshape(height, width, ch).astype(np.uint8)
 
 
-def write_steering(run: Path, feature: int) -> None:
-    """A steering result in the steering module's own format, with hostile text in it."""
-    from crossdiff.steering.result import ModelSteering, SteeringResult
-
+def steering_result(
+    run: Path, feature: int, *, prompt: str, says: str, notes: tuple[str, ...] = ()
+) -> SteeringResult:
+    """A steering result in the steering package's own format (no model is run): both models
+    steered on ``prompt``, each generation saying ``says`` (tests put hostile text in both)."""
     models = [
         ModelSteering(
             model=m,
@@ -129,13 +131,14 @@ def write_steering(run: Path, feature: int) -> None:
             vector_norm=1.0,
             median_norm=3.0,
             rendering="plain text",
-            generations=[[f"{m} says {HOSTILE_GENERATION} at {a}" for a in (-2.0, 0.0, 2.0)]],
+            generations=[[f"{m} says {says} at {a}" for a in (-2.0, 0.0, 2.0)]],
             batched=True,
             rates=[0.0, 0.5, 1.0],
+            notes=list(notes),
         )
         for m in ("a", "b")
     ]
-    SteeringResult(
+    return SteeringResult(
         run=str(run),
         feature=feature,
         partition="A-exclusive",
@@ -143,11 +146,17 @@ def write_steering(run: Path, feature: int) -> None:
         s_max_source="analysis table",
         mode="add",
         alphas=[-2.0, 0.0, 2.0],
-        prompts=[HOSTILE_PROMPT],
+        prompts=[prompt],
         models=models,
         settings={},
         scorer="keyword",
-    ).save(RunPaths(run).steering / f"feature-{feature}.json")
+    )
+
+
+def write_steering(run: Path, feature: int) -> None:
+    """A saved steering result with hostile text in its prompt and generations."""
+    result = steering_result(run, feature, prompt=HOSTILE_PROMPT, says=HOSTILE_GENERATION)
+    result.save(RunPaths(run).steering_file(feature))
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,10 @@ from crossdiff.interpret.results import InterpretResult
 from crossdiff.paths import RunPaths
 from crossdiff.recurrence import compare
 from crossdiff.recurrence.comparison import RecurrenceResult
-from crossdiff.steering.result import ModelSteering, SteeringResult
+from crossdiff.steering.result import SteeringResult
 from crossdiff.store import ActivationStore
 from crossdiff_bench.synthetic import planted_activations, write_synthetic_store
+from test_report import steering_result as report_steering
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "crossdiff"
 
@@ -43,36 +44,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def steering_result(run: Path, feature: int) -> SteeringResult:
-    """A steering result in the steering package's own format (no model is run)."""
-    models = [
-        ModelSteering(
-            model=m,
-            model_id=f"synthetic/model-{m}",
-            layer=1,
-            direction="decoder" if m == "a" else "mapped from a",
-            vector_norm=1.0,
-            median_norm=3.0,
-            rendering="plain text",
-            generations=[[f"{m} at {a} <b>" for a in (-2.0, 0.0, 2.0)]],
-            batched=True,
-            rates=[0.0, 0.5, 1.0],
-            notes=["a note"],
-        )
-        for m in ("a", "b")
-    ]
-    return SteeringResult(
-        run=str(run),
-        feature=feature,
-        partition="A-exclusive",
-        s_max=5.0,
-        s_max_source="analysis table",
-        mode="add",
-        alphas=[-2.0, 0.0, 2.0],
-        prompts=["Tell me <script>"],
-        models=models,
-        settings={},
-        scorer="keyword",
-    )
+    """A steering result with markup in its prompt and generations (test_report's builder)."""
+    return report_steering(run, feature, prompt="Tell me <script>", says="<b>", notes=("a note",))
 
 
 def listed_feature(result: AnalysisResult) -> int:
@@ -102,7 +75,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     interpret(root, InterpretConfig(progress=False, max_features=4))
     paths = RunPaths(root)
     feature = listed_feature(paths.load_analysis())
-    steering_result(root, feature).save(paths.steering / f"feature-{feature}.json")
+    steering_result(root, feature).save(paths.steering_file(feature))
     (paths.steering / "s_max.json").write_text("{}")  # steering's cache: not a result
     build_report(root)
     return root
