@@ -150,6 +150,12 @@ class RunPaths:
         return ActivationStore.open(self.store)
 
     # ---- the crosscoder ------------------------------------------------------------------
+    def has_crosscoder(self) -> bool:
+        """Whether RUN/crosscoder holds trained weights (training writes them last)."""
+        from crossdiff.crosscoder.model import WEIGHTS_FILE
+
+        return (self.crosscoder / WEIGHTS_FILE).is_file()
+
     def load_crosscoder(self, *, device: str = "cpu") -> Crosscoder:
         """RUN/crosscoder in eval mode (:meth:`crossdiff.crosscoder.Crosscoder.from_pretrained`;
         an error names the files it expected when none was trained)."""

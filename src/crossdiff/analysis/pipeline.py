@@ -54,7 +54,7 @@ from crossdiff.analysis.results import (
 from crossdiff.analysis.streaming import FeatureStats, PerFeatureTopK, sample_keys
 from crossdiff.analysis.tokenization import ROLES, RowDescriptors
 from crossdiff.analysis.twins import TwinStats
-from crossdiff.crosscoder.model import WEIGHTS_FILE, Crosscoder
+from crossdiff.crosscoder.model import Crosscoder
 from crossdiff.errors import CrossdiffError
 from crossdiff.paths import RunPaths
 from crossdiff.runtime.device import resolve_device as _resolve_device
@@ -140,7 +140,7 @@ def _open_inputs(
     if crosscoder is None:
         if paths is None:
             raise CrossdiffError("analyze needs a run folder, or both store= and crosscoder=")
-        if not (paths.crosscoder / WEIGHTS_FILE).is_file():
+        if not paths.has_crosscoder():
             raise CrossdiffError(
                 f"no trained crosscoder at {paths.crosscoder}; train it with "
                 f"`crossdiff train {paths.root}`"

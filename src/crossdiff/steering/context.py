@@ -76,7 +76,7 @@ class RunContext:
         paths = RunPaths(run)
         if not paths.root.is_dir():
             raise CrossdiffError(f"run folder {paths.root} does not exist")
-        if not (paths.crosscoder / WEIGHTS_FILE).is_file():
+        if not paths.has_crosscoder():
             raise CrossdiffError(
                 f"run {paths.root} has no trained crosscoder ({paths.crosscoder / WEIGHTS_FILE} "
                 "is missing); train one first: crossdiff train RUN"
