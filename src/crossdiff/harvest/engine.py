@@ -96,7 +96,7 @@ def token_batches(
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     sizes = [lengths[i] for i in order]
     n = len(sizes)
-    best = [0] + [0] * n  # best[j]: least cost of the first j windows
+    best = [0] * (n + 1)  # best[j]: least cost of the first j windows
     cut = [0] * (n + 1)  # cut[j]: where the last batch of the first j windows starts
     for j in range(1, n + 1):
         best[j] = best[j - 1] + sizes[j - 1] + pass_cost
@@ -208,11 +208,8 @@ class Harvester:
             t0 = time.perf_counter()
             x = self.capture(lm, layer, [seqs[i] for i in idx], [positions[i] for i in idx])
             self.timings.model += time.perf_counter() - t0
-            off = 0
-            for i in idx:
-                n = len(positions[i])
-                out[i] = x[off : off + n]
-                off += n
+            for i, rows in zip(idx, x.split([len(positions[i]) for i in idx]), strict=True):
+                out[i] = rows
         return out  # type: ignore[return-value]
 
     def run_block(self, block: list[tuple[int, Any]]) -> tuple[list[DocumentPlan], list[Any]]:
