@@ -736,6 +736,8 @@ def format_results(results: dict[str, Any]) -> str:
 # CLI
 # ------------------------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction) -> None:
+    from crossdiff_bench.machine import add_run_options
+
     p = sub.add_parser(
         "finetune",
         help="plant two behaviours in SmolLM2 by LoRA fine-tuning and check crossdiff finds them",
@@ -750,10 +752,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer-a", help="the fine-tuned model's layer (default: middle)")
     p.add_argument("--layer-b", help="model B's layer (default: middle)")
     p.add_argument("--no-interpret", action="store_true", help="do not explain found features")
-    p.add_argument("--work-dir", help="cache/work folder (default $CROSSDIFF_CACHE/finetune)")
-    p.add_argument("--threads", type=int, help="torch threads")
-    p.add_argument("--json-out", help="write the results as JSON here")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_options(p, "finetune")
     p.set_defaults(func=_cli)
 
 

@@ -50,3 +50,12 @@ def start_run(cfg: Any, name: str) -> tuple[Path, dict[str, Any]]:
         print(f"machine: {results['machine']}", file=sys.stderr, flush=True)
         print(f"work folder: {work}", file=sys.stderr, flush=True)
     return work, results
+
+
+def add_run_options(p: Any, name: str) -> None:
+    """The options every benchmark run opened by :func:`start_run` takes: its work folder,
+    torch's threads, a JSON copy of the results, and no progress bars."""
+    p.add_argument("--work-dir", help=f"cache/work folder (default $CROSSDIFF_CACHE/{name})")
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--json-out", help="write the results as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")

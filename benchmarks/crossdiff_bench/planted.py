@@ -1092,6 +1092,8 @@ def evidence_lines(evidence: dict[str, Any], own: str, prefix: str) -> list[str]
 # CLI
 # ------------------------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction) -> None:
+    from crossdiff_bench.machine import add_run_options
+
     p = sub.add_parser(
         "planted",
         help="train two small LMs with planted differences and check crossdiff finds them",
@@ -1115,10 +1117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="leave pairs above this x the median norm out of training and analysis "
         "(default 2, the method's; 0 keeps all)",
     )
-    p.add_argument("--work-dir", help="cache/work folder (default $CROSSDIFF_CACHE/planted)")
-    p.add_argument("--threads", type=int, help="torch threads")
-    p.add_argument("--json-out", help="write the results as JSON here")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_options(p, "planted")
     p.set_defaults(func=_cli)
 
 
