@@ -6,9 +6,10 @@ Measured side by side in one run on one pair of models (default: the built-in pa
     chats from the built-in corpus, and code and non-English text written for this benchmark.
     Targets: >= 95% of each model's content tokens on prose, >= 85% on chat message content.
 (b) overhead: the harvest's wall time against the bare cost of running both models up to the
-    layer on exactly the same padded batches. Every batch is also run bare right before or after
-    the harvest's own forward (alternating), so both are timed under the same load on a noisy
-    machine; the bare time is then subtracted from the harvest's. Target: <= 10% on top.
+    layer on exactly the same batches (packed rows, or padded with ``--no-pack``). Every batch
+    is also run bare right before or after the harvest's own forward (alternating), so both are
+    timed under the same load on a noisy machine; the bare time is then subtracted from the
+    harvest's. Target: <= 10% on top.
 (c) early exit: capturing the layer (forward stopped after it) against a full forward that
     returns all hidden states, on the same batches; also checks they are bit-identical.
 (d) the limit: after every harvest round, the same tokens of each model cut into full,
@@ -16,7 +17,7 @@ Measured side by side in one run on one pair of models (default: the built-in pa
     batches of ``--batch-size``; the harvest's tokens/s against this limit (issue 20 asks
     for >= 0.9), so padding, batch shapes and everything outside the forwards all count. On a
     noisy machine two phases run one after the other drift apart, so the share is the product
-    of two side-by-side ratios: the round's padded batches run bare alternately with the full
+    of two side-by-side ratios: the round's own batches run bare alternately with the full
     rows (the shape's cost), times the harvest against its own bare forwards, interleaved per
     batch in (b) (everything else); the verdict takes the median round.
 """
@@ -181,12 +182,9 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def _bare(lm: Any, layer: int, seqs: list[list[int]]) -> None:
-    """One model up to its layer on one padded batch, and nothing else."""
-    from crossdiff.harvest import _pad_batch
-
-    ids, mask = _pad_batch(seqs, lm.pad_id)
-    lm.capture(ids, mask, layer)
+def _bare(lm: Any, layer: int, batch: Any) -> None:
+    """One model up to its layer on one of the harvest's forward passes, and nothing else."""
+    batch.run(lm, layer)
     _sync(lm.device)
 
 
@@ -198,9 +196,9 @@ def _paired_harvester_class() -> type:
 
         Alternating the order per batch, the bare time and the harvest time are measured side by
         side under the same load, which is what makes the ratio trustworthy on a noisy machine.
-        It also keeps what only this benchmark needs: every batch's token ids per model
-        (replayed by the early-exit and limit parts), the padded token counts, and the time
-        spent outside the forwards.
+        It also keeps what only this benchmark needs: every forward pass per model
+        (:class:`~crossdiff.harvest.batches.ForwardBatch`, replayed by the early-exit and
+        limit parts), the padded token counts, and the time spent outside the forwards.
         """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -208,7 +206,7 @@ def _paired_harvester_class() -> type:
             self.bare_s = 0.0
             self.n_batches = 0
             self.pairs: list[tuple[float, float]] = []  # (harvest forward, bare) per batch
-            self.batch_log: dict[int, list[list[list[int]]]] = {}  # id(lm) -> its batches
+            self.batch_log: dict[int, list[Any]] = {}  # id(lm) -> its ForwardBatches
             self.padded_tokens = 0  # both models, with padding
             self.prepare_s = 0.0  # run_block outside the forwards and row gathering
 
@@ -219,21 +217,21 @@ def _paired_harvester_class() -> type:
             self.prepare_s += time.perf_counter() - t0 - (tm.model - model0) - (tm.write - write0)
             return out
 
-        def capture(self, lm, layer, seqs, positions):  # type: ignore[override]
-            self.batch_log.setdefault(id(lm), []).append(seqs)
-            self.padded_tokens += len(seqs) * max(map(len, seqs))
+        def capture(self, lm, layer, batch):  # type: ignore[override]
+            self.batch_log.setdefault(id(lm), []).append(batch)
+            self.padded_tokens += batch.ids.numel()
             bare_first = self.n_batches % 2 == 0
             self.n_batches += 1
             if bare_first:
                 t0 = time.perf_counter()
-                _bare(lm, layer, seqs)
+                _bare(lm, layer, batch)
                 t_bare = time.perf_counter() - t0
             t0 = time.perf_counter()
-            out = super().capture(lm, layer, seqs, positions)
+            out = super().capture(lm, layer, batch)
             t_capture = time.perf_counter() - t0
             if not bare_first:
                 t0 = time.perf_counter()
-                _bare(lm, layer, seqs)
+                _bare(lm, layer, batch)
                 t_bare = time.perf_counter() - t0
             self.bare_s += t_bare
             self.pairs.append((t_capture, t_bare))
@@ -242,22 +240,24 @@ def _paired_harvester_class() -> type:
     return PairedHarvester
 
 
-def _full_rows(seqs: list[list[int]], row_len: int) -> Any:
-    """``seqs``' tokens, concatenated and cut into full rows of ``row_len`` (remainder dropped)."""
+def _full_rows(batches: list[Any], row_len: int) -> Any:
+    """The passes' window tokens, concatenated and cut into full rows of ``row_len``
+    (remainder dropped)."""
     import torch
 
-    flat = [t for seq in seqs for t in seq]
+    parts = [row[:n] for b in batches for row, n in zip(b.ids, b.fill)]
+    flat = torch.cat(parts) if parts else torch.zeros(0)
     n_rows = len(flat) // row_len
-    return torch.tensor(flat[: n_rows * row_len], dtype=torch.long).view(n_rows, row_len)
+    return flat[: n_rows * row_len].long().view(n_rows, row_len)
 
 
 def padded_vs_full(
-    lm: Any, layer: int, batches: list[list[list[int]]], row_len: int, batch_size: int
+    lm: Any, layer: int, batches: list[Any], row_len: int, batch_size: int
 ) -> dict[str, float]:
-    """The harvest's own padded batches of one model and the same tokens as full rows, run
-    alternately (padded batch i, then full batch i, ...), so both see the same load: the
-    seconds of each and the tokens each ran (real tokens for the padded batches)."""
-    ids = _full_rows([q for b in batches for q in b], row_len)
+    """The harvest's own forward passes of one model and the same tokens as full rows, run
+    alternately (pass i, then full batch i, ...), so both see the same load: the seconds of
+    each and the tokens each ran (real tokens for the harvest's passes)."""
+    ids = _full_rows(batches, row_len)
     full = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
     t_pad = t_full = 0.0
     for i in range(max(len(batches), len(full))):
@@ -270,40 +270,38 @@ def padded_vs_full(
             lm.capture(full[i].to(lm.device), None, layer)
             _sync(lm.device)
             t_full += time.perf_counter() - t0
-    real = sum(len(q) for b in batches for q in b)
+    real = sum(b.real_tokens for b in batches)
     return {"padded_s": t_pad, "full_s": t_full, "real_tokens": real, "full_tokens": ids.numel()}
 
 
-def early_exit(lm: Any, layer: int, batches: list[list[list[int]]]) -> dict[str, float]:
-    """Capture vs a full forward with all hidden states, alternating, on the same batches."""
+def early_exit(lm: Any, layer: int, batches: list[Any]) -> dict[str, float]:
+    """Capture vs a full forward with all hidden states, alternating, on the same passes
+    (the harvest's :class:`~crossdiff.harvest.batches.ForwardBatch`), compared at the rows
+    the harvest keeps."""
     import torch
-
-    from crossdiff.harvest import _pad_batch
 
     t_capture = t_full = 0.0
     max_diff = 0.0
-    for seqs in batches:
-        ids, mask = _pad_batch(seqs, lm.pad_id)
-        for order in (0, 1):
-            if order == 0:
-                t0 = time.perf_counter()
-                got = lm.capture(ids, mask, layer)
-                _sync(lm.device)
-                t_capture += time.perf_counter() - t0
-            else:
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    out = lm.model(
-                        input_ids=ids.to(lm.device),
-                        attention_mask=mask.to(lm.device),
-                        output_hidden_states=True,
-                        use_cache=False,
-                    )
-                _sync(lm.device)
-                t_full += time.perf_counter() - t0
-        ref = out.hidden_states[layer + 1]
-        valid = mask.to(ref.device).bool()
-        max_diff = max(max_diff, float((got[valid].float() - ref[valid].float()).abs().max()))
+    for batch in batches:
+        t0 = time.perf_counter()
+        got = batch.run(lm, layer)
+        _sync(lm.device)
+        t_capture += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = lm.model(
+                input_ids=batch.ids.to(lm.device),
+                attention_mask=None if batch.attention_mask is None
+                else batch.attention_mask.to(lm.device),
+                position_ids=None if batch.position_ids is None
+                else batch.position_ids.to(lm.device),
+                output_hidden_states=True,
+                use_cache=False,
+            )  # fmt: skip
+        _sync(lm.device)
+        t_full += time.perf_counter() - t0
+        ref = batch.gather(out.hidden_states[layer + 1]).float()
+        max_diff = max(max_diff, float((batch.gather(got).float() - ref).abs().max(initial=0)))
     return {"capture_s": t_capture, "full_s": t_full, "speedup": t_full / t_capture,
             "max_abs_diff": max_diff}  # fmt: skip
 
@@ -324,7 +322,7 @@ def throughput(
                 model_a=lm_a.spec, model_b=lm_b.spec, corpus="bench", out=str(Path(tmp) / "s"),
                 tokens=args.tokens, layer_a=args.layer_a, layer_b=args.layer_b,
                 max_seq_len=args.max_seq_len, batch_size=args.batch_size,
-                shard_rows=args.shard_rows, progress=False,
+                shard_rows=args.shard_rows, progress=False, pack=not args.no_pack,
             )  # fmt: skip
             h = paired(config, lm_a, lm_b)
             store = ActivationStore.create(config.out, h.manifest())
@@ -359,6 +357,7 @@ def throughput(
                 "rows": tm.rows, "docs": tm.documents, "tokens": tm.tokens_a + tm.tokens_b,
                 "padded": h.padded_tokens,
                 "prepare_s": h.prepare_s, "write_s": tm.write, "batches": h.n_batches,
+                "packed": "".join(k for k in "ab" if h.packs(k)),
             })  # fmt: skip
     return rounds, batches
 
@@ -425,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
     mixed = [d for pair in zip(prose, chats) for d in pair] + prose[len(chats) :]
     rounds, batches = throughput(lm_a, lm_b, mixed, args)
     print(
-        "\n(b) harvest vs the bare forward passes of both models on the same padded batches.\n"
+        "\n(b) harvest vs the bare forward passes of both models on the same batches.\n"
         "    Every batch also runs bare, right before or after the harvest's own forward\n"
         "    (alternating). on top = harvest time outside its forwards / its forwards (both\n"
         "    measured in the same run); direct = harvest / sum of bare runs - 1 (exposed to load\n"
@@ -437,7 +436,8 @@ def run(args: argparse.Namespace) -> int:
             f"prepare {r['prepare_s']:.2f}s, write {r['write_s']:.2f}s), bare "
             f"{r['bare_s']:.2f}s; {r['rows']:,} pairs, {r['docs']} docs, {r['batches']} "
             f"batches, {r['tokens']:,} tokens ({r['tokens'] / r['harvest_s']:,.0f} tokens/s), "
-            f"padding {r['padded'] / r['tokens'] - 1:+.1%}\n"
+            f"padding {r['padded'] / r['tokens'] - 1:+.1%}, packed: "
+            f"{' and '.join(r['packed'].upper()) or 'neither'}\n"
             f"           on top {r['on_top']:+.1%}, direct {r['direct']:+.1%}, per batch "
             f"{r['per_batch']:+.1%}"
         )
@@ -463,7 +463,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\n(d) harvest against the paired early-exit limit: each round's tokens of each model "
         f"as full,\n    unpadded rows of {args.max_seq_len} in batches of {args.batch_size}, "
-        "alternating with the round's own padded\n    batches run bare; share = (padded batches "
+        "alternating with the round's own\n    batches run bare; share = (its batches "
         "vs full rows) x (harvest vs its bare forwards),\n    two ratios measured side by side"
     )
     shares, direct = [], []
@@ -476,7 +476,7 @@ def run(args: argparse.Namespace) -> int:
         shares.append(r["share"])
         direct.append(rate / limit_rate)
         print(f"  round {i + 1}: harvest {rate:,.0f} tokens/s (both models), limit "
-              f"{limit_rate:,.0f} tokens/s (direct {rate / limit_rate:.2f}); padded batches vs "
+              f"{limit_rate:,.0f} tokens/s (direct {rate / limit_rate:.2f}); its batches vs "
               f"full rows {r['shape']:.3f}, harvest vs its bare forwards "
               f"{r['bare_s'] / r['harvest_s']:.3f} -> {r['share']:.2f} of the limit")  # fmt: skip
     if shares:
@@ -521,6 +521,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--shard-rows", type=int, default=4096)
+    p.add_argument(
+        "--no-pack",
+        action="store_true",
+        help="harvest with padded batches only (HarvestConfig.pack=False), for a before/after",
+    )
     p.add_argument("--exit-batches", type=int, default=6, help="batches for (c) (default 6)")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")

@@ -3,7 +3,8 @@
 For every document, in corpus order: each model renders it its own way (plain text, or the
 chat through its own chat template), tokenizes it with offsets, and :mod:`crossdiff.align`
 pairs the positions where both have read the same content. Both models run up to the chosen
-layer only (early exit), on padded batches of windows; the residual stream at the paired
+layer only (early exit), on batches of windows (short ones packed several to a row,
+:mod:`crossdiff.harvest.batches`); the residual stream at the paired
 positions is written, in bf16, to an :class:`~crossdiff.store.ActivationStore`. Long
 documents are split into windows at a paired position (:mod:`crossdiff.harvest.windows`).
 
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from crossdiff.harvest.batches import _pad_batch as _pad_batch  # re-exported for the benchmarks
 from crossdiff.harvest.config import (
     LITERAL_SPECIALS,
     PAIR_POSITIONS,
@@ -39,7 +41,6 @@ from crossdiff.harvest.config import (
     HarvestConfig,
 )
 from crossdiff.harvest.engine import Harvester, capture_windows, model_info
-from crossdiff.harvest.engine import _pad_batch as _pad_batch  # re-exported for the benchmarks
 from crossdiff.harvest.inputs import _load_models, _open_corpus
 from crossdiff.harvest.ranks import _harvest_ranks
 from crossdiff.harvest.report import HarvestTimings, _complete_message, _say, harvest_summary

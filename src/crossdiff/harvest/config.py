@@ -48,7 +48,12 @@ class HarvestConfig:
     """Tokens per window and model; longer texts are split into windows, chats truncated."""
     batch_size: int = 8
     """Full-length windows per forward pass: each model's batches hold at most batch_size x
-    max_seq_len padded tokens, so shorter windows share a pass (harvest.engine.token_batches)."""
+    max_seq_len padded tokens, so shorter windows share a pass (harvest.batches)."""
+    pack: bool = True
+    """Pack short windows several to a row, each attending only to itself
+    (harvest.batches.packing_works checks each model first; a model that fails gets padded
+    batches). Saves the padding and passes that short windows cost; changes rows only at
+    float level, so a store may be resumed with either."""
     block_batches: int = 8
     """Documents per block = block_batches x batch_size; windows are batched within a
     block, and shards close at block boundaries (see :mod:`crossdiff.harvest`)."""

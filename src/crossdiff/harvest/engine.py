@@ -1,8 +1,8 @@
 """The harvest engine: both models, loaded, run on batches of windows and their rows written.
 
 :class:`Harvester` plans a block of documents (:mod:`crossdiff.harvest.windows`), batches its
-windows for each model by that model's own lengths under a token budget (:func:`token_batches`),
-runs each padded batch up to the model's layer (early exit, :func:`capture_windows`) and writes
+windows for each model by that model's own lengths (:mod:`crossdiff.harvest.batches`: packed
+rows, or padded batches), runs each pass up to the model's layer (early exit) and writes
 the rows at the paired positions; :meth:`Harvester.run` is
 the single-process loop (shards committed at block boundaries), :meth:`Harvester.run_rank` one
 rank's share of a streaming harvest. Benchmarks and tests drive it directly, with models
@@ -23,6 +23,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crossdiff.errors import CrossdiffError
+from crossdiff.harvest.batches import (
+    FORWARD_COST_TOKENS as FORWARD_COST_TOKENS,  # re-exported: its home is harvest.batches
+)
+from crossdiff.harvest.batches import (
+    ForwardBatch,
+    packing_works,
+    padded_batch,
+    plan_batches,
+)
+from crossdiff.harvest.batches import token_batches as token_batches
 from crossdiff.harvest.config import (
     REASON_CORPUS,
     REASON_DOCS,
@@ -59,75 +69,13 @@ def _block_counts(plans: list[Any], rows: list[Any]) -> dict[str, int]:
     }
 
 
-def _pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
-FORWARD_COST_TOKENS = 64
-"""What one more forward pass costs, in padded tokens' worth of compute: the fixed part of a
-pass (mostly streaming the weights) that a smaller batch does not shrink. Measured on the
-built-in pair on 2 CPU cores (bf16, early exit; ``scripts/pass_cost.py``): 22-28 ms for 1-2
-rows of 8 tokens, against ~0.5 ms a token in full batches, i.e. ~50 tokens' worth. It only
-decides how short windows are grouped; a full-length batch is ``batch_size`` rows whatever it
-is."""
-
-
-def token_batches(
-    lengths: list[int], budget: int, pass_cost: int = FORWARD_COST_TOKENS
-) -> list[list[int]]:
-    """Batches of indices into ``lengths``, longest first, each padded to at most ``budget``.
-
-    The windows are sorted by length (longest first, ties in order) and cut into consecutive
-    batches whose rows x longest row stay within ``budget`` tokens (a window longer than
-    ``budget`` gets a batch of its own), choosing the cuts that minimize the padded tokens run
-    plus ``pass_cost`` per forward pass (an exact dynamic programme over the sorted list). So a
-    batch takes a shorter window, and pads it, only when that saves a pass; with
-    ``budget = batch_size x max_seq_len`` full-length windows go ``batch_size`` to a pass, while
-    short ones (chats, a document's last window) share one without much padding.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    sizes = [lengths[i] for i in order]
-    n = len(sizes)
-    best = [0] * (n + 1)  # best[j]: least cost of the first j windows
-    cut = [0] * (n + 1)  # cut[j]: where the last batch of the first j windows starts
-    for j in range(1, n + 1):
-        best[j] = best[j - 1] + sizes[j - 1] + pass_cost
-        cut[j] = j - 1
-        i = j - 2
-        while i >= 0 and (j - i) * sizes[i] <= budget:
-            cost = best[i] + (j - i) * sizes[i] + pass_cost
-            if cost < best[j]:  # ties: the later cut (full batches first)
-                best[j], cut[j] = cost, i
-            i -= 1
-    batches: list[list[int]] = []
-    j = n
-    while j > 0:
-        batches.append(order[cut[j] : j])
-        j = cut[j]
-    return batches[::-1]
-
-
 def capture_windows(
     lm: LoadedModel, layer: int, seqs: list[list[int]], positions: list[np.ndarray]
 ) -> torch.Tensor:
     """Run one padded batch to ``layer`` and gather the rows at ``positions`` (in order)."""
-    import torch
 
-    ids, mask = _pad_batch(seqs, lm.pad_id)
-    hidden = lm.capture(ids, mask, layer)
-    rows_i = torch.cat(
-        [torch.full((len(p),), i, dtype=torch.long) for i, p in enumerate(positions)]
-    )
-    rows_t = torch.from_numpy(np.concatenate(positions).astype(np.int64))
-    return hidden[rows_i.to(hidden.device), rows_t.to(hidden.device)]
+    batch = padded_batch(seqs, positions, list(range(len(seqs))), lm.pad_id)
+    return batch.gather(batch.run(lm, layer))
 
 
 def model_info(lm: LoadedModel, layer: int, layer_spec: int | str) -> ModelInfo:
@@ -176,6 +124,7 @@ class Harvester:
         self.wall_seconds: float | None = None
         """Wall time of a distributed harvest (``timings.total`` sums the ranks' times)."""
         self._own_blocks: dict[int, dict[str, int]] = {}  # run_rank: block -> its counts
+        self._packs: dict[str, bool] = {}  # side -> packed (checked at its first block)
 
     def manifest(self) -> Manifest:
         c = self.config
@@ -186,30 +135,46 @@ class Harvester:
             harvest=_harvest_settings(c),
         )
 
-    def capture(
-        self, lm: LoadedModel, layer: int, seqs: list[list[int]], positions: list[np.ndarray]
-    ) -> torch.Tensor:
-        """One model's rows for one padded batch, on the CPU (the model cost)."""
-        return capture_windows(lm, layer, seqs, positions).cpu()  # synchronizes: real time
+    def capture(self, lm: LoadedModel, layer: int, batch: ForwardBatch) -> list[torch.Tensor]:
+        """One model's rows of each window of one forward pass, on the CPU (the model cost)."""
+        rows = batch.gather(batch.run(lm, layer)).cpu()  # synchronizes: real time
+        return list(rows.split(batch.counts))
+
+    def packs(self, side: str) -> bool:
+        """Whether this side's windows are packed (``pack`` asked, and the model checked once
+        by :func:`~crossdiff.harvest.batches.packing_works`)."""
+        if side not in self._packs:
+            lm, layer = (self.lm_a, self.layer_a) if side == "a" else (self.lm_b, self.layer_b)
+            self._packs[side] = self.config.pack and packing_works(lm, layer)
+        return self._packs[side]
 
     def capture_side(self, windows: list[Window], side: str) -> list[torch.Tensor]:
-        """One model's rows of every window (in order), run in that model's own batches.
+        """One model's rows of every window (in order), run in that model's own passes.
 
-        Each model batches the windows by its own token counts (:func:`token_batches`), so
-        neither pads to the other's longer tokenization and short windows share a forward
-        pass instead of each filling a batch slot.
+        Each model batches the windows by its own token counts
+        (:func:`~crossdiff.harvest.batches.plan_batches`), so neither pads to the other's
+        longer tokenization, and short windows share a row (packed) or a pass (padded)
+        instead of each filling a batch slot.
         """
         lm, layer = (self.lm_a, self.layer_a) if side == "a" else (self.lm_b, self.layer_b)
         seqs = [w.ids_a if side == "a" else w.ids_b for w in windows]
         positions = [w.pos_a if side == "a" else w.pos_b for w in windows]
         out: list[torch.Tensor | None] = [None] * len(windows)
-        budget = self.config.batch_size * self.config.max_seq_len
-        for idx in token_batches([len(s) for s in seqs], budget):
+        c = self.config
+        batches = plan_batches(
+            seqs,
+            positions,
+            batch_size=c.batch_size,
+            row_len=c.max_seq_len,
+            pad_id=lm.pad_id,
+            pack=self.packs(side),
+        )
+        for batch in batches:
             t0 = time.perf_counter()
-            x = self.capture(lm, layer, [seqs[i] for i in idx], [positions[i] for i in idx])
+            rows = self.capture(lm, layer, batch)
             self.timings.model += time.perf_counter() - t0
-            for i, rows in zip(idx, x.split([len(positions[i]) for i in idx]), strict=True):
-                out[i] = rows
+            for i, x in zip(batch.windows, rows, strict=True):
+                out[i] = x
         return out  # type: ignore[return-value]
 
     def run_block(self, block: list[tuple[int, Any]]) -> tuple[list[DocumentPlan], list[Any]]:

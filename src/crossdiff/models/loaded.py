@@ -88,8 +88,19 @@ class LoadedModel:
         """Index in 0..n_layers-1 from an int, a negative int or "middle" (= n_layers // 2)."""
         return resolve_layer(layer, self.n_layers, self.model_id)
 
-    def capture(self, input_ids: Tensor, attention_mask: Tensor | None, layer: int | str) -> Tensor:
+    def capture(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        layer: int | str,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
         """The residual stream after decoder layer ``layer``, shape (B, T, d_model).
+
+        ``position_ids`` (B, T), with ``attention_mask`` None, runs *packed* rows: where a
+        row's positions restart at 0 a new sequence begins, and transformers' mask builder
+        (``masking_utils.find_packed_sequence_indices``) then lets each token attend only
+        within its own sequence (see :func:`crossdiff.harvest.engine.packing_works`).
 
         Equal, bit for bit, to ``hidden_states[layer + 1]`` of a full forward with
         ``output_hidden_states=True`` for every layer but the last (transformers replaces the last
@@ -108,10 +119,17 @@ class LoadedModel:
         input_ids = input_ids.to(self.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
+        if position_ids is not None:
+            position_ids = position_ids.to(self.device)
         handle = self.layers[index].register_forward_hook(hook)
         try:
             with torch.no_grad():
-                self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                self.model(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    use_cache=False,
+                )
         except _EarlyExit:
             pass
         finally:
