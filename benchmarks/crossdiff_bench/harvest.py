@@ -300,8 +300,9 @@ def early_exit(lm: Any, layer: int, batches: list[Any]) -> dict[str, float]:
             )  # fmt: skip
         _sync(lm.device)
         t_full += time.perf_counter() - t0
-        ref = batch.gather(out.hidden_states[layer + 1]).float()
-        max_diff = max(max_diff, float((batch.gather(got).float() - ref).abs().max(initial=0)))
+        diff = batch.gather(got).float() - batch.gather(out.hidden_states[layer + 1]).float()
+        if diff.numel():
+            max_diff = max(max_diff, float(diff.abs().max()))
     return {"capture_s": t_capture, "full_s": t_full, "speedup": t_full / t_capture,
             "max_abs_diff": max_diff}  # fmt: skip
 

@@ -31,7 +31,7 @@ def test_throughput_times_each_models_own_batches(tiny_loaded) -> None:
     harvest's forward, padding is counted per model, and the limit runs the same tokens."""
     import argparse
 
-    from crossdiff_bench.harvest import _Doc, throughput
+    from crossdiff_bench.harvest import _Doc, early_exit, throughput
     from tiny import TRAINING_TEXT
 
     lm_a, lm_b = tiny_loaded("llama", "bpe"), tiny_loaded("qwen3", "unigram")
@@ -55,4 +55,6 @@ def test_throughput_times_each_models_own_batches(tiny_loaded) -> None:
             assert all(b.ids.numel() <= 4 * 32 or len(b.ids) == 1 for b in side)
             assert all((b.position_ids is None) == no_pack for b in side)
         padding[no_pack] = rounds[0]["padded"] / rounds[0]["tokens"]
+        e = early_exit(lm_a, 0, batches[0][:3])  # (the last layer's entry is the final norm)
+        assert e["max_abs_diff"] == 0.0 and e["capture_s"] > 0  # bit-exact, packed or not
     assert padding[False] < padding[True]  # packing pads less
