@@ -8,12 +8,14 @@ with padded batches instead, rows still exact.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from crossdiff.harvest import batches as batches_module
 from crossdiff.harvest import harvest
 from crossdiff.harvest.batches import (
     pack_rows,
@@ -116,6 +118,7 @@ def test_a_model_that_ignores_packing_gets_padded_batches(
         return real(lm_a, ids, mask, layer)  # positions dropped: one long sequence per row
 
     monkeypatch.setattr(lm_a, "capture", no_packing)
+    monkeypatch.setattr(batches_module, "_CHECKED", weakref.WeakKeyDictionary())  # verdicts kept
     assert not packing_works(lm_a, 0)
     corpus = write_corpus(tmp_path / "corpus.jsonl")
     sides = {}

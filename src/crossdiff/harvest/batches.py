@@ -21,8 +21,9 @@ GPT-OSS, whose transformers 5.24 model builds its masks without the position ids
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -249,8 +250,21 @@ def plan_batches(
     ]
 
 
+_CHECKED: weakref.WeakKeyDictionary[Any, dict[int, bool]] = weakref.WeakKeyDictionary()
+"""packing_works' verdicts by model (its transformers module) and layer: a model is checked
+once however many harvests it runs (a benchmark runs several)."""
+
+
 def packing_works(lm: LoadedModel, layer: int) -> bool:
-    """Whether ``lm`` runs packed rows as separate sequences (see the module docstring)."""
+    """Whether ``lm`` runs packed rows as separate sequences (see the module docstring); the
+    verdict is kept for the loaded model."""
+    verdicts = _CHECKED.setdefault(lm.model, {})
+    if layer not in verdicts:
+        verdicts[layer] = _check_packing(lm, layer)
+    return verdicts[layer]
+
+
+def _check_packing(lm: LoadedModel, layer: int) -> bool:
     import torch
 
     first, second = (lm.tokenizer(t)["input_ids"] for t in PACK_CHECK_TEXTS)

@@ -124,7 +124,10 @@ class Harvester:
         self.wall_seconds: float | None = None
         """Wall time of a distributed harvest (``timings.total`` sums the ranks' times)."""
         self._own_blocks: dict[int, dict[str, int]] = {}  # run_rank: block -> its counts
-        self._packs: dict[str, bool] = {}  # side -> packed (checked at its first block)
+        self._packs = {  # side -> its windows are packed
+            side: config.pack and packing_works(lm, layer)
+            for side, lm, layer in (("a", lm_a, self.layer_a), ("b", lm_b, self.layer_b))
+        }
 
     def manifest(self) -> Manifest:
         c = self.config
@@ -141,11 +144,9 @@ class Harvester:
         return list(rows.split(batch.counts))
 
     def packs(self, side: str) -> bool:
-        """Whether this side's windows are packed (``pack`` asked, and the model checked once
-        by :func:`~crossdiff.harvest.batches.packing_works`)."""
-        if side not in self._packs:
-            lm, layer = (self.lm_a, self.layer_a) if side == "a" else (self.lm_b, self.layer_b)
-            self._packs[side] = self.config.pack and packing_works(lm, layer)
+        """Whether this side's windows are packed: ``pack`` asked, and the model passed
+        :func:`~crossdiff.harvest.batches.packing_works` (checked when the harvester is
+        made, once per loaded model and layer)."""
         return self._packs[side]
 
     def capture_side(self, windows: list[Window], side: str) -> list[torch.Tensor]:
