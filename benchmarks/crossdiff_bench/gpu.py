@@ -434,6 +434,7 @@ def part_harvest(
     """Early exit bit-exact on ``device``; a harvest there, compared with the CPU's
     (``compare_with_cpu``, default: when ``device`` is not the CPU; the tests force it on CPU
     to exercise the comparison)."""
+    from crossdiff.harvest.batches import packing_works
     from crossdiff.models import load_model
 
     res = PartResult("harvest", device)
@@ -456,6 +457,9 @@ def part_harvest(
                 same,
                 f"max |diff| {diff:.3g} over {tuple(got.shape)}",
             )
+            # packed rows (the harvest's default) on this device: which models keep the
+            # windows apart (a model that does not is harvested with padded batches)
+            res.metrics[f"packs_{arch}_{dtype}"] = packing_works(lm, 0)
     corpus = _write_corpus(work / "corpus.jsonl")
     t0 = time.perf_counter()
     store = _harvest(models, corpus, work / f"store-{device}", device)

@@ -108,3 +108,6 @@ def test_harvest_comparison_across_devices_runs_on_cpu(tmp_path: Path) -> None:
     assert any(n.startswith("same pairs as on CPU") for n in names)
     assert "same activations as on CPU (within one bf16 rounding)" in names
     assert res.ok, [c for c in res.checks if not c.ok]
+    packs = {k: v for k, v in res.metrics.items() if k.startswith("packs_")}
+    assert packs == {"packs_llama_float32": True, "packs_qwen3_float32": True,
+                     "packs_gpt_oss_float32": False}  # fmt: skip
