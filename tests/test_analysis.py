@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from crossdiff.analysis import AnalysisConfig, analyze, load_analysis, show_feature
+from crossdiff.analysis import AnalysisConfig, analyze, load_analysis
 from crossdiff.analysis.ranking import band_order, rank_candidates, verdicts
 from crossdiff.analysis.streaming import (
     FeatureStats,
@@ -30,6 +30,7 @@ from crossdiff.cli import main as cli_main
 from crossdiff.crosscoder import Crosscoder, CrosscoderConfig
 from crossdiff.errors import CrossdiffError
 from crossdiff.paths import RunPaths
+from crossdiff.report import show_feature
 from crossdiff_bench.synthetic import (
     HOSTILE_TEXT,
     make_planted_run,

@@ -104,3 +104,48 @@ def test_no_module_level_import_cycles() -> None:
 def test_the_cycle_finder_finds_a_circle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+# ---- the stages' direction: a reader imports what it reads, never the other way -------------
+NOT_IMPORTED_BY: dict[str, tuple[str, ...]] = {
+    # the analysis is read by the interpret stage and the report; it imports neither
+    "crossdiff.analysis": ("crossdiff.interpret", "crossdiff.report"),
+    # the explanations are rendered by the report; the interpret stage does not import it
+    "crossdiff.interpret": ("crossdiff.report",),
+}
+
+
+def _all_imports(name: str, path: Path) -> set[str]:
+    """Every module ``path`` imports, deferred ones and TYPE_CHECKING ones included."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(name, path, node)
+            out.update({base} | {f"{base}.{a.name}" for a in node.names})
+    return out
+
+
+def test_packages_import_only_the_stages_they_read() -> None:
+    mods = _modules()
+    wrong = sorted(
+        f"{name} imports {imported}"
+        for package, banned in NOT_IMPORTED_BY.items()
+        for name, path in mods.items()
+        if name == package or name.startswith(package + ".")
+        for imported in _all_imports(name, path)
+        if any(imported == b or imported.startswith(b + ".") for b in banned)
+    )
+    assert wrong == []
+
+
+def test_the_moved_report_names_are_still_found_where_they_were() -> None:
+    import crossdiff
+    import crossdiff.analysis
+    import crossdiff.report
+
+    for name in ("build_report", "render_report", "show_feature", "format_feature"):
+        assert getattr(crossdiff.analysis, name) is getattr(crossdiff.report, name)
+    assert crossdiff.build_report is crossdiff.report.build_report
+    assert crossdiff.show_feature is crossdiff.report.show_feature

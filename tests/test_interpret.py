@@ -27,14 +27,7 @@ import torch
 from crossdiff.analysis import AnalysisConfig, analyze
 from crossdiff.cli import main as cli_main
 from crossdiff.errors import CrossdiffError
-from crossdiff.interpret import (
-    InterpretConfig,
-    interpret,
-    interpret_html,
-    interpret_lines,
-    parse_spec,
-    stage,
-)
+from crossdiff.interpret import InterpretConfig, interpret, parse_spec, stage
 from crossdiff.interpret.llm import parse_categories, parse_explanation, parse_probabilities
 from crossdiff.interpret.samples import (
     BACKGROUND,
@@ -48,6 +41,7 @@ from crossdiff.interpret.samples import (
 )
 from crossdiff.interpret.scores import auroc, score, wilson
 from crossdiff.paths import RunPaths
+from crossdiff.report import interpret_html, interpret_lines
 from crossdiff_bench.synthetic import WORDS, planted_crosscoder, write_synthetic_store
 
 D_A, D_B = 16, 12

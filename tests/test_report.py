@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crossdiff.analysis import AnalysisConfig, analyze, build_report
-from crossdiff.analysis.report import render_report
+from crossdiff.analysis import AnalysisConfig, analyze
 from crossdiff.analysis.results import load_analysis
 from crossdiff.cli import main as cli_main
 from crossdiff.errors import CrossdiffError
 from crossdiff.paths import RunPaths
+from crossdiff.report import build_report, render_report
 from crossdiff.steering.result import ModelSteering, SteeringResult
 from crossdiff_bench.synthetic import make_planted_run
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from crossdiff.analysis import AnalysisConfig, analyze, build_report
-from crossdiff.analysis.report import steering_html
+from crossdiff.analysis import AnalysisConfig, analyze
 from crossdiff.analysis.results import AnalysisResult
 from crossdiff.cli import main
 from crossdiff.crosscoder import Crosscoder
@@ -27,6 +26,7 @@ from crossdiff.interpret.results import InterpretResult
 from crossdiff.paths import RunPaths
 from crossdiff.recurrence import compare
 from crossdiff.recurrence.comparison import RecurrenceResult
+from crossdiff.report import build_report, steering_html
 from crossdiff.steering.result import SteeringResult
 from crossdiff.store import ActivationStore
 from crossdiff_bench.synthetic import planted_activations, write_synthetic_store
@@ -165,7 +165,7 @@ def test_a_damaged_steering_file_is_named(tmp_path: Path) -> None:
 
 
 def test_a_damaged_steering_file_shows_as_a_note_in_the_report(run: Path, tmp_path: Path) -> None:
-    from crossdiff.analysis.report import render_report
+    from crossdiff.report import render_report
 
     paths = RunPaths(run)
     feature = paths.steered_features()[0]

@@ -148,7 +148,7 @@ def test_steer_with_nulls(run_dir, tiny_loaded, fixed_nulls):  # noqa: F811
     back.pop("plot"), now.pop("plot")  # the plot's name is not read back (as before)
     assert back == now
     assert "evidence A:" in result.table(width=100)
-    from crossdiff.analysis.report import steering_html
+    from crossdiff.report import steering_html
 
     html = steering_html(data)
     assert f"Verdict A: {result.verdict}" in html
@@ -177,7 +177,7 @@ def test_version_1_files_still_load(run_dir, tiny_loaded, tmp_path):  # noqa: F8
     old = SteeringResult.load(path)
     assert old.verdict is None and old.model("a").coherence is None
     assert "evidence" not in old.table(width=100)
-    from crossdiff.analysis.report import steering_html
+    from crossdiff.report import steering_html
 
     assert "verdict" not in steering_html(data)
 

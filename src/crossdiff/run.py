@@ -303,7 +303,7 @@ def _stage_steer(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
 
 
 def _stage_report(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
-    from crossdiff.analysis import build_report
+    from crossdiff.report import build_report
 
     build_report(paths.root)
     return "done"

@@ -69,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossdiff.analysis.show import safe_text
     from crossdiff.interpret import interpret
+    from crossdiff.textsafe import safe_text
 
     config = options().build(args)
     res = interpret(args.run, config)

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossdiff.analysis import build_report
+    from crossdiff.report import build_report
 
     path = build_report(
         args.run, out=args.out, max_features=args.max_features, examples=args.examples

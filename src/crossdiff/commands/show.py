@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossdiff.analysis import show_feature
     from crossdiff.errors import CrossdiffError
+    from crossdiff.report import show_feature
 
     try:
         feature = int(args.feature)

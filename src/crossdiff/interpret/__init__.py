@@ -13,6 +13,10 @@ from crossdiff.interpret import InterpretConfig, interpret, load_interpretations
 interpret("runs/x", InterpretConfig(max_features=20))
 load_interpretations("runs/x").table     # pyarrow, one row per explained feature
 ```
+
+The explanations in the report and in ``crossdiff show`` (``interpret_html``,
+``interpret_lines``) belong to the report package, which reads RUN/interpret/: this package
+reads the analysis, writes RUN/interpret/ and imports nothing that renders it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from crossdiff.interpret.backends import Explanation, parse_spec
 from crossdiff.interpret.config import HARM_CATEGORIES, INTERPRETABLE_AT, InterpretConfig
 from crossdiff.interpret.pipeline import interpret
 from crossdiff.interpret.results import InterpretResult, has_interpretations, load_interpretations
-from crossdiff.interpret.views import interpret_html, interpret_lines, stage
+from crossdiff.interpret.stage import stage
 
 __all__ = [
     "HARM_CATEGORIES",
@@ -31,8 +35,6 @@ __all__ = [
     "InterpretResult",
     "has_interpretations",
     "interpret",
-    "interpret_html",
-    "interpret_lines",
     "load_interpretations",
     "parse_spec",
     "stage",

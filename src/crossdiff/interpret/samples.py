@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from crossdiff.errors import CrossdiffError
+from crossdiff.textsafe import safe_text
 
 MARK_OPEN, MARK_CLOSE = "<<", ">>"
 CHUNK = re.compile(r"\w+|[^\w\s]")
@@ -84,8 +85,6 @@ class Context:
 
     def marked(self) -> str:
         """The context with its token marked <<like this>> (control characters made visible)."""
-        from crossdiff.analysis.show import safe_text
-
         pre, tok, post = safe_text(self.pre), safe_text(self.tok), safe_text(self.post)
         return f"{pre}{MARK_OPEN}{tok}{MARK_CLOSE}{post}"
 

@@ -1,8 +1,9 @@
-"""The explanations in the report, in ``crossdiff show``, and as a ``crossdiff run`` stage.
+"""The explanations in the report and in ``crossdiff show``.
 
 Each view returns nothing (an empty string or list) when the run has no explanations yet, so
 the report and ``show`` can always call it. Explanations are model output: in HTML every
-value goes through :func:`html.escape`; in the terminal, control characters are made visible.
+value goes through :func:`~crossdiff.report.html.e`; in the terminal, control characters are
+made visible (:func:`crossdiff.textsafe.safe_text`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 from crossdiff.interpret.results import has_interpretations, load_interpretations
 from crossdiff.paths import RunPaths
+from crossdiff.report.html import e, num_td
+from crossdiff.textsafe import safe_text
 
 
 def _ci(row: dict[str, Any], name: str) -> str:
@@ -26,8 +29,6 @@ def interpret_html(run: str | Path) -> str:
     """An HTML section listing every explained feature: a sortable, filterable table (the
     report's own script sorts ``table.sortable`` and filters ``.filter`` boxes), flagged
     features first. Empty string when there are no explanations."""
-    from crossdiff.analysis.report import _num_td, e
-
     root = RunPaths.containing(run).root
     if not has_interpretations(root):
         return ""
@@ -46,7 +47,7 @@ def interpret_html(run: str | Path) -> str:
         link = f'<a href="#f-{i}">{i}</a>' if r["klass"] in ("A", "B") else str(i)
         det = r["detection"]
         body.append(
-            f'<tr data-verdict="{e(status)}">{_num_td(k + 1)}'
+            f'<tr data-verdict="{e(status)}">{num_td(k + 1)}'
             f'<td class="num" data-v="{i}">{link}</td>'
             f'<td class="model-{e(r["side"])}">{e(r["klass"])}</td>'
             f'<td class="snippet">{e(r["explanation"])}'
@@ -57,7 +58,7 @@ def interpret_html(run: str | Path) -> str:
             )
             + f'</td><td class="num" data-v="{e("" if not math.isfinite(det) else repr(det))}">'
             f"{e(_ci(r, 'detection'))}</td>"
-            f"{_num_td(r['auroc'], 2)}"
+            f"{num_td(r['auroc'], 2)}"
             f'<td class="num" data-v="{e(_v(r["fuzzing"]))}">{e(_ci(r, "fuzzing"))}</td>'
             f"<td>{e(', '.join(r['harm_categories']) or '–')}</td>"
             f'<td class="note">{e(r["parse_status"])}'
@@ -98,8 +99,6 @@ def _v(x: Any) -> str:
 def interpret_lines(run: str | Path, feature: int) -> list[str]:
     """Lines for ``crossdiff show`` (indented like its other lines); [] when the feature was
     not explained."""
-    from crossdiff.analysis.show import safe_text
-
     root = RunPaths.containing(run).root
     if not has_interpretations(root):
         return []
@@ -127,30 +126,3 @@ def interpret_lines(run: str | Path, feature: int) -> list[str]:
         + f"  [{row['explainer']} / {row['judge']}]"
     )
     return lines
-
-
-def stage(cfg_dict: dict[str, Any] | None, run_root: str | Path, progress: bool) -> str:
-    """A ``crossdiff run`` stage: interpret with these settings unless RUN/interpret already
-    holds the result of the same settings (LLM replies are cached either way)."""
-    import json
-
-    from crossdiff.interpret.config import InterpretConfig
-    from crossdiff.interpret.pipeline import interpret
-
-    data = dict(cfg_dict or {})
-    data.setdefault("progress", progress)
-    data["progress"] = bool(progress and data["progress"])
-    config = InterpretConfig.from_dict(data)
-    if has_interpretations(run_root):
-        old = load_interpretations(run_root).meta.get("config", {})
-        new = json.loads(json.dumps(config.to_dict()))
-        old.pop("progress", None)
-        new.pop("progress", None)
-        if old == new:
-            return "skipped (complete)"
-    res = interpret(run_root, config)
-    c = res.meta["counts"]
-    return (
-        f"done ({c['features']} features, {c['interpretable']} interpretable, "
-        f"{c['flagged']} flagged)"
-    )

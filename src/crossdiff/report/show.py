@@ -20,25 +20,11 @@ from crossdiff.analysis.ranking import verdict_reason
 from crossdiff.analysis.results import AnalysisResult, load_analysis
 from crossdiff.errors import CrossdiffError
 from crossdiff.paths import RunPaths
+from crossdiff.report.explanations import interpret_lines
+from crossdiff.textsafe import safe_text
 
 _MARK_ANSI = ("\x1b[7m", "\x1b[0m")
 _MARK_PLAIN = ("[[", "]]")
-
-
-def safe_text(text: str) -> str:
-    """Replace control characters (ESC, CR, ...) by visible symbols; keep newlines as ⏎."""
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if ch == "\n":
-            out.append("⏎")
-        elif ch == "\t":
-            out.append("⇥")
-        elif code < 32 or code == 127 or 0x80 <= code < 0xA0:
-            out.append(f"\\x{code:02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -107,8 +93,6 @@ def format_feature(
     """The terminal text for one feature."""
     f = result.feature(feature)
     lines = _stat_lines(f, result.meta)
-    from crossdiff.interpret import interpret_lines
-
     lines += interpret_lines(run, feature) if run is not None else []
     from crossdiff.recurrence import recurrence_lines
 
