@@ -56,8 +56,14 @@ Activations = Callable[[int, int, np.random.Generator], tuple[torch.Tensor, torc
 """(document index, number of rows, rng) -> (x_a, x_b) for that document's rows."""
 
 
-def synthetic_manifest(d_a: int, d_b: int, *, name: str = "synthetic") -> Manifest:
-    """A manifest for two made-up models of widths d_a and d_b."""
+def synthetic_manifest(
+    d_a: int, d_b: int, *, name: str = "synthetic", one_vocabulary: bool = False
+) -> Manifest:
+    """A manifest for two made-up models of widths d_a and d_b. Their tokenizers differ: B's
+    vocabulary also holds the ``<bos>`` it renders before every text; ``one_vocabulary``:
+    the same vocabulary (the same tokens, though recorded under another hash, as a fine-tune
+    whose saved tokenizer carries other padding settings)."""
+    vocab = {"a": len(WORDS), "b": len(WORDS) + (0 if one_vocabulary else 1)}
 
     def info(side: str, d: int) -> ModelInfo:
         return ModelInfo(
@@ -69,7 +75,7 @@ def synthetic_manifest(d_a: int, d_b: int, *, name: str = "synthetic") -> Manife
             n_layers=2,
             d_model=d,
             dtype="float32",
-            tokenizer=TokenizerInfo(name=f"{name}-{side}", vocab_size=len(WORDS), hash=side),
+            tokenizer=TokenizerInfo(name=f"{name}-{side}", vocab_size=vocab[side], hash=side),
         )
 
     return Manifest(
@@ -119,18 +125,22 @@ def write_synthetic_store(
     shard_rows: int = 16384,
     seed: int = 0,
     progress: bool = False,
+    one_vocabulary: bool = False,
 ) -> ActivationStore:
     """Write a store of ``n_docs`` documents, one row per word (about ``words_per_doc`` each).
 
     ``texts`` overrides the text of chosen documents (e.g. hostile HTML); a document's rows are
     its words, paired at each word's end; model A renders the text as is, model B with the
     prefix ``<bos>`` (so B's spans are shifted). ``activations(doc, n, rng)`` gives (x_a, x_b) for
-    document ``doc``'s n rows (default: Gaussian).
+    document ``doc``'s n rows (default: Gaussian). ``one_vocabulary``: see
+    :func:`synthetic_manifest`.
     """
     rng = np.random.default_rng(seed)
     texts = texts or {}
     make = activations or gaussian_activations(d_a, d_b)
-    store = ActivationStore.create(path, synthetic_manifest(d_a, d_b))
+    store = ActivationStore.create(
+        path, synthetic_manifest(d_a, d_b, one_vocabulary=one_vocabulary)
+    )
     bar = None
     if progress:
         from tqdm import tqdm

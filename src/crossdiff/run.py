@@ -434,7 +434,9 @@ def summarize(out: str | Path, examples_per_model: int = 3) -> str:
         c = (meta.get("classes") or {}).get(klass) or {}
         if c:
             lines.append(
-                f"{klass} candidates: {c.get('confirmed', 0)} confirmed, {c.get('untested', 0)} "
+                f"{klass} candidates: {c.get('confirmed', 0)} confirmed, "
+                + (f"{c['conditional']} conditional, " if c.get("conditional") else "")
+                + f"{c.get('untested', 0)} "
                 f"too rare to judge, {c.get('tokenization', 0)} tokenization, "
                 f"{c.get('twin', 0)} twins, {c.get('refuted', 0)} refuted"
             )

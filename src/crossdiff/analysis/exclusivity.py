@@ -32,12 +32,23 @@ when j fires; near 1, the low decoder norm was a sparsity artifact. Cross-archit
 model's direction is the crosscoder's own decoder row for that model (the residual spaces
 differ, so one direction cannot serve both as in the same-architecture original).
 
+**Output check (DFC, shared basis).** A DFC exclusive feature has no decoder row in the other
+model, but when both models share one residual basis (a model and its own fine-tune:
+:func:`same_residual_basis`) the other model can be read along the feature's own direction:
+``beta_other / beta_own`` near 0 says the other model does not carry what the feature writes
+when it fires. Cross-model prediction and this ratio answer different questions: the first
+whether the other model sees *when* the feature fires, the second whether it has what the
+feature *does*. A behaviour that a fine-tune conditioned on a concept both models see
+(praise for one brand) is predicted by the first and absent by the second; ranking.py gives it
+the verdict 'conditional'.
+
 Everything is streamed: moments are float64 (d x d), the scoring keeps per-feature sums.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -312,10 +323,47 @@ def _kw(t: torch.Tensor) -> dict:
     return {"dtype": torch.float64, "device": t.device}
 
 
+def same_tokenization(manifest: Any) -> bool:
+    """Whether a store's two models tokenize alike: the same tokenizer definition, or the same
+    vocabulary size and, in every shard, the same number of content tokens for both models
+    (what one tokenizer gives; two different ones almost never agree over a whole store). The
+    second test matters for fine-tunes: a saved tokenizer can carry runtime padding or
+    truncation settings that change its recorded hash, not its tokens."""
+    a, b = manifest.model_a.tokenizer, manifest.model_b.tokenizer
+    if a.hash == b.hash:
+        return True
+    shards = manifest.shards
+    return (
+        a.vocab_size == b.vocab_size
+        and bool(shards)
+        and all(s.content_tokens_a == s.content_tokens_b for s in shards)
+    )
+
+
+def same_residual_basis(manifest: Any) -> bool:
+    """Whether a store's two models share one residual basis: the same tokenization, width,
+    depth and layer, as a model and its own fine-tune or update have (fine-tuning moves
+    weights, not the basis). Then a direction of one model can be read in the other as it is."""
+    a, b = manifest.model_a, manifest.model_b
+    return (
+        a.d_model == b.d_model
+        and a.n_layers == b.n_layers
+        and a.layer == b.layer
+        and same_tokenization(manifest)
+    )
+
+
 class LatentScaling:
     """Streaming latent scaling (Minder et al. 2025) for candidate features, both models."""
 
-    def __init__(self, cc: Crosscoder, feats: torch.Tensor, own: list[str]) -> None:
+    def __init__(
+        self, cc: Crosscoder, feats: torch.Tensor, own: list[str], *, shared_basis: bool = False
+    ) -> None:
+        """``shared_basis``: the two models' residual streams share one basis (a model and its
+        own fine-tune: :func:`same_residual_basis`), so the other model's activation is read
+        along the feature's *own* decoder direction. That is what a DFC exclusive feature,
+        which has no decoder row in the other model, is measured by: does the other model
+        carry what this feature writes, when it fires?"""
         dev = cc.b_enc.device
         self.cc = cc
         self.feats = feats.to(dev)
@@ -335,6 +383,12 @@ class LatentScaling:
                 norm = rows.norm(dim=1)
                 self.dec_norm[m] = norm
                 self.dec[m] = rows / norm.clamp_min(1e-12)[:, None]
+            if shared_basis:  # the other model read along the own direction
+                own_a = self.own_is_a[:, None]
+                self.dec["a"], self.dec["b"] = (
+                    torch.where(own_a, self.dec["a"], self.dec["b"]),
+                    torch.where(own_a, self.dec["a"], self.dec["b"]),
+                )
         kw = {"dtype": torch.float64, "device": dev}
         self.sum_f2 = torch.zeros(self.n_cand, **kw)
         self.sum_fe = {m: torch.zeros(self.n_cand, **kw) for m in ("a", "b")}

@@ -35,7 +35,12 @@ from crossdiff.analysis.check import fold_of, probe_masks, run_check, run_crossf
 from crossdiff.analysis.config import AnalysisConfig
 from crossdiff.analysis.encoding import encode_batch
 from crossdiff.analysis.examples import examples_table
-from crossdiff.analysis.exclusivity import CrossMoments, LatentScaling
+from crossdiff.analysis.exclusivity import (
+    CrossMoments,
+    LatentScaling,
+    same_residual_basis,
+    same_tokenization,
+)
 from crossdiff.analysis.metadata import build_meta
 from crossdiff.analysis.ranking import (
     exclusivity_score,
@@ -97,6 +102,9 @@ class PassState:
     sample: PerFeatureTopK
     moments: CrossMoments
     latent: LatentScaling | None
+    output_check: bool = False
+    """``latent`` reads a DFC's exclusive features in a shared basis (exclusivity.py: the
+    output check), which can turn 'refuted' into 'conditional'."""
     descriptors: RowDescriptors | None = None
     fold_moments: list[CrossMoments] = field(default_factory=list)
     twins: TwinStats | None = None
@@ -175,15 +183,17 @@ def _first_pass(
     f = cc.config.n_features
     cand = torch.as_tensor(np.flatnonzero(klass != "S"), dtype=torch.long)
     latent = None
-    if standard and len(cand):
+    shared_basis = not standard and same_residual_basis(store.manifest)
+    if (standard or shared_basis) and len(cand):
         own = ["a" if klass[i] == "A" else "b" for i in cand.tolist()]
-        latent = LatentScaling(cc, cand, own)
+        latent = LatentScaling(cc, cand, own, shared_basis=shared_basis)
     state = PassState(
         stats=FeatureStats(f, dev),
         top=PerFeatureTopK(f, config.top_n, device=dev),
         sample=PerFeatureTopK(f, config.sample_size, score_dtype=torch.int64, device=dev),
         moments=CrossMoments(cc.config.d_a, cc.config.d_b, dev),
         latent=latent,
+        output_check=latent is not None and shared_basis,
         descriptors=RowDescriptors(store),
         internal_mass=torch.zeros(f, dtype=torch.float64, device=dev),
         role_mass=torch.zeros(len(ROLES), f, dtype=torch.float64, device=dev),
@@ -354,8 +364,7 @@ def tokenization_columns(
         np.nan_to_num(cross, nan=-1.0) >= config.exclusive_max_r2
     )
     flag = by_share | by_regression
-    man = store.manifest
-    same_tokenizer = man.model_a.tokenizer.hash == man.model_b.tokenizer.hash
+    same_tokenizer = same_tokenization(store.manifest)
     if same_tokenizer:
         flag = np.zeros(f, dtype=bool)
     state.tokenization_info = {
@@ -510,8 +519,11 @@ def _feature_columns(
         config,
         tokenization=tok["tokenization"],
         twin=twin_of >= 0,
+        output_check=state.output_check,
     )
     score = np.where(exclusive & alive, exclusivity_score(cross_r2, ls_for_check), np.nan)
+    # 'conditional': the other model predicts when it fires, so its score is its output's
+    score = np.where(verdict == "conditional", 1.0 - np.clip(ls_for_check, 0.0, 1.0), score)
     score = np.where(verdict == "untested", np.nan, score)  # too rare to judge: no score
     recurs = _recurrence(paths, f)
     rank = rank_candidates(klass, verdict, score, freq, mean_act, alive & ~near_dead, recurs)

@@ -4,7 +4,10 @@ The auditor's time is the scarce resource, so each model's exclusive candidates 
 documented, reproducible order (``rank`` 1, 2, ... within the model; 0 = not ranked):
 
 1. **Verdict**: 'confirmed' (the other model does not predict the feature, and tokenization
-   does not explain it) first, then 'untested' (too few activations in the store to judge),
+   does not explain it) first, then 'conditional' (a DFC feature of a pair that shares one
+   residual basis, such as a model and its fine-tune: the other model predicts *when* it
+   fires but does not carry what it writes: a behaviour on a trigger both models see;
+   exclusivity.py's output check), then 'untested' (too few activations in the store to judge),
    then the candidates that are probably not concepts exclusive to one model: 'twin' (an
    exclusive feature of the other model fires on the same rows: one shared concept split in
    two), 'tokenization' (a tokenizer artifact: mostly at word-internal positions, or explained
@@ -12,7 +15,8 @@ documented, reproducible order (``rank`` 1, 2, ... within the model; 0 = not ran
 2. **Recurrence** (when ``crossdiff compare`` has run before the analysis): found again in
    more of the run's other crosscoders first (``recurs``; docs/recurrence.md).
 3. **Exclusivity score**, in steps of 0.1 (1 - the larger of the cross-model R^2 and, for
-   standard crosscoders, the latent scaling ratio, clipped to [0, 1]); higher first.
+   standard crosscoders, the latent scaling ratio, clipped to [0, 1]; for 'conditional',
+   1 - the output ratio); higher first.
 4. **Frequency band** (decades): 0.1-1% first (enough examples, specific), then 1-10%,
    0.01-0.1%, >= 10% (dense features are rarely interpretable), then rarer decades.
 5. **Activation strength**: mean activation when active, higher first.
@@ -28,8 +32,8 @@ import numpy as np
 
 from crossdiff.analysis.config import AnalysisConfig
 
-VERDICTS = ("confirmed", "untested", "twin", "tokenization", "refuted")
-CONCEPT_VERDICTS = ("confirmed", "untested")
+VERDICTS = ("confirmed", "conditional", "untested", "twin", "tokenization", "refuted")
+CONCEPT_VERDICTS = ("confirmed", "conditional", "untested")
 """Verdicts of candidates that may be concepts exclusive to their model (steered by the run)."""
 # decade (floor(log10 f)) -> review order; unlisted (rarer) decades come after, rarest last
 _BAND_ORDER = {-3: 0, -2: 1, -4: 2, -1: 3, 0: 3}
@@ -67,11 +71,15 @@ def verdicts(
     config: AnalysisConfig,
     tokenization: np.ndarray | None = None,
     twin: np.ndarray | None = None,
+    output_check: bool = False,
 ) -> np.ndarray:
     """A verdict for each exclusive candidate (see the module docstring), '' for the rest.
 
     ``tokenization`` (bool) flags tokenizer artifacts, ``twin`` (bool) features with a twin;
-    precedence: refuted > twin > tokenization > confirmed / untested."""
+    precedence: refuted > twin > tokenization > confirmed / untested. ``output_check``:
+    ``ls_ratio`` is the DFC output check (exclusivity.py, shared basis), and a candidate the
+    other model predicts but whose output it lacks (ratio below ``latent_scaling_max``) is
+    'conditional' rather than refuted."""
     out = np.full(exclusive.shape[0], "", dtype=object)
     tested = exclusive & (test_active >= config.min_test_active) & np.isfinite(cross_r2)
     refuted_r2 = tested & (cross_r2 >= config.exclusive_max_r2)
@@ -83,6 +91,9 @@ def verdicts(
     if twin is not None:
         out[exclusive & twin] = "twin"
     out[refuted_r2 | refuted_ls] = "refuted"
+    if output_check:
+        measured = np.isfinite(ls_ratio) & (ls_ratio < config.latent_scaling_max)
+        out[refuted_r2 & ~refuted_ls & measured] = "conditional"
     return out
 
 
@@ -157,7 +168,15 @@ def verdict_reason(f: dict, min_test_active: int = 10) -> str:
                 f"{num('cross_r2'):.2f})"
             )
         return "tokenizer artifact: " + ", ".join(parts)
+    if v == "conditional":
+        return (
+            f"the other model predicts when it fires (R² {num('cross_r2'):.2f}) but does not "
+            f"carry what it writes (output ratio {num('ls_ratio'):.2f}): a behaviour on a "
+            "trigger both models see"
+        )
     if v == "refuted":
+        if math.isfinite(num("ls_ratio")) and num("ls_ratio") >= 0.5 > num("cross_r2"):
+            return f"the other model carries its direction: ratio {num('ls_ratio'):.2f}"
         return f"the other model predicts it: held-out R² {num('cross_r2'):.2f}"
     if v == "confirmed":
         return (

@@ -50,7 +50,8 @@ FEATURE_COLUMNS: dict[str, str] = {
     "candidates and sampled shared controls; NaN otherwise)",
     "test_active": "activations among the check's scored rows (all rows when cross-fitted)",
     "check_side": "'a': the A-part was predicted from B; 'b': the B-part from A",
-    "ls_beta_own": "latent scaling beta for the model it is exclusive to (standard only)",
+    "ls_beta_own": "latent scaling beta for the model it is exclusive to (standard crosscoders; "
+    "DFC on a pair sharing one residual basis: the output check)",
     "ls_beta_other": "latent scaling beta for the other model",
     "ls_ratio": "ls_beta_other / ls_beta_own",
     "tok_r2": "R^2 of the activation on descriptors of the tokenization alone (token lengths, "
@@ -74,8 +75,9 @@ FEATURE_COLUMNS: dict[str, str] = {
     "twin_corr": "the largest activation correlation with a feature of the other exclusive block",
     "exclusivity": "1 - max(cross_r2, ls_ratio) clipped to [0, 1]; NaN when untested",
     "verdict": "exclusive candidates: 'confirmed' (not predicted by the other model, not "
-    "tokenization), 'untested' (too rare to judge), 'twin', 'tokenization' or 'refuted'; "
-    "'' otherwise",
+    "tokenization), 'conditional' (DFC, one residual basis: the other model predicts when it "
+    "fires but does not carry its output), 'untested' (too rare to judge), 'twin', "
+    "'tokenization' or 'refuted'; '' otherwise",
     "recurs": "how many of the run's other crosscoders found this exclusive feature again "
     "(crossdiff compare, run before analyze; -1: unknown)",
     "rank": "review order within the model's exclusive list (1 = first; 0 = not ranked)",

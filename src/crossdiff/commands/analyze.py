@@ -95,7 +95,8 @@ def summary(result) -> str:
         lines.append(
             f"  {c}-exclusive candidates: {k['size']:,} ({k['alive']:,} alive, "
             f"{k['reviewable']:,} reviewable): {k['confirmed']:,} confirmed, "
-            f"{k['untested']:,} untested, {k['refuted']:,} refuted by the other model"
+            + (f"{k['conditional']:,} conditional, " if k.get("conditional") else "")
+            + f"{k['untested']:,} untested, {k['refuted']:,} refuted by the other model"
         )
     chk = m.get("check", {})
     for key in ("skipped", "warning"):

@@ -38,7 +38,8 @@ def summary_html(meta: dict[str, Any]) -> str:
         check_rows.append(
             f'<tr><td class="model-{c.lower()}">{e(c)}-exclusive candidates</td>'
             f"{num_td(k.get('size'))}{num_td(k.get('alive'))}{num_td(k.get('reviewable'))}"
-            f"{num_td(k.get('confirmed'))}{num_td(k.get('untested'))}"
+            f"{num_td(k.get('confirmed'))}{num_td(k.get('conditional', 0))}"
+            f"{num_td(k.get('untested'))}"
             f"{num_td(k.get('tokenization', 0))}{num_td(k.get('twin', 0))}"
             f"{num_td(k.get('refuted'))}</tr>"
         )
@@ -51,7 +52,8 @@ def summary_html(meta: dict[str, Any]) -> str:
         "</th><th>size</th><th>alive</th><th>near-dead</th><th>activations</th></tr></thead>"
         "<tbody>" + "".join(part_rows) + "</tbody></table></div>"
         "<div><h3>Exclusivity check</h3><table><thead><tr><th></th><th>candidates</th>"
-        "<th>alive</th><th>reviewable</th><th>confirmed</th><th>too rare</th><th>tokenization</th>"
+        "<th>alive</th><th>reviewable</th><th>confirmed</th><th>conditional</th><th>too rare</th>"
+        "<th>tokenization</th>"
         "<th>twin</th><th>refuted</th>"
         "</tr></thead><tbody>"
         + "".join(check_rows)
