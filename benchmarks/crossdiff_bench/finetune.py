@@ -259,25 +259,20 @@ def write_chats(prompts: list[Prompt], path: Path) -> None:
 def harvest_store(
     cfg: FinetuneBenchConfig, corpus: str, out: Path, models: tuple, tokens: int | None
 ) -> Any:
-    """Harvest ``corpus`` into ``out`` through :func:`crossdiff.harvest` (resumable)."""
-    from crossdiff.harvest import HarvestConfig, harvest
+    """Harvest ``corpus`` into ``out`` (resumable), at the bench's layers and sizes."""
+    from crossdiff_bench.planted import harvest_loaded
 
-    lm_a, lm_b = models
-    config = HarvestConfig(
-        model_a=lm_a.spec,
-        model_b=lm_b.spec,
-        corpus=corpus,
-        out=str(out),
+    return harvest_loaded(
+        models,
+        corpus,
+        out,
         layer_a=cfg.layer_a,
         layer_b=cfg.layer_b,
         tokens=tokens,
         max_seq_len=cfg.max_seq_len,
         batch_size=cfg.harvest_batch,
-        dtype="float32",
-        device="cpu",
         progress=cfg.progress,
     )
-    return harvest(config, models=models)
 
 
 # ------------------------------------------------------------------------------------------

@@ -220,27 +220,39 @@ def write_exact(content: str, path: Path) -> None:
     tmp.replace(path)
 
 
-def harvest_docs(
-    cfg: PlantedConfig, docs: list[PlantedDoc], out: Path, corpus: Path, models: tuple
-) -> Any:
-    """Harvest ``docs`` into the store ``out`` through :func:`crossdiff.harvest` (resumable)."""
+def harvest_loaded(models: tuple, corpus: str, out: Path, **settings: Any) -> Any:
+    """Harvest ``corpus`` into the store ``out`` through :func:`crossdiff.harvest` (resumable),
+    with both models already loaded, in float32 on the CPU, as the planted and fine-tune
+    benches run them; ``settings``: further :class:`~crossdiff.harvest.HarvestConfig` fields."""
     from crossdiff.harvest import HarvestConfig, harvest
 
-    write_corpus(docs, corpus)
     lm_a, lm_b = models
     config = HarvestConfig(
         model_a=lm_a.spec,
         model_b=lm_b.spec,
-        corpus=str(corpus),
+        corpus=corpus,
         out=str(out),
-        max_seq_len=256,
-        batch_size=cfg.harvest_batch,
         dtype="float32",
         device="cpu",
+        **settings,
+    )
+    return harvest(config, models=models)
+
+
+def harvest_docs(
+    cfg: PlantedConfig, docs: list[PlantedDoc], out: Path, corpus: Path, models: tuple
+) -> Any:
+    """Harvest ``docs`` into the store ``out`` (resumable)."""
+    write_corpus(docs, corpus)
+    store = harvest_loaded(
+        models,
+        str(corpus),
+        out,
+        max_seq_len=256,
+        batch_size=cfg.harvest_batch,
         shard_rows=65536,
         progress=cfg.progress,
     )
-    store = harvest(config, models=models)
     if store.n_documents != len(docs):
         raise CrossdiffError(
             f"store {out} holds {store.n_documents} documents, expected {len(docs)}; delete it "
