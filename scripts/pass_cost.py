@@ -2,7 +2,7 @@
 
 Times ``LoadedModel.capture`` to the middle layer for a few batch shapes, so the cost of a pass
 that a smaller batch does not shrink (streaming the weights) can be read off: the
-``harvest.engine.FORWARD_COST_TOKENS`` that decides how the harvest groups short windows.
+``harvest.batches.FORWARD_COST_TOKENS`` that decides how the harvest groups short windows.
 Usage: ``HF_HUB_OFFLINE=1 python scripts/pass_cost.py [model]`` (default: the built-in SmolLM2).
 """
 

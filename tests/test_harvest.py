@@ -420,7 +420,7 @@ def test_default_pair_real_models(tmp_path: Path) -> None:
 
 
 def test_token_batches_cover_every_window_once_within_the_budget() -> None:
-    from crossdiff.harvest.engine import token_batches
+    from crossdiff.harvest.batches import token_batches
 
     rng = np.random.default_rng(0)
     lengths = [int(n) for n in rng.integers(1, 257, size=200)] + [300]  # one over the budget
@@ -442,7 +442,7 @@ def test_token_batches_cover_every_window_once_within_the_budget() -> None:
 def test_token_batches_pad_little_and_save_passes() -> None:
     """Short windows share passes without padding much: the cuts minimize padded tokens plus a
     fixed cost per pass, so they beat both one pass per length and greedy filling."""
-    from crossdiff.harvest.engine import FORWARD_COST_TOKENS, token_batches
+    from crossdiff.harvest.batches import FORWARD_COST_TOKENS, token_batches
 
     rng = np.random.default_rng(1)
     lengths = [256] * 40 + [int(n) for n in rng.integers(20, 256, size=120)]

@@ -24,15 +24,11 @@ import numpy as np
 
 from crossdiff.errors import CrossdiffError
 from crossdiff.harvest.batches import (
-    FORWARD_COST_TOKENS as FORWARD_COST_TOKENS,  # re-exported: its home is harvest.batches
-)
-from crossdiff.harvest.batches import (
     ForwardBatch,
     packing_works,
     padded_batch,
     plan_batches,
 )
-from crossdiff.harvest.batches import token_batches as token_batches
 from crossdiff.harvest.config import (
     REASON_CORPUS,
     REASON_DOCS,
