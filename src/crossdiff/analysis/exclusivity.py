@@ -366,6 +366,7 @@ class LatentScaling:
         carry what this feature writes, when it fires?"""
         dev = cc.b_enc.device
         self.cc = cc
+        self.shared_basis = shared_basis
         self.feats = feats.to(dev)
         self.own_is_a = torch.tensor([o == "a" for o in own], dtype=torch.bool, device=dev)
         self.n_cand = len(feats)
@@ -384,11 +385,8 @@ class LatentScaling:
                 self.dec_norm[m] = norm
                 self.dec[m] = rows / norm.clamp_min(1e-12)[:, None]
             if shared_basis:  # the other model read along the own direction
-                own_a = self.own_is_a[:, None]
-                self.dec["a"], self.dec["b"] = (
-                    torch.where(own_a, self.dec["a"], self.dec["b"]),
-                    torch.where(own_a, self.dec["a"], self.dec["b"]),
-                )
+                own = torch.where(self.own_is_a[:, None], self.dec["a"], self.dec["b"])
+                self.dec = {"a": own, "b": own}
         kw = {"dtype": torch.float64, "device": dev}
         self.sum_f2 = torch.zeros(self.n_cand, **kw)
         self.sum_fe = {m: torch.zeros(self.n_cand, **kw) for m in ("a", "b")}

@@ -102,9 +102,6 @@ class PassState:
     sample: PerFeatureTopK
     moments: CrossMoments
     latent: LatentScaling | None
-    output_check: bool = False
-    """``latent`` reads a DFC's exclusive features in a shared basis (exclusivity.py: the
-    output check), which can turn 'refuted' into 'conditional'."""
     descriptors: RowDescriptors | None = None
     fold_moments: list[CrossMoments] = field(default_factory=list)
     twins: TwinStats | None = None
@@ -193,7 +190,6 @@ def _first_pass(
         sample=PerFeatureTopK(f, config.sample_size, score_dtype=torch.int64, device=dev),
         moments=CrossMoments(cc.config.d_a, cc.config.d_b, dev),
         latent=latent,
-        output_check=latent is not None and shared_basis,
         descriptors=RowDescriptors(store),
         internal_mass=torch.zeros(f, dtype=torch.float64, device=dev),
         role_mass=torch.zeros(len(ROLES), f, dtype=torch.float64, device=dev),
@@ -519,7 +515,8 @@ def _feature_columns(
         config,
         tokenization=tok["tokenization"],
         twin=twin_of >= 0,
-        output_check=state.output_check,
+        # the DFC output check (a shared basis) can turn 'refuted' into 'conditional'
+        output_check=state.latent is not None and state.latent.shared_basis,
     )
     score = np.where(exclusive & alive, exclusivity_score(cross_r2, ls_for_check), np.nan)
     # 'conditional': the other model predicts when it fires, so its score is its output's

@@ -175,7 +175,8 @@ def verdict_reason(f: dict, min_test_active: int = 10) -> str:
             "trigger both models see"
         )
     if v == "refuted":
-        if math.isfinite(num("ls_ratio")) and num("ls_ratio") >= 0.5 > num("cross_r2"):
+        by_ls = num("ls_ratio") >= AnalysisConfig.latent_scaling_max  # (NaN: False)
+        if by_ls and num("cross_r2") < AnalysisConfig.exclusive_max_r2:
             return f"the other model carries its direction: ratio {num('ls_ratio'):.2f}"
         return f"the other model predicts it: held-out R² {num('cross_r2'):.2f}"
     if v == "confirmed":
