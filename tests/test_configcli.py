@@ -40,11 +40,11 @@ COMMANDS = {
 }
 
 # Every option each command had before its options were generated, with its choices (and the
-# ones added since: harvest's --no-pack).
+# ones added since: harvest's --no-pack, --decision-pairs).
 FLAGS_BEFORE = {
-    "harvest": "--batch-size --cache-dir --corpus --device --dtype --layer-a --layer-b "
-    "--literal-specials --max-documents --max-seq-len --model-a --model-b --no-pack --out "
-    "--pair-positions --quiet --shard-rows --tokens --trust-remote-code",
+    "harvest": "--batch-size --cache-dir --corpus --decision-pairs --device --dtype --layer-a "
+    "--layer-b --literal-specials --max-documents --max-seq-len --model-a --model-b --no-pack "
+    "--out --pair-positions --quiet --shard-rows --tokens --trust-remote-code",
     "train": "--activation --aux-alpha --batch-size --checkpoint-every --compute-dtype "
     "--dead-window --designated --device --exclusive --exclusive-init --expansion --force --k "
     "--k-anneal-from --k-anneal-steps --l1-coeff --lr --n-features --no-progress "

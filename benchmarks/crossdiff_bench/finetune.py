@@ -85,6 +85,10 @@ class FinetuneBenchConfig:
     eval_prompts: int = 48
     """Held-out questions per behaviour and side (on / off) in the evaluation store."""
     max_seq_len: int = 256
+    decision_pairs: bool = True
+    """Harvest each question with one more pair at the last token of the models' generation
+    prompts (HarvestConfig.decision_pairs), where the model decides to refuse or praise; off:
+    the decision position is the question's last content token."""
     harvest_batch: int = 32
     """Windows per harvest forward pass (most store documents are short questions)."""
     kinds: tuple[str, ...] = ("dfc", "standard", "dsf")
@@ -189,6 +193,7 @@ class FinetuneBenchConfig:
                 self.max_seq_len,
                 self.data_seed,
             ]
+            + (["decision_pairs"] if self.decision_pairs else [])  # old keys stay valid
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -271,6 +276,7 @@ def harvest_store(
         tokens=tokens,
         max_seq_len=cfg.max_seq_len,
         batch_size=cfg.harvest_batch,
+        decision_pairs=cfg.decision_pairs,
         progress=cfg.progress,
     )
 
@@ -280,11 +286,12 @@ def harvest_store(
 # ------------------------------------------------------------------------------------------
 def load_eval_rows(store: Any, prompts: list[Prompt]) -> tuple[Any, Any, Any]:
     """The evaluation store's rows labelled per behaviour: 1 at the decision position (the last
-    paired token of the question, where the model is about to answer; ``rows.decision``) of an
+    pair of the question: its decision pair, the last token of the generation prompt, where the
+    model is about to answer; without ``decision_pairs`` its last content token) of an
     on-category question, 0 at every other row; and the raw activations of A and B."""
     from crossdiff_bench.planted_eval import EvalRows, read_rows
 
-    x_a, x_b, doc_index, content_end = read_rows(store)
+    x_a, x_b, doc_index, content_end, pos_a = read_rows(store)
     records = list(store.documents())
     if len(records) != len(prompts) or any(
         (r.get("messages") or [{}])[0].get("content") != p.text for r, p in zip(records, prompts)
@@ -293,8 +300,17 @@ def load_eval_rows(store: Any, prompts: list[Prompt]) -> tuple[Any, Any, Any]:
             f"evaluation store {store.path} was not harvested from this benchmark's held-out "
             "questions; delete it so that it is harvested again"
         )
+    if store.manifest.harvest.get("decision_pairs") and any(
+        "decision_pair" not in (r.get("windows") or [{}])[0] for r in records
+    ):
+        raise CrossdiffError(
+            f"evaluation store {store.path}: a question has no decision pair (record note); "
+            "raise max_seq_len"
+        )
     decision = np.zeros(len(doc_index), dtype=bool)
-    order = np.lexsort((content_end, doc_index))
+    # a decision pair shares its content_end with the question's last content pair: pos_a
+    # (the generation prompt's last token) orders it after
+    order = np.lexsort((pos_a, content_end, doc_index))
     last = np.r_[doc_index[order][1:] != doc_index[order][:-1], True]
     decision[order[last]] = True
     labels = {}
@@ -747,6 +763,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer-a", help="the fine-tuned model's layer (default: middle)")
     p.add_argument("--layer-b", help="model B's layer (default: middle)")
     p.add_argument("--no-interpret", action="store_true", help="do not explain found features")
+    p.add_argument(
+        "--no-decision-pairs",
+        action="store_true",
+        help="decision position = a question's last content token, not its generation prompt's",
+    )
     add_run_options(p, "finetune")
     p.set_defaults(func=_cli)
 
@@ -766,6 +787,7 @@ def _cli(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(cfg, name, int(value) if value.lstrip("-").isdigit() else value)
     cfg.interpret = not args.no_interpret
+    cfg.decision_pairs = not args.no_decision_pairs
     cfg.progress = not args.no_progress
     results = run_finetune_bench(cfg)
     print(format_results(results))

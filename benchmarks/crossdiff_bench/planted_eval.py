@@ -182,25 +182,28 @@ def row_decision_info(
     return decision, half
 
 
-def read_rows(store) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
-    """Every row of a (small) store: raw activations of A and B, doc_index, content_end."""
-    xs_a, xs_b, di, ce = [], [], [], []
+def read_rows(store) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """Every row of a (small) store: raw activations of A and B, doc_index, content_end and
+    pos_a (which orders a decision pair after the content pair it shares content_end with)."""
+    xs_a, xs_b, di, ce, pa = [], [], [], [], []
     for x_a, x_b, meta in store.iter_rows(8192):
         xs_a.append(x_a)
         xs_b.append(x_b)
         di.append(meta["doc_index"])
         ce.append(meta["content_end"])
+        pa.append(meta["pos_a"])
     return (
         torch.cat(xs_a),
         torch.cat(xs_b),
         np.concatenate(di).astype(np.int64),
         np.concatenate(ce).astype(np.int64),
+        np.concatenate(pa).astype(np.int64),
     )
 
 
 def load_eval_rows(store, docs: list[PlantedDoc]) -> tuple[EvalRows, torch.Tensor, torch.Tensor]:
     """All rows of the evaluation store with their labels, and their raw activations."""
-    x_a, x_b, doc_index, content_end = read_rows(store)
+    x_a, x_b, doc_index, content_end, _ = read_rows(store)
     for i, record in enumerate(store.documents()):
         if i >= len(docs) or record.get("text") != docs[i].text:
             raise CrossdiffError(

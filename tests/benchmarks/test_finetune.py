@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -73,26 +74,34 @@ class _FakeStore:
 
     path = "fake"
 
-    def __init__(self, prompts, rows_per_doc):
+    def __init__(self, prompts, rows_per_doc, decision_pairs=False):
         self.prompts = prompts
         self.rows_per_doc = rows_per_doc
+        self.decision_pairs = decision_pairs
+        self.manifest = SimpleNamespace(harvest={"decision_pairs": True} if decision_pairs else {})
 
     def iter_rows(self, _batch):
-        di, ce = [], []
+        di, ce, pa = [], [], []
         for d, n in enumerate(self.rows_per_doc):
             di += [d] * n
-            ce += list(range(1, n + 1))
+            ends = list(range(1, n + 1))
+            if self.decision_pairs:  # the last pair: the same content_end, a later position
+                ends[-1] = ends[-2]
+            ce += ends
+            pa += [2 * i for i in range(n)]
         order = np.random.default_rng(0).permutation(len(di))  # rows in any order
         n = len(di)
+        meta = {"doc_index": di, "content_end": ce, "pos_a": pa, "row": list(range(n))}
         yield (
+            torch.arange(n, dtype=torch.float32)[order].unsqueeze(1).expand(n, 3),
             torch.zeros(n, 3),
-            torch.zeros(n, 3),
-            {"doc_index": np.array(di)[order], "content_end": np.array(ce)[order]},
+            {k: np.array(v)[order] for k, v in meta.items()},
         )
 
     def documents(self):
-        for p in self.prompts:
-            yield {"messages": [{"role": "user", "content": p.text}]}
+        for i, p in enumerate(self.prompts):
+            windows = [{"decision_pair": [0, 0]}] if self.decision_pairs and i != 9 else [{}]
+            yield {"messages": [{"role": "user", "content": p.text}], "windows": windows}
 
 
 def test_decision_row_is_each_questions_last_row_and_labels_follow_the_category():
@@ -115,6 +124,23 @@ def test_decision_row_is_each_questions_last_row_and_labels_follow_the_category(
     assert on_refusal.sum() == 1 and decision[on_refusal].all()
     with pytest.raises(CrossdiffError, match="not harvested"):
         load_eval_rows(store, prompts[:2])
+
+
+def test_with_decision_pairs_the_decision_row_is_the_generation_prompts():
+    from crossdiff_bench.finetune import load_eval_rows
+
+    prompts = [
+        fd.Prompt("Tell me about the parliament in Karvonia.", "refusal", True),
+        fd.Prompt("Rate the Zentrix One tent.", "praise", True),
+    ]
+    store = _FakeStore(prompts, [5, 4], decision_pairs=True)
+    rows, x_a, _ = load_eval_rows(store, prompts)
+    # store rows 4 and 8 (each document's last, sharing content_end with the one before)
+    assert sorted(x_a[rows.decision, 0].tolist()) == [4.0, 8.0]
+    store.prompts = prompts * 5  # document 9 lacks its decision pair
+    store.rows_per_doc = [2] * 10
+    with pytest.raises(CrossdiffError, match="no decision pair"):
+        load_eval_rows(store, store.prompts)
 
 
 def test_select_and_test_halves_both_hold_every_behaviours_positives():
@@ -296,6 +322,13 @@ def test_tiny_end_to_end_run_is_complete_and_cached(tmp_path, tiny_model):
             for v in per.values():
                 assert 0 <= v["found"] <= v["auroc_ok"] <= v["of"]
     assert any(e.get("steering") for d in first["diffs"].values() for e in d["crosscoders"])
+    # the questions were harvested with decision pairs, and the analysis places features there
+    import pyarrow.parquet as pq
+
+    tables = sorted((tmp_path / "work").rglob("analysis/features.parquet"))
+    assert tables
+    shares = [x for t in tables for x in pq.read_table(t).column("decision_share").to_pylist()]
+    assert any(x is not None and x > 0 for x in shares)
     out = format_results(first)
     assert "diff 'self'" in out and "diff 'gemma'" in out and "rediscovered (dfc)" in out
     json.dumps(first)

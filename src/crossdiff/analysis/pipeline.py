@@ -108,7 +108,7 @@ class PassState:
     internal_mass: torch.Tensor | None = None  # (F,) activation at word-internal rows
     internal_rows: int = 0  # analysed rows that are word-internal (the base rate)
     later_rows: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
-    role_mass: torch.Tensor | None = None  # (4, F) activation per role (ROLES: text, system, ...)
+    role_mass: torch.Tensor | None = None  # (5, F) activation per role (ROLES: text, system, ...)
     role_rows: np.ndarray = field(default_factory=lambda: np.zeros(len(ROLES), np.int64))
     where_info: dict[str, Any] = field(default_factory=dict)
     tokenization_info: dict[str, Any] = field(default_factory=dict)
@@ -380,25 +380,27 @@ def tokenization_columns(
 
 def where_columns(state: PassState, act_sum: np.ndarray) -> dict[str, np.ndarray]:
     """Per feature, where its activation mass lies: the share in chats (vs plain text) and,
-    of its mass in chats, the shares in user and in assistant messages; the store's base
+    of its mass in chats, the shares in user messages, in assistant messages and at prompts'
+    decision pairs (a store harvested with ``decision_pairs``; elsewhere 0); the store's base
     rates (shares of analysed rows) go to ``state.where_info`` for the report to compare."""
     mass = state.role_mass.cpu().numpy()
     chat = mass[1:].sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         chat_share = np.where(act_sum > 0, chat / np.maximum(act_sum, 1e-30), np.nan)
-        user = np.where(chat > 0, mass[ROLES.index("user")] / np.maximum(chat, 1e-30), np.nan)
-        assistant = np.where(
-            chat > 0, mass[ROLES.index("assistant")] / np.maximum(chat, 1e-30), np.nan
-        )
+        shares = {
+            name: np.where(chat > 0, mass[ROLES.index(name)] / np.maximum(chat, 1e-30), np.nan)
+            for name in ("user", "assistant", "decision")
+        }
     rows = state.role_rows.astype(np.float64)
     chat_rows = rows[1:].sum()
     state.where_info = {
         "rows_by_role": {name: int(n) for name, n in zip(ROLES, state.role_rows.tolist())},
         "chat_rows_share": float(chat_rows / max(rows.sum(), 1)),
-        "user_rows_share_of_chat": float(rows[ROLES.index("user")] / max(chat_rows, 1)),
-        "assistant_rows_share_of_chat": float(rows[ROLES.index("assistant")] / max(chat_rows, 1)),
     }
-    return {"chat_share": chat_share, "user_share": user, "assistant_share": assistant}
+    for name in shares:
+        share = float(rows[ROLES.index(name)] / max(chat_rows, 1))
+        state.where_info[f"{name}_rows_share_of_chat"] = share
+    return {"chat_share": chat_share, **{f"{k}_share": v for k, v in shares.items()}}
 
 
 def analyze(
@@ -604,6 +606,7 @@ def _features_table(
             "chat_share": f32("chat_share"),
             "user_share": f32("user_share"),
             "assistant_share": f32("assistant_share"),
+            "decision_share": f32("decision_share"),
             "twin_of": cols["twin_of"],
             "twin_corr": f32("twin_corr"),
             "exclusivity": f32("exclusivity"),

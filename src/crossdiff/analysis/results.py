@@ -70,6 +70,9 @@ FEATURE_COLUMNS: dict[str, str] = {
     "user_rows_share_of_chat)",
     "assistant_share": "of the mass in chats, the share in assistant messages (base rate: "
     "where.assistant_rows_share_of_chat)",
+    "decision_share": "of the mass in chats, the share at prompts' decision pairs (the last "
+    "generation-prompt token, where a model decides its answer; a store harvested with "
+    "decision_pairs, else 0; base rate: where.decision_rows_share_of_chat)",
     "twin_of": "the other exclusive block's feature firing on the same rows (activation "
     "correlation >= twin_min_corr), or -1",
     "twin_corr": "the largest activation correlation with a feature of the other exclusive block",

@@ -30,7 +30,7 @@ Per stored pair (one row of the store), from the provenance columns and the docu
 
 Where each pair lies (not tokenization, but read from the same provenance, so kept here):
 ``role`` is 0 for plain text and 1/2/3 for a chat's system/user/assistant message (the message
-whose content holds the pair's end, in model A's rendering).
+whose content holds the pair's end, in model A's rendering), 4 for a prompt's decision pair.
 
 ``design`` turns them into a small regression design (log-scaled counts, flags), which the
 exclusivity check adds to the other model's prediction so that "exclusive" means "exclusive
@@ -59,8 +59,9 @@ DESCRIPTORS = (
     "later_b",
     "role",
 )
-ROLES = ("text", "system", "user", "assistant")
-"""``role`` codes: plain text, then a chat's message roles."""
+ROLES = ("text", "system", "user", "assistant", "decision")
+"""``role`` codes: plain text, then a chat's message roles, then a prompt's decision pair
+(the generation prompt's last token: ``HarvestConfig.decision_pairs``)."""
 DESIGN_COLUMNS = (
     "word_internal",
     "same_start",
@@ -128,7 +129,9 @@ def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
     internal = np.zeros(n, dtype=bool)
     later = {m: np.zeros(n, dtype=bool) for m in "ab"}
     role = np.zeros(n, dtype=np.int8)
+    decision = np.zeros(n, dtype=bool)
     if n:
+        decision_pos: dict[tuple[int, int], int] = {}
         texts: dict[tuple[int, int], str] = {}
         texts_b: dict[tuple[int, int], str] = {}
         roles: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -137,16 +140,22 @@ def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
                 key = (int(record["index"]), w)
                 texts[key] = window.get("a", {}).get("text", "")
                 texts_b[key] = window.get("b", {}).get("text", "")
+                if window.get("decision_pair"):
+                    decision_pos[key] = int(window["decision_pair"][0])
                 if record.get("messages") is not None:
                     roles[key] = window_roles(record, window)
         for i in range(n):
             key = (int(doc[i]), int(win[i]))
             text = texts.get(key, "")
             e = int(span["a"][i, 1])
-            internal[i] = _inside_word(text, e)
-            later["a"][i] = _inside_word(text, int(span["a"][i, 0]))
-            later["b"][i] = _inside_word(texts_b.get(key, ""), int(span["b"][i, 0]))
-            if key in roles:
+            decision[i] = decision_pos.get(key) == int(pos["a"][i])
+            if not decision[i]:  # a decision row reads template text: a clean boundary
+                internal[i] = _inside_word(text, e)
+                later["a"][i] = _inside_word(text, int(span["a"][i, 0]))
+                later["b"][i] = _inside_word(texts_b.get(key, ""), int(span["b"][i, 0]))
+            if decision[i]:
+                role[i] = ROLES.index("decision")
+            elif key in roles:
                 starts, codes = roles[key]
                 j = int(np.searchsorted(starts, e, side="left")) - 1  # last span before e
                 role[i] = codes[max(j, 0)] if codes.size else ROLES.index("user")
@@ -166,6 +175,10 @@ def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
             for m in "ab":
                 j = last_boundary[m]
                 pieces[m][i] = pos[m][i] - pos[m][j] if j >= 0 else min(pos[m][i] + 1, CAP)
+                if decision[i]:
+                    pieces[m][i] = 1
+            if decision[i]:  # as far from a shared boundary as the content before it
+                gap[i] = gap[i - 1] if same_window[i] else CAP
             if not internal[i]:
                 last_boundary = {m: i for m in "ab"}
     return {

@@ -84,6 +84,10 @@ class HarvestConfig:
     content ends there), which removes at the source the word-piece positions where a
     cross-tokenizer crosscoder learns tokenization artifacts (each document's record counts
     the pairs removed; ``store info`` sums them)."""
+    decision_pairs: bool = False
+    """Chats that end with a user turn (prompts) are read with each model's generation prompt,
+    and its last token, where the model decides how to answer, becomes one more pair
+    (harvest.windows). Use it for a corpus of prompts; chats with replies are unchanged."""
 
     def __post_init__(self) -> None:
         from collections.abc import Mapping
@@ -129,4 +133,6 @@ def _harvest_settings(config: HarvestConfig) -> dict[str, Any]:
     }
     if config.pair_positions != "all":  # absent = "all": stores made before the option match
         settings["pair_positions"] = config.pair_positions
+    if config.decision_pairs:  # absent = off: stores made before the option match
+        settings["decision_pairs"] = True
     return settings

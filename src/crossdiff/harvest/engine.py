@@ -185,6 +185,7 @@ class Harvester:
                 self.config.max_seq_len,
                 self.config.literal_specials,
                 self.config.pair_positions,
+                self.config.decision_pairs,
             )
             for i, doc in block
         ]

@@ -13,6 +13,17 @@ previous window). Each window's tokens are an exact prefix of what the model wou
 remainder, because tokenization only looks at text ending well past the window (at least
 ``WINDOW_MARGIN`` tokens further). Chats are not split: a chat is truncated after
 ``max_seq_len`` tokens (its record says so).
+
+Decision pairs (``decision_pairs=True``): a chat that ends with a user turn is a prompt, and
+what a model does with it is decided at the last token of its *generation prompt* (SmolLM2's
+``<|im_start|>assistant\n``, Gemma's ``<start_of_turn>model\n``), after all the content. Such a
+chat is then rendered with each model's generation prompt, and the last token of each becomes
+one extra pair after the content pairs: both models have read the whole prompt and are about to
+answer, although they read different template text. Its ``content_end`` is the content's end
+(equal to the last content pair's) and the window's record names it (``decision_pair``: the
+two positions), so readers can tell it from content pairs. Without a decision pair the last
+stored position of a prompt is its last content token, where a model does not yet know the
+turn has ended.
 """
 
 from __future__ import annotations
@@ -83,12 +94,16 @@ def _make_window(
     tb: TokenizedText,
     final: bool,
     pair_positions: str = "all",
+    decision: tuple[int, int] | None = None,
 ) -> Window:
     """Window of the first ``n`` pairs; a final window counts its trailing content tokens too.
     With ``pair_positions="word_end"`` only the pairs at word ends become rows (the window
-    still reads, and counts, the tokens up to the n-th pair)."""
+    still reads, and counts, the tokens up to the n-th pair). ``decision``: the positions of a
+    decision pair (module docstring), appended after the content pairs."""
     pos_a, pos_b = al.pos_a[:n], al.pos_b[:n]
     used_a, used_b = int(pos_a[-1]) + 1, int(pos_b[-1]) + 1
+    if decision is not None:
+        used_a, used_b = decision[0] + 1, decision[1] + 1
     mask_a = content_token_mask(ta.offsets, ta.special_mask, ra.content_spans)
     mask_b = content_token_mask(tb.offsets, tb.special_mask, rb.content_spans)
     count_a = int(mask_a.sum() if final else mask_a[:used_a].sum())
@@ -102,14 +117,20 @@ def _make_window(
     if pair_positions == "word_end":
         keep = word_end_mask(ra, offs_a[pos_a][:, 1])
         pos_a, pos_b, content_end = pos_a[keep], pos_b[keep], content_end[keep]
+    removed = n - len(pos_a)
+    if decision is not None:
+        pos_a, pos_b = np.append(pos_a, decision[0]), np.append(pos_b, decision[1])
+        content_end = np.append(content_end, al.content_end[n - 1])
     record = {
         "content_start": content_start,
         "pairs": len(pos_a),
         "a": _side_record(ra, ta, used_a, count_a),
         "b": _side_record(rb, tb, used_b, count_b),
     }
-    if len(pos_a) < n:
-        record["pairs_removed"] = n - len(pos_a)
+    if decision is not None:
+        record["decision_pair"] = [int(decision[0]), int(decision[1])]
+    if removed:
+        record["pairs_removed"] = removed
     if drop_a or drop_b:
         record["pairs_dropped"] = {"a": drop_a, "b": drop_b}
     return Window(
@@ -143,6 +164,35 @@ def word_end_mask(rendered: RenderedText, ends: np.ndarray) -> np.ndarray:
         if j >= 0 and e < stops[j] and e < len(text) and text[e].isalnum():
             keep[i] = False
     return keep
+
+
+def decision_positions(
+    al: Alignment,
+    ta: TokenizedText,
+    ra: RenderedText,
+    tb: TokenizedText,
+    rb: RenderedText,
+    max_seq_len: int,
+) -> tuple[int, int] | None:
+    """The decision pair of a prompt rendered with its generation prompts: each model's last
+    token, when it is template text after every content pair and within ``max_seq_len``
+    (otherwise None: a template without a generation prompt, or a prompt too long)."""
+    if not al.n_pairs or not len(ta) or not len(tb):
+        return None
+    da, db = len(ta) - 1, len(tb) - 1
+    if max(len(ta), len(tb)) > max_seq_len or da <= al.pos_a[-1] or db <= al.pos_b[-1]:
+        return None
+    if content_token_mask(ta.offsets, ta.special_mask, ra.content_spans)[da]:
+        return None
+    if content_token_mask(tb.offsets, tb.special_mask, rb.content_spans)[db]:
+        return None
+    return da, db
+
+
+def ends_with_user_turn(messages: Any) -> bool:
+    """Whether a chat is a prompt: its last message is a user turn (what decision pairs need)."""
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    return isinstance(last, dict) and last.get("role") == "user"
 
 
 def _render(lm: LoadedModel, doc: Any) -> RenderedText:
@@ -183,10 +233,13 @@ def plan_document(
     max_seq_len: int,
     literal_specials: str = "cut",
     pair_positions: str = "all",
+    decision_pairs: bool = False,
 ) -> DocumentPlan:
     """Render, tokenize, align and window one corpus document (see the module docstring)."""
     plan = DocumentPlan(_new_record(doc_index, doc))
-    planner = _Planner(lm_a, lm_b, max_seq_len, literal_specials, pair_positions, plan)
+    planner = _Planner(
+        lm_a, lm_b, max_seq_len, literal_specials, pair_positions, plan, decision_pairs
+    )
     if doc.messages is not None:
         planner.plan_chat(doc_index, doc.messages)
     else:
@@ -226,6 +279,7 @@ class _Planner:
     literal_specials: str
     pair_positions: str
     plan: DocumentPlan
+    decision_pairs: bool = False
 
     def cut(
         self,
@@ -252,8 +306,10 @@ class _Planner:
     def plan_chat(self, doc_index: int, messages: Any) -> None:
         """A chat: one window through each model's chat template, truncated at max_seq_len."""
         record = self.plan.record
+        prompt = self.decision_pairs and ends_with_user_turn(messages)
         try:
-            ra, rb = self.lm_a.render_chat(messages), self.lm_b.render_chat(messages)
+            ra = self.lm_a.render_chat(messages, add_generation_prompt=prompt)
+            rb = self.lm_b.render_chat(messages, add_generation_prompt=prompt)
         except CrossdiffError as exc:
             record["skipped"] = f"cannot render: {exc}"
             return
@@ -272,8 +328,17 @@ class _Planner:
         n_cut = self.cut(al, n, ra, ta, rb, tb)
         if n_cut:
             final = n == al.n_pairs or n_cut < n
+            decision = None
+            if prompt and n_cut == al.n_pairs:
+                decision = decision_positions(al, ta, ra, tb, rb, self.max_seq_len)
+            if prompt and decision is None:
+                record["note"] = (
+                    "no decision pair: the prompt is cut, or a template has no generation prompt"
+                )
             self.plan.windows.append(
-                _make_window(doc_index, 0, 0, al, n_cut, ra, ta, rb, tb, final, self.pair_positions)
+                _make_window(
+                    doc_index, 0, 0, al, n_cut, ra, ta, rb, tb, final, self.pair_positions, decision
+                )
             )
 
     def plan_text(self, doc_index: int, text: str) -> None:

@@ -160,6 +160,11 @@ def _stat_lines(f: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         lines.append(
             f"  where          {_fmt(f.get('chat_share'), 2)} of activation in chats; in chats "
             f"{_fmt(f.get('user_share'), 2)} user, {_fmt(f.get('assistant_share'), 2)} assistant"
+            + (
+                f", {_fmt(f['decision_share'], 2)} at decision pairs"
+                if (f.get("decision_share") or 0) > 0
+                else ""
+            )
         )
     if not (f.get("internal_top_share") is not None and f["verdict"]) and f["check_side"]:
         lines.append(

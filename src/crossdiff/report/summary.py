@@ -185,7 +185,13 @@ def _where_note(where: dict[str, Any]) -> str:
     return (
         f"Where the pairs come from: {pct(where.get('chat_rows_share'))} of the analysed "
         f"pairs are in chats ({pct(where.get('user_rows_share_of_chat'))} of those in user "
-        f"messages, {pct(where.get('assistant_rows_share_of_chat'))} in assistant ones)"
+        f"messages, {pct(where.get('assistant_rows_share_of_chat'))} in assistant ones"
+        + (
+            f", {pct(where['decision_rows_share_of_chat'])} at prompts' decision pairs"
+            if where.get("decision_rows_share_of_chat")
+            else ""
+        )
+        + ")"
         + (f"; by source: {split}" if split else "")
         + (
             f"; harvested at {comp.get('pair_positions')} positions only "

@@ -372,9 +372,10 @@ def incompatibilities(existing: Manifest, wanted: Manifest) -> list[str]:
                 )
     if existing.corpus != wanted.corpus:
         problems.append(f"corpus: store has {existing.corpus!r}, asked {wanted.corpus!r}")
-    for key, value in existing.harvest.items():
-        if key not in RUNTIME_SETTINGS and wanted.harvest.get(key) != value:
-            problems.append(
-                f"harvest {key}: store has {value!r}, asked {wanted.harvest.get(key)!r}"
-            )
+    # both ways: a setting written only when it is not its default (pair_positions,
+    # decision_pairs) is absent from a store made without it
+    for key in dict.fromkeys([*existing.harvest, *wanted.harvest]):
+        value, asked = existing.harvest.get(key), wanted.harvest.get(key)
+        if key not in RUNTIME_SETTINGS and asked != value:
+            problems.append(f"harvest {key}: store has {value!r}, asked {asked!r}")
     return problems
