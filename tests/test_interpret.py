@@ -336,6 +336,39 @@ def test_hard_negatives_need_the_context_a_token_feature_keeps_its_score() -> No
     assert detection(tok_hard, tok_hard.negatives) >= 0.9
 
 
+def test_a_decision_feature_is_explained_by_the_prompt_it_ends() -> None:
+    """Synthetic: feature 9 fires at the last template token of prompts about "karvonia" and
+    is silent at the same token ending other prompts, whose last words are the same template:
+    only words earlier than the near window tell them apart, and the explanation names them
+    and keeps its detection against those same-token negatives."""
+    from crossdiff.interpret.stats import StatsExplainer, StatsJudge
+
+    rng = np.random.default_rng(1)
+    template = ["<", "|", "im_start", "|", ">", "assistant"]
+
+    def prompt(topic: str, act: float, row: int) -> Context:
+        words = [*_words(rng, 3), topic, *_words(rng, 2), *template]
+        return Context(" ".join(words), "\n", "", act, row)
+
+    pool_ctx = [_at(rng, [], w, 0.0, r) for r, w in enumerate(_words(rng, 400))]
+    pool = Pool(np.arange(400), {"a": pool_ctx, "b": pool_ctx}, [frozenset()] * 400, "test")
+    other = [prompt("delmora", 0.0, 1000 + i) for i in range(150)]
+    on = [prompt("karvonia", 5.0, 2000 + i) for i in range(60)]
+    active = {c.row: frozenset() for c in other} | {c.row: frozenset({9}) for c in on}
+    same = SameToken({("a", "\n"): other + on[:20]}, active, 10_000, 170)
+    explain, held = on[20:32], on[32:42]
+    neg = choose_negatives(9, "a", explain, held, set(), pool, same, "hard", 0)
+    job = FeatureJob(
+        9, "A", 1, "", "a", 0.01, explain, held, neg.negatives, neg.background,
+        neg.hard_n, neg.hard_wanted, neg.background_hard_n,
+    )  # fmt: skip
+    assert job.hard_n == 10
+    exp = StatsExplainer().explain(job)
+    assert 'earlier "karvonia"' in exp.text and "far:karvonia" in exp.top_terms()
+    probs, _ = StatsJudge().probabilities(exp, "detection", held + neg.negatives, 9)
+    assert score([True] * len(held) + [False] * len(neg.negatives), probs).value >= 0.9
+
+
 def test_views_escape_and_stage_skips(run: Path, capsys) -> None:
     res = interpret(run, quiet())
     html = interpret_html(run)

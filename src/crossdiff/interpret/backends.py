@@ -47,8 +47,9 @@ class Explanation:
         return self.status in USABLE and bool(self.text.strip())
 
     def top_terms(self) -> list[str]:
-        """The terms as shown: tokens and n-grams as text, context words as ``ctx:word``."""
-        return [f"ctx:{t}" if kind == "ctx" else t for kind, t, _ in self.terms]
+        """The terms as shown: tokens and n-grams as text, context words as ``ctx:word``,
+        earlier words as ``far:word``."""
+        return [f"{kind}:{t}" if kind in ("ctx", "far") else t for kind, t, _ in self.terms]
 
 
 class Explainer(Protocol):

@@ -1,15 +1,18 @@
 """The offline ``stats`` backend: contrastive term statistics, deterministic and fast.
 
-Explainer. At every activating example's token we extract terms: the token itself
-(``tok``), the token with the chunk before it (``prev``: "to refuse") and after it (``next``),
-and the words within four chunks before / two after (``ctx``). The same is done at the
-non-activating background contexts. Each term gets a smoothed log-odds ratio of appearing at
-activating vs background positions (document frequency, add-0.5 smoothing) and its z-score
-(log-odds over its approximate standard error); terms with z >= 3 that appear in at least a
-quarter of the examples are kept (n-grams only when they cover half of their token's
-examples), strongest z first (at most 8). The explanation names the token terms, then
-the n-grams and the context words, e.g. ``token "refuse" (10/10 examples); as in "to refuse";
-near "cannot"``, and ``top_terms`` lists them.
+Explainer. At every activating example's token we extract terms: the token itself (``tok``),
+the token with the chunk before it (``prev``: "to refuse") and after it (``next``), the words
+within four chunks before / two after (``ctx``), and the words earlier in the context than
+those (``far``: a feature that fires at a prompt's decision pair, the template token where a
+model starts its answer, is told apart by the question it ends, not by its neighbours). The
+same is done at the non-activating background contexts. Each term gets a smoothed log-odds
+ratio of appearing at activating vs background positions (document frequency, add-0.5
+smoothing) and its z-score (log-odds over its approximate standard error); terms with z >= 3
+that appear in at least a quarter of the examples are kept (n-grams only when they cover half
+of their token's examples), strongest z first (at most 8). The explanation names the token
+terms, then the n-grams, the context words and the earlier words, e.g. ``token "refuse" (10/10
+examples); as in "to refuse"; near "cannot"; earlier "karvonia"``, and ``top_terms`` lists
+them.
 
 Judge. A context's score is the sum of the weights (log-odds) of the explanation's terms found
 at its marked token, divided by the largest weight and clipped to [0, 1]; it predicts "fires"
@@ -175,6 +178,9 @@ def terms_at(ctx: Context) -> set[tuple[str, str]]:
     for w in before[-4:] + after[:2]:
         if WORD.fullmatch(w) and w not in STOP:
             out.add(("ctx", w))
+    for w in before[:-4]:
+        if len(w) >= 3 and WORD.fullmatch(w) and w not in STOP:
+            out.add(("far", w))
     return out
 
 
@@ -240,6 +246,7 @@ class StatsExplainer:
         toks = [(t, k) for kind, t, _, _, k in found if kind == "tok"]
         grams = [t for kind, t, *_ in found if kind in ("prev", "next")]
         ctx = [t for kind, t, *_ in found if kind == "ctx"]
+        far = [t for kind, t, *_ in found if kind == "far"]
         parts = []
         if toks:
             label = "token" if len(toks) == 1 else "tokens"
@@ -248,6 +255,8 @@ class StatsExplainer:
             parts.append(f"as in {_quote(grams[:3])}")
         if ctx:
             parts.append(f"near {_quote(ctx[:4])}")
+        if far:
+            parts.append(f"earlier {_quote(far[:4])}")
         terms = [(kind, t, lo) for kind, t, lo, _, _ in found]
         return Explanation("; ".join(parts), "ok", terms)
 

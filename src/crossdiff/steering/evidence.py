@@ -412,7 +412,7 @@ def pick_nulls(run: Any, feature: int, n: int, seed: int = 0) -> tuple[list[int]
 
 def explanation_scorer(run: Any, feature: int, max_terms: int = 6):
     """A KeywordScorer from the feature's explanation's top terms (``crossdiff interpret``),
-    or None when there is none. ``ctx:word`` terms count as the word."""
+    or None when there is none. ``ctx:word`` and ``far:word`` terms count as the word."""
     from crossdiff.interpret import load_interpretations
     from crossdiff.interpret.results import has_interpretations
     from crossdiff.steering.scoring import KeywordScorer
@@ -427,7 +427,7 @@ def explanation_scorer(run: Any, feature: int, max_terms: int = 6):
         return None
     words: list[str] = []
     for term in row.get("top_terms") or []:
-        term = str(term).removeprefix("ctx:").strip()
+        term = str(term).removeprefix("ctx:").removeprefix("far:").strip()
         if term and any(ch.isalnum() for ch in term) and term.lower() not in words:
             words.append(term.lower())
     return KeywordScorer(words[:max_terms]) if words else None
