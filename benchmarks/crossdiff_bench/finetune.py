@@ -288,7 +288,10 @@ def load_eval_rows(store: Any, prompts: list[Prompt]) -> tuple[Any, Any, Any]:
     """The evaluation store's rows labelled per behaviour: 1 at the decision position (the last
     pair of the question: its decision pair, the last token of the generation prompt, where the
     model is about to answer; without ``decision_pairs`` its last content token) of an
-    on-category question, 0 at every other row; and the raw activations of A and B."""
+    on-category question, 0 at every other row; and the raw activations of A and B. With
+    decision pairs, ``rows.alternatives["question_end"]`` labels the question's last content
+    token instead: the model may show its decision there already (scoring picks the position
+    per feature on the select half)."""
     from crossdiff_bench.planted_eval import EvalRows, read_rows
 
     x_a, x_b, doc_index, content_end, pos_a = read_rows(store)
@@ -313,13 +316,23 @@ def load_eval_rows(store: Any, prompts: list[Prompt]) -> tuple[Any, Any, Any]:
     order = np.lexsort((pos_a, content_end, doc_index))
     last = np.r_[doc_index[order][1:] != doc_index[order][:-1], True]
     decision[order[last]] = True
-    labels = {}
-    for b in BEHAVIOURS:
-        on = np.array([p.behaviour == b and p.on for p in prompts])
-        labels[b] = (decision & on[doc_index]).astype(np.int8)
     # eval_questions interleaves the four (behaviour, side) groups: question j of every group
     # is document 4j + g, so the select / test split goes by j (each half holds every group)
-    rows = EvalRows(doc_index, labels, (doc_index // EVAL_GROUPS) % 2 == 0, decision, None)
+    select = (doc_index // EVAL_GROUPS) % 2 == 0
+
+    def rows_at(mask: np.ndarray) -> Any:
+        labels = {}
+        for b in BEHAVIOURS:
+            on = np.array([p.behaviour == b and p.on for p in prompts])
+            labels[b] = (mask & on[doc_index]).astype(np.int8)
+        return EvalRows(doc_index, labels, select, mask, None)
+
+    rows = rows_at(decision)
+    if store.manifest.harvest.get("decision_pairs"):
+        # the question's own last token, the row before each decision pair
+        question_end = np.zeros(len(doc_index), dtype=bool)
+        question_end[order[np.flatnonzero(last) - 1]] = True
+        rows.alternatives["question_end"] = rows_at(question_end)
     return rows, x_a, x_b
 
 
@@ -365,7 +378,9 @@ def score_crosscoder(
 ) -> dict[str, Any]:
     """Per behaviour: the best A-exclusive feature by held-out AUROC, its rank in the review
     order and verdict; its AUROC among decision positions only (on- against off-category
-    questions: the hard test); and the best feature of any label."""
+    questions: the hard test); and the best feature of any label. With decision pairs each
+    feature is scored at the generation prompt's end and at the question's last token, and
+    the position (``position``) is chosen with the feature on the select half."""
     from crossdiff.crosscoder.model import Crosscoder
     from crossdiff_bench.planted import analyze_run
     from crossdiff_bench.planted_eval import encode_rows, match_concept, sparse_column_aurocs
@@ -375,9 +390,19 @@ def score_crosscoder(
     acts = encode_rows(cc, x_a, x_b)
     candidates = np.flatnonzero((table["klass"] == "A") & (table["s_max"] > 0))
     out: dict[str, Any] = {"analysis_eval": metrics, "n_alive_a": len(candidates)}
+    positions = {"generation_prompt": rows, **rows.alternatives}
+
+    def best(b: str, among: Any) -> tuple[str, Any]:
+        """The (position, match) with the best select-half AUROC: the position is chosen with
+        the feature, on the select half only, so the test half stays held out."""
+        found = [(name, match_concept(b, acts, at, among)) for name, at in positions.items()]
+        return max(found, key=lambda t: np.nan_to_num(t[1].auroc_select, nan=-1.0))
+
     for b in BEHAVIOURS:
-        m = match_concept(b, acts, rows, candidates)
+        where, m = best(b, candidates)
+        at = positions[where]
         entry = m.to_dict()
+        entry["position"] = where
         f = m.feature
         rank = int(table["rank"][f]) if f is not None and table["rank"][f] > 0 else None
         entry["rank"] = rank
@@ -386,12 +411,13 @@ def score_crosscoder(
         entry["auroc_ok"] = bool(m.found(cfg.found_auroc))
         entry["found"] = entry["auroc_ok"] and rank is not None and rank <= cfg.top_rank
         if f is not None:
-            dec_labels = np.where(rows.decision & ~rows.select, rows.labels[b], -1)
+            dec_labels = np.where(at.decision & ~at.select, at.labels[b], -1)
             r, ff, v = acts
             entry["auroc_decisions"] = float(sparse_column_aurocs(r, ff, v, dec_labels, [f])[0])
-        any_m = match_concept(b, acts, rows, np.arange(cc.config.n_features))
+        any_where, any_m = best(b, np.arange(cc.config.n_features))
         g = any_m.feature
         entry["best_any"] = {
+            "position": any_where,
             "feature": g,
             "auroc_test": any_m.auroc_test,
             "klass": str(table["klass"][g]) if g is not None else None,
@@ -690,8 +716,9 @@ def format_results(results: dict[str, Any]) -> str:
                 if s["feature"] is None:
                     parts.append(f"{b}: no candidate")
                     continue
+                at = {"question_end": " at the question's end"}.get(s.get("position", ""), "")
                 parts.append(
-                    f"{b} #{s['feature']} AUROC {s['auroc_test']:.3f} "
+                    f"{b} #{s['feature']}{at} AUROC {s['auroc_test']:.3f} "
                     f"(decisions {s.get('auroc_decisions', float('nan')):.3f}) rank "
                     f"{s['rank']}/{s['n_ranked']} {s['verdict']} "
                     f"{'FOUND' if s['found'] else 'no'}; best of any label "

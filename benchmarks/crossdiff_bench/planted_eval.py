@@ -21,7 +21,7 @@ than it was fitted on? Run on both models, they say whether a concept is the own
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -127,6 +127,9 @@ class EvalRows:
     select: np.ndarray  # (n,) bool: rows used to choose a feature (the rest test it)
     decision: np.ndarray | None = None  # (n,) bool: the row ends on a prompt's final marker
     half: np.ndarray | None = None  # (n,) int8: SUBJECT_HALF of the doc's final subject, or -1
+    alternatives: dict[str, EvalRows] = field(default_factory=dict)
+    """The same rows labelled at other candidate decision positions (the fine-tune bench:
+    the question's last token beside its decision pair); scoring may pick one per feature."""
 
     @property
     def n(self) -> int:

@@ -137,6 +137,9 @@ def test_with_decision_pairs_the_decision_row_is_the_generation_prompts():
     rows, x_a, _ = load_eval_rows(store, prompts)
     # store rows 4 and 8 (each document's last, sharing content_end with the one before)
     assert sorted(x_a[rows.decision, 0].tolist()) == [4.0, 8.0]
+    question = rows.alternatives["question_end"]  # each question's own last token
+    assert sorted(x_a[question.decision, 0].tolist()) == [3.0, 7.0]
+    assert question.labels["refusal"].sum() == 1 and question.labels["praise"].sum() == 1
     store.prompts = prompts * 5  # document 9 lacks its decision pair
     store.rows_per_doc = [2] * 10
     with pytest.raises(CrossdiffError, match="no decision pair"):
