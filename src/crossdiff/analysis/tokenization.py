@@ -110,6 +110,42 @@ def window_roles(record: dict, window: dict) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.asarray(codes, dtype=np.int8)
 
 
+def _gaps_and_pieces(
+    doc: np.ndarray,
+    win: np.ndarray,
+    end: np.ndarray,
+    pos: dict[str, np.ndarray],
+    internal: np.ndarray,
+    decision: np.ndarray,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per row (in store order): ``gap``, the content characters since the previous row of its
+    window, and per model the tokens spent since the last row that ended at a word boundary
+    (``pieces``). A decision row is one piece, as far from a shared boundary as the content
+    row before it."""
+    n = doc.shape[0]
+    gap = np.full(n, CAP, dtype=np.int64)
+    pieces = {m: np.ones(n, dtype=np.int64) for m in "ab"}
+    if n < 2:
+        return gap, pieces
+    same_window = np.zeros(n, dtype=bool)
+    same_window[1:] = (doc[1:] == doc[:-1]) & (win[1:] == win[:-1])
+    gap[1:] = np.where(same_window[1:], np.clip(end[1:] - end[:-1], 0, CAP), CAP)
+    last_boundary = {m: -1 for m in "ab"}  # the last row before i that ended at a word boundary
+    for i in range(n):
+        if not same_window[i]:
+            last_boundary = {m: -1 for m in "ab"}
+        for m in "ab":
+            j = last_boundary[m]
+            pieces[m][i] = pos[m][i] - pos[m][j] if j >= 0 else min(pos[m][i] + 1, CAP)
+            if decision[i]:
+                pieces[m][i] = 1
+        if decision[i]:
+            gap[i] = gap[i - 1] if same_window[i] else CAP
+        if not internal[i]:
+            last_boundary = {m: i for m in "ab"}
+    return gap, pieces
+
+
 def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
     """Descriptors of every row of shard ``k`` (see module docstring), in row order."""
     from crossdiff.analysis.examples import iter_documents
@@ -161,26 +197,7 @@ def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
                 role[i] = codes[max(j, 0)] if codes.size else ROLES.index("user")
     len_a = np.clip(span["a"][:, 1] - span["a"][:, 0], 0, CAP)
     len_b = np.clip(span["b"][:, 1] - span["b"][:, 0], 0, CAP)
-    gap = np.full(n, CAP, dtype=np.int64)
-    pieces = {m: np.ones(n, dtype=np.int64) for m in "ab"}
-    same_window = np.zeros(n, dtype=bool)
-    if n > 1:
-        same_window[1:] = (doc[1:] == doc[:-1]) & (win[1:] == win[:-1])
-        gap[1:] = np.where(same_window[1:], np.clip(end[1:] - end[:-1], 0, CAP), CAP)
-        # the last row before i (same window) that ended at a word boundary
-        last_boundary = {m: -1 for m in "ab"}
-        for i in range(n):
-            if not same_window[i]:
-                last_boundary = {m: -1 for m in "ab"}
-            for m in "ab":
-                j = last_boundary[m]
-                pieces[m][i] = pos[m][i] - pos[m][j] if j >= 0 else min(pos[m][i] + 1, CAP)
-                if decision[i]:
-                    pieces[m][i] = 1
-            if decision[i]:  # as far from a shared boundary as the content before it
-                gap[i] = gap[i - 1] if same_window[i] else CAP
-            if not internal[i]:
-                last_boundary = {m: i for m in "ab"}
+    gap, pieces = _gaps_and_pieces(doc, win, end, pos, internal, decision)
     return {
         "word_internal": internal,
         "same_start": len_a == len_b,
