@@ -138,3 +138,12 @@ def test_a_store_is_extended_only_with_the_same_choice(tiny_model, tiny_loaded, 
         harvest(config(out, corpus, *paths, decision_pairs=True), models=models)
     again = harvest(config(out, corpus, *paths, tokens=10), models=models)
     assert again.n_rows == rows  # nothing lost
+    # the other way, on a complete store: one with decision pairs is not "done" for a request
+    # without them (the cheap same-request check compares the settings both ways too)
+    done = harvest(config(tmp_path / "d", corpus, *paths, decision_pairs=True), models=models)
+    assert done.is_complete
+    with pytest.raises(CrossdiffError, match="decision_pairs"):
+        harvest(config(tmp_path / "d", corpus, *paths), models=models)
+    assert harvest(config(tmp_path / "d", corpus, *paths, decision_pairs=True)).n_rows == (
+        done.n_rows
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from crossdiff.harvest.config import REASON_CORPUS, HarvestConfig, _harvest_settings
-from crossdiff.store.manifest import RUNTIME_SETTINGS
+from crossdiff.store.manifest import harvest_differences
 
 if TYPE_CHECKING:
     from crossdiff.store import Manifest, StoreWriter
@@ -27,11 +27,7 @@ def _same_request(m: Manifest, c: HarvestConfig) -> bool:
         and m.model_a.layer_spec == str(c.layer_a)
         and m.model_b.layer_spec == str(c.layer_b)
         and m.corpus == {"spec": c.corpus}
-        and all(
-            m.harvest.get(k) == v
-            for k, v in _harvest_settings(c).items()
-            if k not in RUNTIME_SETTINGS
-        )
+        and not harvest_differences(m.harvest, _harvest_settings(c))
     )
 
 

@@ -372,10 +372,16 @@ def incompatibilities(existing: Manifest, wanted: Manifest) -> list[str]:
                 )
     if existing.corpus != wanted.corpus:
         problems.append(f"corpus: store has {existing.corpus!r}, asked {wanted.corpus!r}")
-    # both ways: a setting written only when it is not its default (pair_positions,
-    # decision_pairs) is absent from a store made without it
-    for key in dict.fromkeys([*existing.harvest, *wanted.harvest]):
-        value, asked = existing.harvest.get(key), wanted.harvest.get(key)
+    return problems + harvest_differences(existing.harvest, wanted.harvest)
+
+
+def harvest_differences(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The row-shaping harvest settings on which a store and a request differ (runtime
+    settings aside). Compared both ways: a setting written only when it is not its default
+    (``pair_positions``, ``decision_pairs``) is absent from a store made without it."""
+    problems = []
+    for key in dict.fromkeys([*existing, *wanted]):
+        value, asked = existing.get(key), wanted.get(key)
         if key not in RUNTIME_SETTINGS and asked != value:
             problems.append(f"harvest {key}: store has {value!r}, asked {asked!r}")
     return problems
