@@ -185,13 +185,13 @@ def shard_descriptors(store: ActivationStore, k: int) -> dict[str, np.ndarray]:
             text = texts.get(key, "")
             e = int(span["a"][i, 1])
             decision[i] = decision_pos.get(key) == int(pos["a"][i])
-            if not decision[i]:  # a decision row reads template text: a clean boundary
-                internal[i] = _inside_word(text, e)
-                later["a"][i] = _inside_word(text, int(span["a"][i, 0]))
-                later["b"][i] = _inside_word(texts_b.get(key, ""), int(span["b"][i, 0]))
-            if decision[i]:
+            if decision[i]:  # it reads template text: a clean boundary, its own role
                 role[i] = ROLES.index("decision")
-            elif key in roles:
+                continue
+            internal[i] = _inside_word(text, e)
+            later["a"][i] = _inside_word(text, int(span["a"][i, 0]))
+            later["b"][i] = _inside_word(texts_b.get(key, ""), int(span["b"][i, 0]))
+            if key in roles:
                 starts, codes = roles[key]
                 j = int(np.searchsorted(starts, e, side="left")) - 1  # last span before e
                 role[i] = codes[max(j, 0)] if codes.size else ROLES.index("user")
