@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from crossdiff.crosscoder.fit import train_on_store
-from crossdiff.crosscoder.train import TrainConfig
+from crossdiff.crosscoder.train_config import TrainConfig
 from crossdiff.models import load_model
 from crossdiff_bench.finetune import (
     DIFFS,

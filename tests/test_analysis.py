@@ -385,7 +385,8 @@ def test_cli_analyze_prints_a_summary(planted, tmp_path: Path, capsys) -> None:
 @pytest.mark.slow
 def test_tiny_models_harvest_train_analyze_show(tiny_model, tmp_path: Path) -> None:
     from crossdiff.crosscoder.fit import crosscoder_config_for_store
-    from crossdiff.crosscoder.train import TrainConfig, train_crosscoder
+    from crossdiff.crosscoder.train import train_crosscoder
+    from crossdiff.crosscoder.train_config import TrainConfig
     from crossdiff.harvest import HarvestConfig, harvest
     from crossdiff.store import ActivationStore
     from tiny import TRAINING_TEXT

@@ -17,10 +17,10 @@ from safetensors.torch import load_file, save, save_file
 
 from crossdiff.cli import main as cli_main
 from crossdiff.crosscoder import CrosscoderConfig, latest_checkpoint, train_crosscoder
+from crossdiff.crosscoder.checkpoint import TRAIN_STATE_FILE
 from crossdiff.crosscoder.fit import train_on_store
 from crossdiff.crosscoder.model import WEIGHTS_FILE
 from crossdiff.crosscoder.sources import ArraySource
-from crossdiff.crosscoder.train import TRAIN_STATE_FILE
 from crossdiff.errors import CrossdiffError
 from crossdiff.store import ActivationStore, ManifestError, StoreDamagedError
 from crossdiff.store.check import nonfinite_count
@@ -76,7 +76,7 @@ def assert_unchanged(before: dict[str, bytes], folder: Path) -> None:
 
 
 def train_lib(store_path: Path, out: Path, **kw):
-    from crossdiff.crosscoder.train import TrainConfig
+    from crossdiff.crosscoder.train_config import TrainConfig
 
     tc = TrainConfig(
         **kw,

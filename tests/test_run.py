@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from crossdiff.crosscoder.fit import train_on_store
-from crossdiff.crosscoder.train import TrainConfig
+from crossdiff.crosscoder.train_config import TrainConfig
 from crossdiff.errors import CrossdiffError
 from crossdiff.paths import RunPaths
 from crossdiff.run import STAGES, RunConfig, load_config, run_pipeline, summarize

@@ -276,7 +276,7 @@ def test_threshold_update_is_the_per_group_loop_bit_for_bit():
             want_n[i] += 1
         cc = Crosscoder(CrosscoderConfig.dfc(D_A, D_B, F, k=4))
         cc.threshold.copy_(thr)
-        state = train_mod._State(thr_updates=n.clone())
+        state = train_mod.TrainState(thr_updates=n.clone())
         train_mod._update_threshold(cc, state, value, 1, TrainConfig(k_anneal_from=None), 4)
         assert torch.equal(cc.threshold, want) and torch.equal(state.thr_updates, want_n)
 

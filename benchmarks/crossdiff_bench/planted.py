@@ -289,7 +289,7 @@ def train_crosscoders(cfg: PlantedConfig, store_path: Path, runs: Path) -> list[
     designated-shared variant, ``cfg.exclusive`` of F designated shared; equal widths only).
     Also used by ``crossdiff bench finetune``, whose config has the same fields."""
     from crossdiff.crosscoder.fit import load_summary, train_on_store
-    from crossdiff.crosscoder.train import TrainConfig
+    from crossdiff.crosscoder.train_config import TrainConfig
 
     out = []
     for kind in cfg.kinds:
@@ -891,7 +891,7 @@ def _cc_key(cfg: PlantedConfig) -> str:
     settings = [cfg.n_features, cfg.k, cfg.exclusive, cfg.steps, cfg.batch_size, cfg.lr]
     if cfg.high_norm_factor != 2.0:  # the default stays out, so older caches remain valid
         settings.append(cfg.high_norm_factor)
-    from crossdiff.crosscoder.train import TrainConfig
+    from crossdiff.crosscoder.train_config import TrainConfig
 
     # the trainer's defaults (e.g. exclusive_init) too: a library upgrade gets fresh crosscoders
     # instead of a "trained with other settings" refusal

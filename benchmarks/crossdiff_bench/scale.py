@@ -51,7 +51,7 @@ def run_scale(
     exclusive: float,
 ) -> dict[str, float | str]:
     from crossdiff.crosscoder import CrosscoderConfig, TrainConfig, train_crosscoder
-    from crossdiff.crosscoder.train import resolve_device
+    from crossdiff.runtime.device import resolve_device
 
     dev = resolve_device(device)
     cfg = CrosscoderConfig.dfc(d_a, d_b, n_features, exclusive=exclusive, k=k)

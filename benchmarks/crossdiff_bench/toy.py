@@ -133,7 +133,7 @@ def crosscoder_config(bc: ToyBenchConfig, kind: str) -> Any:
 
 
 def train_config(bc: ToyBenchConfig, seed: int, kind: str = "dfc") -> Any:
-    from crossdiff.crosscoder.train import TrainConfig
+    from crossdiff.crosscoder.train_config import TrainConfig
 
     return TrainConfig(
         steps=bc.steps,

@@ -206,7 +206,9 @@ def run_speed(sc: SpeedConfig, *, log: Callable[[str], None] = print) -> SpeedRe
     """Time our DFC step against the dense reference; see the module docstring."""
     from crossdiff.crosscoder.config import CrosscoderConfig
     from crossdiff.crosscoder.model import Crosscoder
-    from crossdiff.crosscoder.train import default_aux_k, geometric_median, resolve_device
+    from crossdiff.crosscoder.train import geometric_median
+    from crossdiff.crosscoder.train_config import default_aux_k
+    from crossdiff.runtime.device import resolve_device
     from crossdiff_bench.reference_dfc import ReferenceDFC
 
     if sc.dtype not in DTYPES:

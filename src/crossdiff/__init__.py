@@ -17,7 +17,7 @@ _EXPORTS: dict[str, str] = {
     "Crosscoder": "crossdiff.crosscoder.model",
     "CrosscoderConfig": "crossdiff.crosscoder.config",
     "FeaturePartition": "crossdiff.crosscoder.partition",
-    "TrainConfig": "crossdiff.crosscoder.train",
+    "TrainConfig": "crossdiff.crosscoder.train_config",
     "train_crosscoder": "crossdiff.crosscoder.train",
     "ArraySource": "crossdiff.crosscoder.sources",
     "PairSource": "crossdiff.crosscoder.sources",

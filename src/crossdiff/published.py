@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from crossdiff.errors import CrossdiffError, reject_unknown_fields
 
 if TYPE_CHECKING:
-    from crossdiff.crosscoder.train import TrainConfig
+    from crossdiff.crosscoder.train_config import TrainConfig
     from crossdiff.run import RunConfig
 
 PUBLISHED_PACKAGE = "crossdiff.data"
@@ -292,7 +292,7 @@ def _check_stage_configs(
     it checks the config file against the code, not against the ``about`` section."""
     from crossdiff.analysis import AnalysisConfig
     from crossdiff.crosscoder.config import CrosscoderConfig
-    from crossdiff.crosscoder.train import TrainConfig
+    from crossdiff.crosscoder.train_config import TrainConfig
     from crossdiff.harvest import HarvestConfig
 
     cc_keys = {k for k in cfg.crosscoder if k not in ("expansion", "exclusive")}

@@ -217,7 +217,7 @@ def _stage_harvest(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
 
 def _stage_train(cfg: RunConfig, paths: RunPaths, progress: bool) -> str:
     from crossdiff.crosscoder.fit import is_complete, train_on_store
-    from crossdiff.crosscoder.train import TrainConfig
+    from crossdiff.crosscoder.train_config import TrainConfig
 
     if is_complete(paths.crosscoder):
         status = "skipped (complete)"

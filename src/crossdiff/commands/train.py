@@ -49,7 +49,7 @@ def crosscoder_options() -> ConfigOptions:
 def training_options() -> ConfigOptions:
     """TrainConfig on ``crossdiff train`` (given ones only, so that ``--seeds`` members keep
     the reference's other settings)."""
-    from crossdiff.crosscoder.train import NORMALIZATIONS, TrainConfig
+    from crossdiff.crosscoder.train_config import NORMALIZATIONS, TrainConfig
 
     expert = "not on the command line: a run config's train section or the Python API"
     return ConfigOptions(

@@ -21,7 +21,8 @@ from typing import Any
 
 from crossdiff.crosscoder.config import CrosscoderConfig
 from crossdiff.crosscoder.model import CONFIG_FILE, WEIGHTS_FILE, Crosscoder
-from crossdiff.crosscoder.train import TrainConfig, train_crosscoder
+from crossdiff.crosscoder.train import train_crosscoder
+from crossdiff.crosscoder.train_config import TrainConfig
 from crossdiff.errors import CrossdiffError
 from crossdiff.paths import CHECKPOINTS_DIR
 

@@ -24,16 +24,16 @@ counters and the threshold EMA stay on the device and the metrics are read at lo
 run). A batch a source yields on the device is checked for NaN/inf on the device and the
 error is raised at the next log or checkpoint step (host batches are checked at once).
 
-Size: TrainConfig, the loop, checkpoints and resume share the loop's state (_Run, _Step);
-the checkpoint format and the static step could move out next (issue 11 leaves this open).
+The config and schedule live in crosscoder/train_config.py, the normalization in
+crosscoder/normalization.py, the checkpoint format in crosscoder/checkpoint.py.
+
+Size: the start, the ordinary step, its static accelerator variant, the log and the resampling
+all read one run's state (:class:`_Run`, :class:`_Step`), so they are kept in one file.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,161 +43,35 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from crossdiff.crosscoder import hostsync
+from crossdiff.crosscoder.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from crossdiff.crosscoder.config import CrosscoderConfig
 from crossdiff.crosscoder.global_batch import GlobalBatch
 from crossdiff.crosscoder.model import Crosscoder, LossOutput
-from crossdiff.crosscoder.sources import PairSource, rank_batches, source_moments
-from crossdiff.errors import CrossdiffError, reject_unknown_fields
+from crossdiff.crosscoder.normalization import normalization_for
+from crossdiff.crosscoder.sources import PairSource, rank_batches
+from crossdiff.crosscoder.train_config import (
+    TrainConfig,
+    annealed_k,
+    default_aux_k,
+    default_dead_window,
+    lr_at,
+    resolve_compute_dtype,
+)
+from crossdiff.errors import CrossdiffError
 from crossdiff.runtime.device import resolve_device
-from crossdiff.store.moments import Moments, moments_of_arrays
-from crossdiff.store.stats import HIGH_NORM_FACTOR
 
 if TYPE_CHECKING:
     from crossdiff.runtime.distributed import DistInfo
 
-CHECKPOINT_PREFIX = "step-"
-TRAIN_STATE_FILE = "train_state.safetensors"
-TRAIN_META_FILE = "train_state.json"
 LOG_FILE = "train_log.jsonl"
-NORMALIZATIONS = ("centered", "median", "none")
-LOSS_SHARE_WARNING = 0.25
-"""Warn when one model carries less than this share of the loss weight (its variation is too
-light for its features to win anything; the cure is the 'centered' normalization)."""
-
-
-@dataclass
-class TrainConfig:
-    """How to train (the paper's values as defaults, docs/METHOD.md §3)."""
-
-    steps: int = 100_000
-    """Optimizer steps."""
-    batch_size: int = 2048
-    """Aligned pairs per step (before the high-norm filter)."""
-    lr: float = 1e-4
-    """Adam learning rate after warm-up."""
-    warmup_steps: int = 1000
-    """Linear warm-up from 0 to lr."""
-    decay_fraction: float = 0.2
-    """Linear decay to 0 over this last fraction of the steps (0 = constant lr)."""
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    """Adam betas."""
-    k_anneal_from: int | None = 1000
-    """Start k here and lower it linearly to the crosscoder's k (None: no annealing)."""
-    k_anneal_steps: int = 5000
-    """Steps over which k is annealed."""
-    aux_alpha: float = 0.03
-    """Weight of the AuxK loss (0 disables it)."""
-    aux_k: int | None = None
-    """Dead features used by AuxK per sample; None = min(512, max(d_a, d_b) // 2)."""
-    dead_window_tokens: int | None = None
-    """A feature is dead after this many training samples without firing; None = auto:
-    min(10M, max(10 x batch_size, 5% of all training samples)), so AuxK also acts in short
-    runs (the published code hard-coded 10M tokens)."""
-    l1_coeff: float = 1.0
-    """ReLU mode only: weight of the decoder-norm-weighted L1 penalty."""
-    resample_every: int | None = None
-    """Every N steps, re-initialise features dead for a whole dead window at directions of
-    high reconstruction error (crosscoder/resample.py); None = never (the paper). The presets
-    of ``crossdiff run`` turn it on: at their short budgets it is what keeps the exclusive
-    blocks alive (BatchTopK's norm-weighted ranking otherwise locks out features whose
-    decoder shrank)."""
-    resample_until: float = 0.7
-    """No resampling after this fraction of the steps (resampled features need time to settle
-    before the learning-rate decay)."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this (0 disables)."""
-    high_norm_factor: float = HIGH_NORM_FACTOR
-    """Drop pairs whose norm exceeds this x the batch median (0 disables)."""
-    normalization: str = "centered"
-    """How both models' activations are put on one scale before training (set from the
-    source, or estimated from a sample): 'centered' (default: subtract each model's mean,
-    then scale its root mean squared centred norm to sqrt((d_a + d_b) / 2), so both models'
-    variation weighs equally in the loss; store/moments.py), 'median' (the paper: one scalar
-    per model bringing its median norm there, no centring) or 'none'."""
-    scale_estimate_batches: int = 8
-    """Batches used to estimate the normalization when the source does not provide it."""
-    exclusive_init: str = "residual"
-    """How exclusive features start: 'residual' (at directions of what one model has and the
-    other does not linearly predict; crosscoder/init.py) or 'random' (the paper). On the toy
-    benchmark 'residual' lifts the DFC's exclusive recall from ~0.2 to ~0.7 (BENCHMARKS.md)."""
-    init_samples: int | None = None
-    """Pairs drawn (beyond the training stream) for the 'residual' initialisation; None =
-    max(16,384, 32 x the larger exclusive block), so every exclusive feature has candidates."""
-    seed: int = 0
-    """Seeds the weights' initialisation and the data order."""
-    device: str = "auto"
-    """'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ..."""
-    compute_dtype: str = "auto"
-    """Dtype of the encoder matmul: 'float32', 'bfloat16', or 'auto' (bf16 on CUDA, else fp32).
-    Weights and optimizer state stay float32."""
-    checkpoint_every: int = 1000
-    """Write a resumable checkpoint every N steps (when a checkpoint folder is given)."""
-    keep_checkpoints: int = 2
-    """How many recent checkpoints to keep."""
-    log_every: int = 50
-    """Append metrics to train_log.jsonl and refresh the progress bar every N steps."""
-
-    def validate(self) -> None:
-        positive = ("steps", "batch_size", "k_anneal_steps", "checkpoint_every", "log_every")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise CrossdiffError(f"train {name}={value!r} must be a positive integer")
-        if not self.lr > 0:
-            raise CrossdiffError(f"train lr={self.lr!r} must be positive")
-        if not 0 <= self.decay_fraction <= 1:
-            raise CrossdiffError(f"train decay_fraction={self.decay_fraction!r} must be in [0, 1]")
-        if self.warmup_steps < 0:
-            raise CrossdiffError(f"train warmup_steps={self.warmup_steps!r} must be >= 0")
-        if self.exclusive_init not in ("random", "residual"):
-            raise CrossdiffError(
-                f"train exclusive_init={self.exclusive_init!r}: use 'random' or 'residual'"
-            )
-        if self.init_samples is not None and (
-            not isinstance(self.init_samples, int) or self.init_samples < 2
-        ):
-            raise CrossdiffError(f"train init_samples={self.init_samples!r} must be an int >= 2")
-        if self.resample_every is not None and (
-            not isinstance(self.resample_every, int) or self.resample_every < 1
-        ):
-            raise CrossdiffError(
-                f"train resample_every={self.resample_every!r} must be a positive integer or None"
-            )
-        if not 0.0 <= self.resample_until <= 1.0:
-            raise CrossdiffError(f"train resample_until={self.resample_until!r} must be in [0, 1]")
-        if self.normalization not in NORMALIZATIONS:
-            raise CrossdiffError(
-                f"train normalization={self.normalization!r}: use one of "
-                f"{', '.join(map(repr, NORMALIZATIONS))}"
-            )
-        if self.compute_dtype not in ("auto", "float32", "bfloat16"):
-            raise CrossdiffError(
-                f"compute_dtype={self.compute_dtype!r}: use 'auto', 'float32' or 'bfloat16'"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["adam_betas"] = list(self.adam_betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        data = dict(data)
-        if "adam_betas" in data:
-            data["adam_betas"] = tuple(data["adam_betas"])
-        if "normalize" in data and "normalization" not in data:  # saved before 'centered'
-            data["normalization"] = "median" if data.pop("normalize") else "none"
-        reject_unknown_fields(cls, data, "train config fields")
-        return cls(**data)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-
-
 def geometric_median(x: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> torch.Tensor:
     """Weiszfeld's algorithm: the point minimizing the summed distance to the rows of x."""
     y = x.mean(0)
@@ -208,31 +82,6 @@ def geometric_median(x: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> tor
             return y_new
         y = y_new
     return y
-
-
-def annealed_k(step: int, k: int, tc: TrainConfig) -> int:
-    """k at this step: linear from k_anneal_from down to k over k_anneal_steps."""
-    if tc.k_anneal_from is None or tc.k_anneal_from <= k or step >= tc.k_anneal_steps:
-        return k
-    frac = step / tc.k_anneal_steps
-    return round(tc.k_anneal_from + (k - tc.k_anneal_from) * frac)
-
-
-def lr_at(step: int, tc: TrainConfig) -> float:
-    if tc.warmup_steps and step < tc.warmup_steps:
-        return tc.lr * (step + 1) / tc.warmup_steps
-    decay_start = tc.steps * (1 - tc.decay_fraction)
-    if tc.decay_fraction > 0 and step >= decay_start:
-        return tc.lr * max(0.0, (tc.steps - step) / (tc.steps - decay_start))
-    return tc.lr
-
-
-def default_aux_k(cfg: CrosscoderConfig) -> int:
-    return min(512, max(cfg.d_a, cfg.d_b) // 2)
-
-
-def default_dead_window(tc: TrainConfig) -> int:
-    return min(10_000_000, max(10 * tc.batch_size, tc.steps * tc.batch_size // 20))
 
 
 def check_finite(x: torch.Tensor, model: str, step: int) -> None:
@@ -275,301 +124,6 @@ class _NonFinite:
         for m, first, count in zip("ab", self.first.tolist(), self.count.tolist()):
             if first >= 0:
                 _raise_nonfinite(count, m, first)
-
-
-def estimate_moments(source: PairSource, tc: TrainConfig) -> Moments:
-    """Activation moments from ``scale_estimate_batches`` batches (a source without exact ones)."""
-    it = source.batches(tc.batch_size, seed=tc.seed + 10_007)
-    xs_a, xs_b = [], []
-    for _, (xa, xb) in zip(range(tc.scale_estimate_batches), it):
-        xs_a.append(xa.float())
-        xs_b.append(xb.float())
-    return moments_of_arrays(torch.cat(xs_a), torch.cat(xs_b))
-
-
-def normalization_for(
-    source: PairSource, config: CrosscoderConfig, tc: TrainConfig
-) -> tuple[CrosscoderConfig, tuple[torch.Tensor, torch.Tensor] | None]:
-    """The crosscoder config with its scales (and the means, when centred) for ``tc``."""
-    if tc.normalization == "none":
-        return dataclasses.replace(config, scale_a=1.0, scale_b=1.0, centered=False), None
-    if tc.normalization == "median":
-        scales = source.norm_scales() or estimate_scales(source, tc)
-        config = dataclasses.replace(
-            config, scale_a=float(scales[0]), scale_b=float(scales[1]), centered=False
-        )
-        return config, None
-    moments = source_moments(source) or estimate_moments(source, tc)
-    sa, sb = moments.centered_scales()
-    config = dataclasses.replace(config, scale_a=float(sa), scale_b=float(sb), centered=True)
-    return config, moments.as_tensors()
-
-
-def estimate_scales(source: PairSource, tc: TrainConfig) -> tuple[float, float]:
-    """Scales bringing each model's median norm to sqrt((d_a + d_b) / 2), from a sample."""
-    it = source.batches(tc.batch_size, seed=tc.seed + 10_007)
-    norms_a, norms_b = [], []
-    for _, (xa, xb) in zip(range(tc.scale_estimate_batches), it):
-        norms_a.append(xa.float().norm(dim=1))
-        norms_b.append(xb.float().norm(dim=1))
-    target = math.sqrt((source.d_a + source.d_b) / 2)
-    med_a = float(torch.cat(norms_a).median())
-    med_b = float(torch.cat(norms_b).median())
-    if not (med_a > 0 and med_b > 0):
-        raise CrossdiffError(
-            f"median activation norms are {med_a} (A) and {med_b} (B); the data looks empty/zero"
-        )
-    return target / med_a, target / med_b
-
-
-# ---- checkpoints -----------------------------------------------------------------------------
-def _checkpoint_paths(folder: Path) -> list[tuple[int, Path]]:
-    out = []
-    for p in folder.glob(f"{CHECKPOINT_PREFIX}*"):
-        if p.is_dir() and (p / TRAIN_META_FILE).is_file():
-            try:
-                out.append((int(p.name[len(CHECKPOINT_PREFIX) :]), p))
-            except ValueError:
-                continue
-    return sorted(out)
-
-
-def _checkpoint_damage(path: Path) -> str | None:
-    """Why the checkpoint at ``path`` cannot be loaded, or None: a cheap check (its four files
-    present, the JSON ones parse, each safetensors header agrees with its file's size, so a
-    truncated file is caught) that reads no tensor data."""
-    from crossdiff.crosscoder.model import CONFIG_FILE, WEIGHTS_FILE
-    from crossdiff.store.fileio import safetensors_header
-
-    for name in (CONFIG_FILE, TRAIN_META_FILE):
-        try:
-            data = json.loads((path / name).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        if not isinstance(data, dict):
-            return f"{name} is not a JSON object"
-        if name == TRAIN_META_FILE and not (
-            isinstance(data.get("step"), int) and isinstance(data.get("train_config"), dict)
-        ):
-            return f"{name} lacks its step or train_config"
-    for name in (WEIGHTS_FILE, TRAIN_STATE_FILE):
-        try:
-            safetensors_header(path / name)
-        except FileNotFoundError:
-            return f"{name} is missing"
-        except (OSError, ValueError) as exc:
-            return f"{name}: {exc}"
-    return None
-
-
-def _warn_skipped(path: Path, why: str, using: Path | None) -> None:
-    import warnings
-
-    then = f"resuming from {using.name} instead" if using is not None else "trying older ones"
-    warnings.warn(
-        f"checkpoint {path} cannot be loaded ({why}); {then} (it is left in place)",
-        stacklevel=3,
-    )
-
-
-def latest_checkpoint(folder: str | Path) -> Path | None:
-    """The newest complete checkpoint in ``folder`` that passes a cheap load check (None if
-    there is none).
-
-    A damaged newer checkpoint (e.g. a file truncated by a full disk) is skipped with a warning
-    naming it, and left in place; if every checkpoint is damaged this raises a
-    :class:`CrossdiffError` rather than silently starting over."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    paths = _checkpoint_paths(folder)
-    skipped: list[tuple[Path, str]] = []
-    for _, path in reversed(paths):
-        why = _checkpoint_damage(path)
-        if why is None:
-            for bad, reason in skipped:
-                _warn_skipped(bad, reason, path)
-            return path
-        skipped.append((path, why))
-    if skipped:
-        raise CrossdiffError(
-            f"no checkpoint in {folder} can be loaded ("
-            + "; ".join(f"{p.name}: {why}" for p, why in skipped)
-            + f"); nothing was deleted: move {folder} aside to train from the start"
-        )
-    return None
-
-
-def _set_aside(path: Path) -> Path:
-    """Rename a damaged checkpoint out of the ``step-*`` numbering (kept, never deleted)."""
-    n = 0
-    while True:
-        target = path.with_name(f"{path.name}.damaged" + (f"-{n}" if n else ""))
-        if not target.exists():
-            path.rename(target)
-            return target
-        n += 1
-
-
-@dataclass
-class _State:
-    """Running training state beyond weights and optimizer."""
-
-    step: int = 0
-    since_fired: torch.Tensor | None = None  # (F,) samples since each feature last fired
-    thr_updates: torch.Tensor | None = None  # (2,) EMA update counts per threshold group
-    samples: int | torch.Tensor = 0  # kept samples trained on (a device count between
-    # checkpoints on the static path)
-
-
-def _save_checkpoint(
-    folder: Path,
-    model: Crosscoder,
-    opt: torch.optim.Optimizer,
-    state: _State,
-    tc: TrainConfig,
-) -> Path:
-    from safetensors.torch import save_file
-
-    final = folder / f"{CHECKPOINT_PREFIX}{state.step:08d}"
-    tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{state.step:08d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tensors: dict[str, torch.Tensor] = {
-        "since_fired": state.since_fired.cpu(),
-        "thr_updates": state.thr_updates.cpu(),
-    }
-    names = dict(model.named_parameters())
-    param_name = {id(p): n for n, p in names.items()}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            st = opt.state.get(p, {})
-            for key, val in st.items():
-                tensors[f"opt.{param_name[id(p)]}.{key}"] = torch.as_tensor(val).cpu().contiguous()
-    save_file(tensors, str(tmp / TRAIN_STATE_FILE))
-    meta = {"step": state.step, "samples": int(state.samples), "train_config": tc.to_dict()}
-    (tmp / TRAIN_META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    if final.exists():
-        why = _checkpoint_damage(final)
-        if why is not None:  # a damaged checkpoint at this step: keep it, under another name
-            import warnings
-
-            kept = _set_aside(final)
-            warnings.warn(
-                f"checkpoint {final} was damaged ({why}); kept as {kept.name}", stacklevel=3
-            )
-        else:
-            shutil.rmtree(final)
-    tmp.rename(final)
-    for _, old in _checkpoint_paths(folder)[: -tc.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """Every file of a checkpoint, read into memory (raises whatever a damaged file raises)."""
-    from safetensors.torch import load_file
-
-    from crossdiff.crosscoder.model import CONFIG_FILE, WEIGHTS_FILE
-
-    meta = json.loads((path / TRAIN_META_FILE).read_text())
-    state = {
-        "config": CrosscoderConfig.load(path / CONFIG_FILE),
-        "step": int(meta["step"]),
-        "samples": int(meta.get("samples", 0)),
-        "train_config": dict(meta["train_config"]),
-        "weights": load_file(str(path / WEIGHTS_FILE)),
-        "tensors": load_file(str(path / TRAIN_STATE_FILE)),
-    }
-    for key in ("since_fired", "thr_updates"):
-        if key not in state["tensors"]:
-            raise KeyError(f"{TRAIN_STATE_FILE} lacks {key}")
-    return state
-
-
-def _load_checkpoint(
-    path: Path,
-    model: Crosscoder,
-    opt: torch.optim.Optimizer,
-    tc: TrainConfig,
-    device: torch.device,
-) -> _State:
-    """Load the checkpoint at ``path`` into model and optimizer. If its files cannot be read
-    (damage the cheap check of :func:`latest_checkpoint` misses), the next older checkpoint of
-    the same folder is tried, with a warning; nothing is deleted. A checkpoint written with
-    another config or other training settings is an error, not a fallback."""
-    step = int(path.name[len(CHECKPOINT_PREFIX) :])
-    older = [p for s, p in reversed(_checkpoint_paths(path.parent)) if s < step]
-    tried: list[str] = []
-    for candidate in [path, *older]:
-        try:
-            saved = _read_checkpoint(candidate)
-        except Exception as exc:  # damaged: safetensors, JSON, missing keys, missing files
-            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            _warn_skipped(candidate, why, None)
-            tried.append(f"{candidate.name}: {why}")
-            continue
-        _check_resumable(candidate, saved, model, tc)
-        try:
-            model.load_checked_state(saved["weights"], source=str(candidate))
-        except CrossdiffError as exc:  # same config, other tensors: the file is damaged
-            _warn_skipped(candidate, str(exc), None)
-            tried.append(f"{candidate.name}: {exc}")
-            continue
-        return _apply_checkpoint(saved, model, opt, device)
-    raise CrossdiffError(
-        f"no checkpoint in {path.parent} can be loaded ({'; '.join(tried)}); nothing was "
-        f"deleted: move {path.parent} aside to train from the start"
-    )
-
-
-def _check_resumable(path: Path, saved: dict[str, Any], model: Crosscoder, tc: TrainConfig) -> None:
-    saved_cfg = saved["config"]
-    if saved_cfg.to_dict() != model.config.to_dict():
-        diff = {
-            k: (v, model.config.to_dict().get(k))
-            for k, v in saved_cfg.to_dict().items()
-            if model.config.to_dict().get(k) != v
-        }
-        raise CrossdiffError(
-            f"checkpoint {path} was written for a different crosscoder config "
-            f"(checkpoint vs now: {diff}); use another checkpoint folder or the same config"
-        )
-    saved_tc = saved["train_config"]
-    now_tc = tc.to_dict()
-    # steps/checkpointing/logging may change between runs; everything else must match
-    free = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "device"}
-    diff = {
-        k: (saved_tc.get(k), v) for k, v in now_tc.items() if k not in free and saved_tc.get(k) != v
-    }
-    if diff:
-        raise CrossdiffError(
-            f"checkpoint {path} was written with different training settings "
-            f"(checkpoint vs now: {diff}); resume with the same settings or a new folder"
-        )
-
-
-def _apply_checkpoint(
-    saved: dict[str, Any], model: Crosscoder, opt: torch.optim.Optimizer, device: torch.device
-) -> _State:
-    model.to(device)
-    tensors = saved["tensors"]
-    names = dict(model.named_parameters())
-    for name, p in names.items():
-        st = {}
-        for key in ("step", "exp_avg", "exp_avg_sq"):
-            t = tensors.get(f"opt.{name}.{key}")
-            if t is not None:
-                st[key] = t.to(device) if key != "step" else t
-        if st:
-            opt.state[p] = st
-    return _State(
-        step=saved["step"],
-        since_fired=tensors["since_fired"].to(device),
-        thr_updates=tensors["thr_updates"].to(device),
-        samples=saved["samples"],
-    )
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -616,7 +170,7 @@ class _Run:
     tc: TrainConfig
     model: Crosscoder
     opt: torch.optim.Optimizer
-    state: _State
+    state: TrainState
     device: torch.device
     dinfo: DistInfo | None
     """This rank under torchrun; None in a single process."""
@@ -686,15 +240,15 @@ def _resumed_state(
     device: torch.device,
     ckpt_dir: Path | None,
     resume: bool,
-) -> _State:
+) -> TrainState:
     """The newest checkpoint's state, loaded into model and optimizer (with ``resume`` and a
     checkpoint to resume), else a fresh one: counters at zero, step 0."""
-    state = _State()
+    state = TrainState()
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         latest = latest_checkpoint(ckpt_dir) if resume else None
         if latest is not None:
-            state = _load_checkpoint(latest, model, opt, tc, device)
+            state = load_checkpoint(latest, model, opt, tc, device)
     if state.since_fired is None:
         state.since_fired = torch.zeros(model.config.n_features, dtype=torch.long, device=device)
         state.thr_updates = torch.zeros(2, dtype=torch.long, device=device)
@@ -910,7 +464,7 @@ def _maybe_checkpoint(run: _Run) -> None:
     from crossdiff.runtime import distributed
 
     if run.main:
-        _save_checkpoint(run.ckpt_dir, run.model, run.opt, state, tc)
+        save_checkpoint(run.ckpt_dir, run.model, run.opt, state, tc)
     distributed.barrier(run.dinfo)
 
 
@@ -999,7 +553,7 @@ def _resample_due(step: int, tc: TrainConfig, model: Crosscoder) -> bool:
 def _maybe_resample(
     model: Crosscoder,
     opt,
-    state: _State,
+    state: TrainState,
     tc: TrainConfig,
     dead_window: int,
     x_a,
@@ -1084,7 +638,7 @@ def _residual_init(model: Crosscoder, source: PairSource, tc: TrainConfig, devic
 
 def _update_threshold(
     model: Crosscoder,
-    state: _State,
+    state: TrainState,
     min_score: torch.Tensor | None,
     step: int,
     tc: TrainConfig,

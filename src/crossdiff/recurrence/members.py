@@ -167,7 +167,7 @@ def reference_settings(
     ``crossdiff run`` trains members exactly like the run's crosscoder.
     """
     from crossdiff.crosscoder.fit import crosscoder_config_for_store, is_complete, load_summary
-    from crossdiff.crosscoder.train import TrainConfig
+    from crossdiff.crosscoder.train_config import TrainConfig
 
     paths = RunPaths(run)
     base_train: dict[str, Any] = {}
