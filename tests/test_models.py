@@ -101,6 +101,15 @@ def test_resolve_layer():
     assert resolve_layer("middle", 18) == 9
     assert resolve_layer(" 12 ", 30) == 12
     assert resolve_layer("-2", 30) == 28
+    assert resolve_layer("75%", 30) == 22  # one relative depth for two depths
+    assert resolve_layer(" 75% ", 18) == 13
+    assert resolve_layer("50%", 30) == resolve_layer("middle", 30)
+    assert resolve_layer("0%", 30) == 0
+    assert resolve_layer("100%", 30) == 29  # capped at the last layer
+    assert resolve_layer("75%", 2) == 1
+    for bad in ("120%", "-5%", "x%", "%"):
+        with pytest.raises(CrossdiffError, match="not a relative depth"):
+            resolve_layer(bad, 30, "X")
     with pytest.raises(
         CrossdiffError, match=r"layer 40 out of range: model 'X' has 30 layers \(0-29"
     ):

@@ -70,10 +70,12 @@ class FinetuneBenchConfig:
     """Which diffs to run: 'self' (against the original) and/or 'gemma' (Gemma-3-270M)."""
     others: dict[str, str] = field(default_factory=lambda: dict(DIFFS))
     """Model B of each diff (tests put tiny models here)."""
-    layer_a: int | str = "middle"
-    """The fine-tuned model's layer (the crosscoder reads it)."""
-    layer_b: int | str = "middle"
-    """Model B's layer."""
+    layer_a: int | str = "75%"
+    """The fine-tuned model's layer (the crosscoder reads it): 22 of SmolLM2's 30. At the
+    middle layer (15) no crosscoder found either behaviour (BENCHMARKS.md); the decision to
+    refuse or praise is about twice as large, relative to the activations, at 22."""
+    layer_b: int | str = "75%"
+    """Model B's layer (the same relative depth: 22 of the original's 30, 13 of Gemma's 18)."""
     corpus: str = "builtin:wiki=0.4,builtin:chats=0.3"
     """The store's general text; the behaviour questions are added with ``prompt_share``."""
     prompt_share: float = 0.3
@@ -787,8 +789,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kinds", help="comma-separated crosscoder kinds (default dfc,standard,dsf)")
     p.add_argument("--steps", type=int, help="crosscoder training steps")
     p.add_argument("--steer-seeds", type=int, help="steer the found features of the first N seeds")
-    p.add_argument("--layer-a", help="the fine-tuned model's layer (default: middle)")
-    p.add_argument("--layer-b", help="model B's layer (default: middle)")
+    p.add_argument("--layer-a", help="the fine-tuned model's layer: N, -N, P%%, middle (75%%)")
+    p.add_argument("--layer-b", help="model B's layer (default 75%%: 22 of 30, Gemma 13 of 18)")
     p.add_argument("--no-interpret", action="store_true", help="do not explain found features")
     p.add_argument(
         "--no-decision-pairs",

@@ -133,7 +133,8 @@ def default_text(value: Any) -> str:
 
 # ---- types -------------------------------------------------------------------------------------
 def int_or_str(text: str) -> int | str:
-    """The parser of an ``int | str`` field: ``"12"`` and ``"-1"`` -> int, ``"middle"`` stays."""
+    """The parser of an ``int | str`` field: ``"12"`` and ``"-1"`` -> int; ``"middle"`` and
+    ``"75%"`` stay."""
     try:
         return int(text)
     except ValueError:

@@ -43,7 +43,7 @@ class RunConfig:
     model_b: str = "gemma3-270m"
     """Model B."""
     layer_a: int | str = "middle"
-    """Layer of A (index, negative index, or 'middle')."""
+    """Layer of A (index, negative index, relative depth such as '75%', or 'middle')."""
     layer_b: int | str = "middle"
     """Layer of B."""
     corpus: str = "builtin"

@@ -41,7 +41,8 @@ class HarvestConfig:
     """Stop after this many aligned pairs (rows), at the first block boundary at or past it.
     None: the whole corpus."""
     layer_a: int | str = "middle"
-    """Layer of A whose output is stored: index, negative index, or "middle" (n_layers // 2)."""
+    """Layer of A whose output is stored: index, negative index, relative depth ("75%") or
+    "middle" (n_layers // 2)."""
     layer_b: int | str = "middle"
     """Layer of B, likewise."""
     max_seq_len: int = 512

@@ -8,6 +8,8 @@ crossdiff hook any architecture (the approach of EleutherAI's sparsify).
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from crossdiff.errors import CrossdiffError
@@ -67,11 +69,15 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def resolve_layer(layer: int | str, n_layers: int, model_name: str = "model") -> int:
-    """A layer index in ``0 .. n_layers-1`` from an int, a negative int, or ``"middle"``.
+    """A layer index in ``0 .. n_layers-1`` from an int, a negative int, a relative depth
+    (``"75%"``) or ``"middle"``.
 
     Strings holding integers (``"12"``, ``"-1"``, as the CLI passes them) are accepted.
-    ``"middle"`` is ``n_layers // 2``. Out of range raises a :class:`CrossdiffError` such as
-    ``layer 40 out of range: model 'X' has 30 layers (0-29)``.
+    ``"middle"`` is ``n_layers // 2`` (= ``"50%"``); ``"P%"`` is ``floor(P / 100 x n_layers)``,
+    capped at the last layer, so one setting reads the same relative depth of two models of
+    different depths (``"75%"``: 22 of SmolLM2's 30, 13 of Gemma-3-270M's 18). Out of range
+    raises a :class:`CrossdiffError` such as ``layer 40 out of range: model 'X' has 30 layers
+    (0-29)``.
     """
     if isinstance(layer, bool):
         raise CrossdiffError(f"layer {layer!r} is not a layer index; use an int or 'middle'")
@@ -80,12 +86,14 @@ def resolve_layer(layer: int | str, n_layers: int, model_name: str = "model") ->
         text = layer.strip().lower()
         if text == "middle":
             return n_layers // 2
+        if text.endswith("%"):
+            return _relative_depth(layer, text[:-1], n_layers)
         try:
             value = int(text)
         except ValueError:
             raise CrossdiffError(
                 f"layer {layer!r} is not a layer index: use an integer (negative counts from the "
-                "end) or 'middle'"
+                "end), a relative depth such as '75%', or 'middle'"
             ) from None
     elif isinstance(layer, int):
         value = layer
@@ -98,3 +106,16 @@ def resolve_layer(layer: int | str, n_layers: int, model_name: str = "model") ->
             f"(0-{n_layers - 1}, or -{n_layers} to -1, or 'middle')"
         )
     return index
+
+
+def _relative_depth(layer: str, percent: str, n_layers: int) -> int:
+    """The layer at ``percent`` % of the depth (``resolve_layer``'s ``"P%"`` form)."""
+    try:
+        value = float(percent)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 100:
+        raise CrossdiffError(
+            f"layer {layer!r} is not a relative depth: use a percentage from 0% to 100%, e.g. '75%'"
+        )
+    return min(n_layers - 1, math.floor(value / 100 * n_layers + 1e-9))
