@@ -85,7 +85,7 @@ class LoadedModel:
 
     # ----------------------------------------------------------------- layers
     def resolve_layer(self, layer: int | str) -> int:
-        """Index in 0..n_layers-1 from an int, a negative int or "middle" (= n_layers // 2)."""
+        """Index in 0..n_layers-1 from an int, a negative int, "P%" or "middle" (resolve_layer)."""
         return resolve_layer(layer, self.n_layers, self.model_id)
 
     def capture(
