@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from crossdiff.crosscoder.config import CrosscoderConfig
-from crossdiff.crosscoder.model import Crosscoder
+from crossdiff.crosscoder.model import CONFIG_FILE, WEIGHTS_FILE, Crosscoder
 from crossdiff.crosscoder.train_config import TrainConfig
 from crossdiff.errors import CrossdiffError
 
@@ -36,18 +37,22 @@ def _checkpoint_paths(folder: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: why a file could not be read, in one line."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
 def _checkpoint_damage(path: Path) -> str | None:
     """Why the checkpoint at ``path`` cannot be loaded, or None: a cheap check (its four files
     present, the JSON ones parse, each safetensors header agrees with its file's size, so a
     truncated file is caught) that reads no tensor data."""
-    from crossdiff.crosscoder.model import CONFIG_FILE, WEIGHTS_FILE
     from crossdiff.store.fileio import safetensors_header
 
     for name in (CONFIG_FILE, TRAIN_META_FILE):
         try:
             data = json.loads((path / name).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return f"{name}: {_first_line(exc)}"
         if not isinstance(data, dict):
             return f"{name} is not a JSON object"
         if name == TRAIN_META_FILE and not (
@@ -65,8 +70,6 @@ def _checkpoint_damage(path: Path) -> str | None:
 
 
 def _warn_skipped(path: Path, why: str, using: Path | None) -> None:
-    import warnings
-
     then = f"resuming from {using.name} instead" if using is not None else "trying older ones"
     warnings.warn(
         f"checkpoint {path} cannot be loaded ({why}); {then} (it is left in place)",
@@ -155,8 +158,6 @@ def save_checkpoint(
     if final.exists():
         why = _checkpoint_damage(final)
         if why is not None:  # a damaged checkpoint at this step: keep it, under another name
-            import warnings
-
             kept = _set_aside(final)
             warnings.warn(
                 f"checkpoint {final} was damaged ({why}); kept as {kept.name}", stacklevel=3
@@ -172,8 +173,6 @@ def save_checkpoint(
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     """Every file of a checkpoint, read into memory (raises whatever a damaged file raises)."""
     from safetensors.torch import load_file
-
-    from crossdiff.crosscoder.model import CONFIG_FILE, WEIGHTS_FILE
 
     meta = json.loads((path / TRAIN_META_FILE).read_text())
     state = {
@@ -208,7 +207,7 @@ def load_checkpoint(
         try:
             saved = _read_checkpoint(candidate)
         except Exception as exc:  # damaged: safetensors, JSON, missing keys, missing files
-            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            why = _first_line(exc)
             _warn_skipped(candidate, why, None)
             tried.append(f"{candidate.name}: {why}")
             continue
