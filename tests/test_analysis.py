@@ -283,6 +283,77 @@ def test_check_confirms_exclusive_and_refutes_shared_signals(planted, kind: str)
     assert json.loads((res.folder / "analysis.json").read_text())["format"] == "crossdiff-analysis"
 
 
+def _triggered_run(root: Path) -> int:
+    """A run whose A-only signal (A's dim 0: a behaviour) fires only in 'prompts' documents,
+    always together with a trigger both models see (A's dim 3 = B's dim 3); in 'general'
+    documents the trigger never appears. Returns the A-exclusive feature that reads dim 0."""
+    from crossdiff_bench.synthetic import planted_crosscoder
+
+    def make(doc: int, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x_a = rng.normal(0.0, 0.3, size=(n, D_A))
+        x_b = rng.normal(0.0, 0.3, size=(n, D_B))
+        shared = (rng.random(n) < 0.2) * rng.uniform(1.0, 2.0, size=n)
+        x_a[:, 4] += shared  # a concept both models have, everywhere
+        x_b[:, 4] += shared
+        if doc % 2 == 0:  # a 'prompts' document
+            trig = (rng.random(n) < 0.2) * rng.uniform(1.0, 2.0, size=n)
+            x_a[:, 3] += trig
+            x_b[:, 3] += trig
+            x_a[:, 0] += trig  # the behaviour, on the trigger
+        return torch.from_numpy(x_a).float(), torch.from_numpy(x_b).float()
+
+    paths = RunPaths(root)
+    write_synthetic_store(
+        paths.store,
+        n_docs=160,
+        words_per_doc=30,
+        d_a=D_A,
+        d_b=D_B,
+        activations=make,
+        shard_rows=600,
+        sources=lambda doc: "prompts" if doc % 2 == 0 else "general",
+    )
+    cc, roles = planted_crosscoder("dfc", D_A, D_B)
+    cc.save_pretrained(paths.crosscoder)
+    return roles["a_only"]
+
+
+def test_map_sources_fit_the_check_on_general_text_only(tmp_path: Path) -> None:
+    """A behaviour on a trigger both models see: the map fitted on every document learns the
+    trigger -> behaviour link from the prompts and refutes the feature; fitted on the general
+    documents only, it cannot, and the feature is confirmed. Every row is still scored."""
+    f = _triggered_run(tmp_path)
+    everything = analyze(tmp_path, config=quiet(probe_split="crossfit"))
+    row = everything.feature(f)
+    assert row["verdict"] == "refuted" and row["cross_r2"] > 0.5, row
+    general = analyze(
+        tmp_path,
+        out=tmp_path / "general",
+        config=quiet(probe_split="crossfit", map_sources=["general"]),
+    )
+    row2 = general.feature(f)
+    assert row2["verdict"] == "confirmed" and row2["cross_r2"] < 0.2, row2
+    assert list(general.meta["config"]["map_sources"]) == ["general"]
+    assert general.meta["check"]["fit_rows"] < everything.meta["check"]["fit_rows"]
+    assert general.meta["check"]["test_rows"] == everything.meta["check"]["test_rows"]
+    # the 'eval'/'all' scheme narrows its fit rows the same way
+    one_cut = analyze(
+        tmp_path, out=tmp_path / "all", config=quiet(probe_split="all", map_sources=("general",))
+    )
+    assert one_cut.feature(f)["verdict"] == "confirmed"
+    # a source the store does not hold names the ones it does, and writes nothing
+    with pytest.raises(CrossdiffError, match=r"wiki: no document .* holds: general, prompts"):
+        analyze(tmp_path, out=tmp_path / "typo", config=quiet(map_sources=("wiki",)))
+    assert not (tmp_path / "typo").exists()
+    with pytest.raises(CrossdiffError, match="map_sources='general' must be a list"):
+        AnalysisConfig(map_sources="general")
+    # the command line takes them comma-separated
+    out = tmp_path / "cli"
+    argv = ["analyze", str(tmp_path), "--out", str(out), "--no-progress", "--device", "cpu"]
+    assert cli_main([*argv, "--map-sources", "general, prompts"]) == 0
+    assert list(load_analysis(out).meta["config"]["map_sources"]) == ["general", "prompts"]
+
+
 def test_ranking_rules() -> None:
     klass = np.array(["A", "A", "A", "A", "A", "B", "S"])
     verdict = np.array(

@@ -49,8 +49,9 @@ FLAGS_BEFORE = {
     "--dead-window --designated --device --exclusive --exclusive-init --expansion --force --k "
     "--k-anneal-from --k-anneal-steps --l1-coeff --lr --n-features --no-progress "
     "--normalization --out --seed --seeds --selection-norm --steps --store --warmup-steps",
-    "analyze": "--batch-size --contexts --crosscoder --device --eval-fraction --max-r2 "
-    "--max-rows --no-progress --out --probe-split --rel-hi --rel-lo --seed --store --top",
+    "analyze": "--batch-size --contexts --crosscoder --device --eval-fraction --map-sources "
+    "--max-r2 --max-rows --no-progress --out --probe-split --rel-hi --rel-lo --seed --store "
+    "--top",
     "interpret": "--concurrency --device --explainer --features --judge --judge-batch "
     "--max-features --max-new-tokens --negatives --no-cache --no-progress --price-per-mtok "
     "--retries --seed --shared --timeout",

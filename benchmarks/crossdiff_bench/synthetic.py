@@ -126,6 +126,7 @@ def write_synthetic_store(
     seed: int = 0,
     progress: bool = False,
     one_vocabulary: bool = False,
+    sources: Callable[[int], str] | None = None,
 ) -> ActivationStore:
     """Write a store of ``n_docs`` documents, one row per word (about ``words_per_doc`` each).
 
@@ -133,7 +134,8 @@ def write_synthetic_store(
     its words, paired at each word's end; model A renders the text as is, model B with the
     prefix ``<bos>`` (so B's spans are shifted). ``activations(doc, n, rng)`` gives (x_a, x_b) for
     document ``doc``'s n rows (default: Gaussian). ``one_vocabulary``: see
-    :func:`synthetic_manifest`.
+    :func:`synthetic_manifest`. ``sources(doc)`` names a document's corpus source (default:
+    ``synthetic`` for all).
     """
     rng = np.random.default_rng(seed)
     texts = texts or {}
@@ -154,7 +156,7 @@ def write_synthetic_store(
             record = {
                 "index": i,
                 "doc_id": f"doc{i}",
-                "source": "synthetic",
+                "source": sources(i) if sources else "synthetic",
                 "text": text,
                 "messages": None,
                 "windows": [

@@ -14,6 +14,9 @@ both the fit and the test of a map, and the split never changes when a store gro
 - ``"eval"`` / ``"all"`` (the earlier scheme): the store's eval split (or all documents) cut
   by a second hash into a fit part and a bounded in-memory test part. On the default store
   the eval split held 403 test rows, so most candidates stayed untested.
+
+``map_sources`` narrows the rows that *fit* the maps to the documents of some corpus sources
+(:func:`map_documents`); every row is still scored.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from crossdiff.analysis.config import AnalysisConfig
 from crossdiff.analysis.encoding import firing_thresholds
 from crossdiff.analysis.exclusivity import CrossPredictionScorer, fit_stitch_maps
 from crossdiff.crosscoder.model import Crosscoder
+from crossdiff.errors import CrossdiffError
 from crossdiff.store.reader import doc_hash_unit
 
 if TYPE_CHECKING:
@@ -47,6 +51,23 @@ def probe_masks(
         probe = np.ones(np.shape(doc_index), dtype=bool)
     test = doc_hash_unit(doc_index, _PROBE_SALT) < config.probe_test_fraction
     return probe & ~test, probe & test
+
+
+def map_documents(store: Any, sources: tuple[str, ...]) -> np.ndarray | None:
+    """(n_documents,) bool: the documents whose rows fit the cross-model map
+    (``AnalysisConfig.map_sources``); None when every document does. A source the store does
+    not hold is an error naming the ones it does (a typo would otherwise fit on nothing)."""
+    if not sources:
+        return None
+    names = np.array([str(r.get("source")) for r in store.documents()], dtype=object)
+    unknown = sorted(set(sources) - set(names.tolist()))
+    if unknown:
+        held = ", ".join(sorted(set(names.tolist()))) or "none"
+        raise CrossdiffError(
+            f"analysis map_sources {', '.join(unknown)}: no document of the store has that "
+            f"source (it holds: {held}); name some of these, or none for every document"
+        )
+    return np.isin(names, list(sources))
 
 
 _FOLD_SALT = 0x2545F4914F6CDD1D

@@ -61,6 +61,15 @@ class AnalysisConfig:
     probe_test_rows: int = 32768
     """At most this many test rows are kept in memory (bf16) for the scoring step; bounded so
     memory does not grow with the store."""
+    map_sources: tuple[str, ...] = ()
+    """Corpus sources (comma-separated on the command line: the ``source`` of the store's
+    documents, as ``crossdiff store info`` lists them, e.g. ``builtin:wiki``, a file's name)
+    whose documents alone fit the check's cross-model map; empty: every document. The test
+    rows are all documents either way. Why: a map fitted on the audit's own prompts learns
+    what one model does *in reply to* a trigger both models see (the fine-tuned model's
+    refusal, predicted from the other model's reading of the question) and refutes it; a map
+    fitted on general text carries how the two models correspond in general
+    (docs/analysis-report.md)."""
     ridge: float = 1e-3
     """Ridge penalty of the cross-model map, relative to the mean variance per dimension of the
     predicting model (scale-free)."""
@@ -162,6 +171,14 @@ class AnalysisConfig:
             raise CrossdiffError(
                 f"contexts_for={self.contexts_for!r}: use 'exclusive', 'all' or 'none'"
             )
+        if not isinstance(self.map_sources, (list, tuple)) or not all(
+            isinstance(x, str) and x for x in self.map_sources
+        ):
+            raise CrossdiffError(
+                f"map_sources={self.map_sources!r} must be a list of corpus source names "
+                "(crossdiff store info lists them), or empty for every document"
+            )
+        self.map_sources = tuple(self.map_sources)
         if self.max_rows is not None and self.max_rows < 1:
             raise CrossdiffError(f"max_rows={self.max_rows!r} must be a positive integer or None")
 

@@ -31,7 +31,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from crossdiff.analysis.check import fold_of, probe_masks, run_check, run_crossfit_check
+from crossdiff.analysis.check import (
+    fold_of,
+    map_documents,
+    probe_masks,
+    run_check,
+    run_crossfit_check,
+)
 from crossdiff.analysis.config import AnalysisConfig
 from crossdiff.analysis.encoding import encode_batch
 from crossdiff.analysis.examples import examples_table
@@ -119,6 +125,7 @@ class PassState:
     fit_rows: int = 0
     test_rows_seen: int = 0
     rows: int = 0
+    map_docs: np.ndarray | None = None  # (n_documents,) fit the map (None: every document)
 
 
 def _open_inputs(
@@ -193,6 +200,7 @@ def _first_pass(
         descriptors=RowDescriptors(store),
         internal_mass=torch.zeros(f, dtype=torch.float64, device=dev),
         role_mass=torch.zeros(len(ROLES), f, dtype=torch.float64, device=dev),
+        map_docs=map_documents(store, config.map_sources),
     )
     if config.probe_split == "crossfit":
         state.fold_moments = [
@@ -270,17 +278,25 @@ def _fold_batch(
     if state.twins is not None:
         state.twins.update(enc.rows, enc.feats, enc.vals, n)
     state.rows += n
+    docs = meta["doc_index"]
+    in_map = None if state.map_docs is None else state.map_docs[docs]  # map_sources' rows
     if config.probe_split == "crossfit":
-        state.moments.update(xa, xb)
-        fold = fold_of(meta["doc_index"], config.probe_folds)
+        fit_a, fit_b = xa, xb
+        if in_map is not None:
+            t = torch.from_numpy(np.flatnonzero(in_map)).to(dev)
+            fit_a, fit_b, docs = xa[t], xb[t], docs[in_map]
+        state.moments.update(fit_a, fit_b)
+        fold = fold_of(docs, config.probe_folds)
         for j, mom in enumerate(state.fold_moments):
             mom.share_shift(state.moments)
             sel = np.flatnonzero(fold == j)
             if sel.size:
                 t = torch.from_numpy(sel).to(dev)
-                mom.update(xa[t], xb[t])
+                mom.update(fit_a[t], fit_b[t])
         return
-    fit, test = probe_masks(meta["doc_index"], config, eval_fraction)
+    fit, test = probe_masks(docs, config, eval_fraction)
+    if in_map is not None:
+        fit &= in_map
     if fit.any():
         m = torch.from_numpy(fit).to(dev)
         state.moments.update(xa[m], xb[m])

@@ -9,6 +9,11 @@ from crossdiff import configcli
 from crossdiff.configcli import ConfigOptions, Flag
 
 
+def parse_sources(text: str) -> tuple[str, ...]:
+    """``--map-sources builtin:wiki,builtin:chats`` -> the tuple (empty text: every document)."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 @functools.cache
 def options() -> ConfigOptions:
     """AnalysisConfig on ``crossdiff analyze``: the settings one tunes per run; the method's
@@ -24,6 +29,7 @@ def options() -> ConfigOptions:
             "probe_split": Flag(choices=("eval", "all")),
             "exclusive_max_r2": Flag(name="--max-r2"),
             "contexts_for": Flag(name="--contexts"),
+            "map_sources": Flag(type=parse_sources, metavar="SOURCES"),
         },
         exclude={
             name: method
