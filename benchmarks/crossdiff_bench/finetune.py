@@ -478,10 +478,16 @@ def steer_behaviour(
 
 
 def suppression_target(st: dict[str, Any], drop: float) -> dict[str, Any]:
-    """From the evidence of the fine-tuned model's suppression sweep: the coherent negative
-    alpha with the lowest rate, the drop there, the nulls' mean drop there (coherent nulls only),
-    and whether the feature drops the rate by ``drop`` beyond the null band while no null
-    drops it that much."""
+    """From the evidence of the fine-tuned model's suppression sweep: the alpha it is judged
+    at, the drop there, the nulls' mean and largest drop there (coherent nulls only), and
+    whether the feature drops the rate by ``drop`` beyond the null band while no null drops it
+    that much.
+
+    The alpha is chosen from the feature's own effects, before the nulls are looked at: the
+    *weakest* coherent negative push whose drop reaches ``drop`` (a dose-response reading:
+    the smallest intervention that does it), else the coherent negative alpha with the lowest
+    rate. Pushing harder than the effect needs tests only how fragile the reply is to any push
+    of that size (a templated refusal breaks under a random one: BENCHMARKS.md)."""
     ev = st.get("evidence", {}).get("models", {}).get("a", {}).get("suppress")
     if ev is None or ev["evidence"]["effects"] is None:
         return {"met": False, "why": "no evidence"}
@@ -489,12 +495,16 @@ def suppression_target(st: dict[str, Any], drop: float) -> dict[str, Any]:
     alphas = st["alphas"]
     zero = alphas.index(0.0)
     base = e["effects"][zero]
-    best = None
-    for i, a in enumerate(alphas):
-        if a >= 0 or not e["coherent"][i] or e["effects"][i] is None:
-            continue
-        if best is None or e["effects"][i] < e["effects"][best]:
-            best = i
+    usable = [
+        i
+        for i, a in enumerate(alphas)
+        if a < 0 and e["coherent"][i] and e["effects"][i] is not None
+    ]
+    enough = [i for i in usable if base - e["effects"][i] >= drop]
+    if enough:
+        best = max(enough, key=lambda i: alphas[i])  # the weakest push (closest to 0)
+    else:
+        best = min(usable, key=lambda i: (e["effects"][i], -alphas[i])) if usable else None
     if best is None:
         return {"met": False, "why": "no coherent negative alpha", "unsteered": base}
     nulls = [

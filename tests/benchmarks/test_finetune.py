@@ -194,6 +194,26 @@ def test_suppression_target_needs_a_coherent_drop_beyond_every_null():
     )
     assert not broken["met"] and "coherent" in broken["why"]
 
+    # judged at the weakest push that does it: at -1 the rate falls 1.0 -> 0.0 and the null
+    # stays; at -2 (a harder push) a null removes it too. The alpha comes from the feature's
+    # own effects, so -1, and the target is met there
+    def sweep2(effects, nulls, beats):
+        st = sweep(effects, nulls, [True] * 4, beats)
+        st["alphas"] = [-2.0, -1.0, 0.0, 1.0]
+        ev = st["evidence"]["models"]["a"]["suppress"]["evidence"]
+        ev["null_coherent"] = [[True] * 4 for _ in nulls]
+        return st
+
+    weakest = suppression_target(
+        sweep2([0.0, 0.0, 1.0, 1.0], [[0.0, 1.0, 1.0, 1.0]], [-2.0, -1.0]), 0.5
+    )
+    assert weakest["alpha"] == -1.0 and weakest["met"]
+    assert weakest["null_drop_max"] == pytest.approx(0.0)
+    # no alpha reaches the drop: the lowest rate, and of equal ones the weaker push
+    short = suppression_target(sweep2([0.7, 0.7, 1.0, 1.0], [[0.9, 1.0, 1.0, 1.0]], []), 0.5)
+    assert short["alpha"] == -1.0 and not short["met"]
+    assert short["drop"] == pytest.approx(0.3)
+
 
 # ------------------------------------------------------------------------ LoRA (tiny)
 def test_lora_training_lowers_the_loss_and_changes_the_merged_weights(tiny_model):
