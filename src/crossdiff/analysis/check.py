@@ -95,12 +95,7 @@ def run_check(
     dev: torch.device,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Pass 2: held-out cross-model R^2 for alive exclusive candidates and shared controls."""
-    f = len(klass)
-    cols = {
-        "cross_r2": np.full(f, np.nan),
-        "test_active": np.zeros(f, dtype=np.int64),
-        "check_side": np.full(f, "", dtype=object),
-    }
+    cols = _check_columns(len(klass), tokenization=False)
     info: dict[str, Any] = {
         "fit_rows": state.fit_rows,
         "test_rows": state.test_rows,
@@ -131,12 +126,34 @@ def run_check(
         xa = cc.normalize(x_a[s : s + step].to(dev, torch.float32), "a")
         xb = cc.normalize(x_b[s : s + step].to(dev, torch.float32), "b")
         scorer.update(xa, xb)
+    r2 = _fill_scores(cols, feats, side, scorer)
+    _control_summary(info, r2, scorer, cand, controls, config)
+    return cols, info
+
+
+def _check_columns(f: int, *, tokenization: bool) -> dict[str, np.ndarray]:
+    """The per-feature columns the check fills (NaN, 0 or '' where a feature is not scored);
+    the tokenization regression's two only where pass 2 streams the store."""
+    cols = {
+        "cross_r2": np.full(f, np.nan),
+        "test_active": np.zeros(f, dtype=np.int64),
+        "check_side": np.full(f, "", dtype=object),
+    }
+    if tokenization:
+        cols["tok_r2"] = np.full(f, np.nan)
+        cols["cross_tok_r2"] = np.full(f, np.nan)
+    return cols
+
+
+def _fill_scores(
+    cols: dict[str, np.ndarray], feats: np.ndarray, side: list[str], scorer: CrossPredictionScorer
+) -> np.ndarray:
+    """Write a scorer's R^2, activation counts and sides into ``cols``; return the R^2."""
     r2 = scorer.r2().cpu().numpy()
     cols["cross_r2"][feats] = r2
     cols["test_active"][feats] = scorer.active.cpu().numpy()
     cols["check_side"][feats] = np.array(side, dtype=object)
-    _control_summary(info, r2, scorer, cand, controls, config)
-    return cols, info
+    return r2
 
 
 def run_crossfit_check(
@@ -152,14 +169,7 @@ def run_crossfit_check(
     """Pass 2 of the cross-fitted check: stream the store, score each row by its fold's
     out-of-fold maps; returns per-feature columns (cross_r2, test_active, check_side,
     tok_r2, cross_tok_r2) and the check's summary."""
-    f = len(klass)
-    cols = {
-        "cross_r2": np.full(f, np.nan),
-        "test_active": np.zeros(f, dtype=np.int64),
-        "check_side": np.full(f, "", dtype=object),
-        "tok_r2": np.full(f, np.nan),
-        "cross_tok_r2": np.full(f, np.nan),
-    }
+    cols = _check_columns(len(klass), tokenization=True)
     k = config.probe_folds
     total = state.moments
     info: dict[str, Any] = {"scheme": f"cross-fitted over {k} folds of documents"}
@@ -181,11 +191,8 @@ def run_crossfit_check(
     scorer = scorers[0]
     for other in scorers[1:]:
         scorer.merge(other)
-    r2 = scorer.r2().cpu().numpy()
+    r2 = _fill_scores(cols, feats, side, scorer)
     tok, cross_tok = (t.cpu().numpy() for t in scorer.tokenization_r2())
-    cols["cross_r2"][feats] = r2
-    cols["test_active"][feats] = scorer.active.cpu().numpy()
-    cols["check_side"][feats] = np.array(side, dtype=object)
     cols["tok_r2"][feats] = tok
     cols["cross_tok_r2"][feats] = cross_tok
     info["fit_rows"] = int(total.n)
