@@ -500,7 +500,8 @@ def suppression_target(st: dict[str, Any], drop: float) -> dict[str, Any]:
         for i, a in enumerate(alphas)
         if a < 0 and e["coherent"][i] and e["effects"][i] is not None
     ]
-    enough = [i for i in usable if base - e["effects"][i] >= drop]
+    tol = 1e-9  # rates are fractions of a few questions: 7/10 - 2/10 must count as 0.5
+    enough = [i for i in usable if base - e["effects"][i] >= drop - tol]
     if enough:
         best = max(enough, key=lambda i: alphas[i])  # the weakest push (closest to 0)
     else:
@@ -524,10 +525,10 @@ def suppression_target(st: dict[str, Any], drop: float) -> dict[str, Any]:
         "null_drop_max": null_max,
         "beats_null": alphas[best] in e["beats_null_at"],
         "met": bool(
-            own_drop >= drop
+            own_drop >= drop - tol
             and alphas[best] in e["beats_null_at"]
             and null_max is not None
-            and null_max < drop
+            and null_max < drop - tol
         ),
     }
 

@@ -213,6 +213,11 @@ def test_suppression_target_needs_a_coherent_drop_beyond_every_null():
     short = suppression_target(sweep2([0.7, 0.7, 1.0, 1.0], [[0.9, 1.0, 1.0, 1.0]], []), 0.5)
     assert short["alpha"] == -1.0 and not short["met"]
     assert short["drop"] == pytest.approx(0.3)
+    # a drop of 7/10 - 2/10 is half, though it is 0.49999999999999994 in floats
+    tenths = suppression_target(
+        sweep2([0.0, 2 / 10, 7 / 10, 7 / 10], [[0.6, 7 / 10, 7 / 10, 7 / 10]], [-2.0, -1.0]), 0.5
+    )
+    assert tenths["alpha"] == -1.0 and tenths["met"]
 
 
 # ------------------------------------------------------------------------ LoRA (tiny)
