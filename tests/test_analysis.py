@@ -34,6 +34,7 @@ from crossdiff.report import show_feature
 from crossdiff_bench.synthetic import (
     HOSTILE_TEXT,
     make_planted_run,
+    planted_crosscoder,
     write_synthetic_store,
 )
 
@@ -287,7 +288,6 @@ def _triggered_run(root: Path) -> int:
     """A run whose A-only signal (A's dim 0: a behaviour) fires only in 'prompts' documents,
     always together with a trigger both models see (A's dim 3 = B's dim 3); in 'general'
     documents the trigger never appears. Returns the A-exclusive feature that reads dim 0."""
-    from crossdiff_bench.synthetic import planted_crosscoder
 
     def make(doc: int, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x_a = rng.normal(0.0, 0.3, size=(n, D_A))

@@ -373,7 +373,6 @@ def analyze_run(
                 device="cpu",
                 progress=cfg.progress,
                 outlier_factor=cfg.high_norm_factor or None,
-                map_sources=tuple(getattr(cfg, "map_sources", ())),
             ),
         )
     table = pq.read_table(
