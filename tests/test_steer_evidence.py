@@ -164,6 +164,22 @@ def test_steer_with_nulls(run_dir, tiny_loaded, fixed_nulls):  # noqa: F811
     assert any("add mode only" in n for n in clamped.notes)
 
 
+def test_cross_nulls_off_steers_only_the_feature_in_the_other_model(
+    run_dir, tiny_loaded, fixed_nulls  # noqa: F811
+):
+    kw = dict(nulls=2, cross_model=True, score="regex:e", save=False)
+    both = _steer(run_dir, tiny_loaded, A_EXCL, **kw)
+    own = _steer(run_dir, tiny_loaded, A_EXCL, cross_nulls=False, **kw)
+    assert [n["feature"] for n in both.model("b").nulls] == NULLS[:2]
+    assert not own.model("b").nulls  # the mapped side: the feature's own rows only
+    assert [n["feature"] for n in own.model("a").nulls] == NULLS[:2]
+    # the rows that are swept are the same generations either way
+    assert own.model("b").generations == both.model("b").generations
+    assert own.model("a").nulls[0]["generations"] == both.model("a").nulls[0]["generations"]
+    assert own.model("b").evidence["verdict"] == ev.VERDICT_NO_NULL
+    assert both.model("b").evidence["verdict"] != ev.VERDICT_NO_NULL
+
+
 def test_version_1_files_still_load(run_dir, tiny_loaded, tmp_path):  # noqa: F811
     data = _steer(run_dir, tiny_loaded, A_EXCL, save=False).to_dict()
     data["version"] = 1

@@ -513,6 +513,7 @@ def sweep_feature(
         score=score,
         nulls=cfg.steer_nulls,
         null_seed=cfg.data_seed,
+        cross_nulls=False,  # only the other model's unsteered-vs-steered change is read
         batch_size=batch_size,
     )
     result = steer(
@@ -639,7 +640,8 @@ def steering_evidence(result: Any, n_on: int) -> dict[str, Any]:
                 "verdict": evid["verdict"],
                 "evidence": evid,
             }
-            out["null_features"] = evid["null_features"]
+            # the steered model's nulls (the other model is swept without them)
+            out["null_features"] = out["null_features"] or evid["null_features"]
         out["models"][m.model] = per
     return out
 

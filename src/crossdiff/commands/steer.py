@@ -40,6 +40,7 @@ _SCORING = (
     "explanation_score",
     "nulls",
     "null_seed",
+    "cross_nulls",
     "judge_url",
     "judge_model",
     "judge_key_env",
@@ -113,6 +114,10 @@ def options() -> ConfigOptions:
                 "or judge:CRITERION (LLM judge)",
             ),
             "nulls": Flag(metavar="N"),
+            "cross_nulls": Flag(
+                help="sweep the null features in the steered model only, not "
+                "through the map in the other one"
+            ),
         },
         exclude={
             "model_specs": "given by --model-a / --model-b",

@@ -349,6 +349,8 @@ def _null_vectors(
         notes.append(null_note)
     all_dec = {m: cc.decoder_weight(m, raw_scale=True).detach().float() for m in "ab"}
     for side, direction in plan:
+        if direction != "decoder" and not cfg.cross_nulls:
+            continue
         for j in chosen:
             if direction == "decoder":
                 vec = all_dec[side][j]
@@ -364,6 +366,7 @@ def _null_vectors(
         "pool": f"alive features of class {_klass(cc.partition.label(index))} "
         "(analysis table), not the feature itself",
         "norm": "each null's added vector has the feature's norm at every alpha",
+        "cross_model": cfg.cross_nulls,
     }
     return null_vectors, null_settings
 

@@ -115,6 +115,11 @@ class SteerConfig:
     added-vector norm, as the null of the verdict (add mode only; docs/steering.md)."""
     null_seed: int = 0
     """Seed of the null features' draw (combined with the feature index)."""
+    cross_nulls: bool = True
+    """Also sweep the null features in the other model, mapped like the feature (the
+    cross-model side's own null band). False steers only the feature there, which saves
+    ``nulls x (len(alphas) - 1)`` generations per prompt in that model when only its
+    unsteered-vs-steered change is read."""
     score: str | Callable[[str, str], Any] | None = None
     """Behaviour scorer: a rule (``regex:P``, ``keywords:a,b``, ``builtin:SUITE``,
     ``judge:CRITERION``) or a callable ``(prompt, generation) -> score``; None: see
