@@ -164,9 +164,7 @@ def test_steer_with_nulls(run_dir, tiny_loaded, fixed_nulls):  # noqa: F811
     assert any("add mode only" in n for n in clamped.notes)
 
 
-def test_cross_nulls_off_steers_only_the_feature_in_the_other_model(
-    run_dir, tiny_loaded, fixed_nulls  # noqa: F811
-):
+def test_cross_nulls_off_leaves_the_other_model_without_nulls(run_dir, tiny_loaded, fixed_nulls):  # noqa: F811
     kw = dict(nulls=2, cross_model=True, score="regex:e", save=False)
     both = _steer(run_dir, tiny_loaded, A_EXCL, **kw)
     own = _steer(run_dir, tiny_loaded, A_EXCL, cross_nulls=False, **kw)
