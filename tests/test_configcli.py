@@ -60,11 +60,10 @@ FLAGS_BEFORE = {
     "run": "--config --corpus --device --layer-a --layer-b --model-a --model-b --no-progress "
     "--out --quick --seeds --steps --threads --tokens",
     "steer": "--alphas --batch-size --clamp --cross-model --cross-norm --device --dtype "
-    "--no-cross-nulls "
     "--feature --judge-key-env --judge-model --judge-url --json --map-ridge --map-rows "
     "--max-new-tokens --mode --model --model-a --model-b --no-batch --no-chat "
-    "--no-explanation-score --no-progress --no-save --null-seed --nulls --prompt --prompts "
-    "--refit-map --s-max --sample --score --seed --temperature --top-p",
+    "--no-cross-nulls --no-explanation-score --no-progress --no-save --null-seed --nulls "
+    "--prompt --prompts --refit-map --s-max --sample --score --seed --temperature --top-p",
 }
 CHOICES_BEFORE = {
     ("harvest", "--literal-specials"): ["cut", "keep"],
