@@ -369,6 +369,29 @@ def test_a_decision_feature_is_explained_by_the_prompt_it_ends() -> None:
     assert score([True] * len(held) + [False] * len(neg.negatives), probs).value >= 0.9
 
 
+def test_earlier_words_that_add_nothing_leave_a_token_explanation_alone() -> None:
+    """Synthetic, like the planted praise marker: feature 5 fires on every ":" that ends a
+    prompt, and most of those prompts also hold the word "many" early on. "many" passes the
+    contrast (an earlier ``far`` term), but the token alone already tells the examples from
+    the background, so the explanation is written without it; the karvonia test above is the
+    other side, where only the earlier words tell."""
+    from crossdiff.interpret.stats import StatsExplainer, choose_terms, contrastive_terms
+
+    rng = np.random.default_rng(2)
+
+    def prompt(i: int) -> Context:
+        early = ["many"] if i % 6 else _words(rng, 1)
+        return Context(" ".join([*_words(rng, 2), *early, *_words(rng, 5)]) + " ", ":", "", 4.0, i)
+
+    pos = [prompt(i) for i in range(22)]
+    background = [_at(rng, [], w, 0.0, 500 + r) for r, w in enumerate(_words(rng, 60))]
+    job = FeatureJob(5, "A", 1, "", "a", 0.01, pos[:12], pos[12:], [], background)
+    assert ("far", "many") in [(k, t) for k, t, *_ in contrastive_terms(pos[:12], background)]
+    assert all(kind != "far" for kind, *_ in choose_terms(job))
+    exp = StatsExplainer().explain(job)
+    assert exp.text.startswith('token ":"') and "earlier" not in exp.text
+
+
 def test_views_escape_and_stage_skips(run: Path, capsys) -> None:
     res = interpret(run, quiet())
     html = interpret_html(run)

@@ -9,7 +9,11 @@ same is done at the non-activating background contexts. Each term gets a smoothe
 ratio of appearing at activating vs background positions (document frequency, add-0.5
 smoothing) and its z-score (log-odds over its approximate standard error); terms with z >= 3
 that appear in at least a quarter of the examples are kept (n-grams only when they cover half
-of their token's examples), strongest z first (at most 8). The explanation names the token
+of their token's examples), strongest z first (at most 8). When ``far`` words are among them,
+the explanation is also written without them, and the one the judge below scores better on
+the examples it was written from (explanation set against background, not the held-out ones)
+is kept: earlier words name the question at a template token, but dilute an explanation
+whose token already tells. The explanation names the token
 terms, then the n-grams, the context words and the earlier words, e.g. ``token "refuse" (10/10
 examples); as in "to refuse"; near "cannot"; earlier "karvonia"``, and ``top_terms`` lists
 them.
@@ -35,6 +39,7 @@ from typing import Any
 
 from crossdiff.interpret.backends import Explanation
 from crossdiff.interpret.samples import CHUNK, Context, FeatureJob
+from crossdiff.interpret.scores import score
 
 ALPHA = 0.5
 MIN_Z = 3.0
@@ -185,14 +190,17 @@ def terms_at(ctx: Context) -> set[tuple[str, str]]:
 
 
 def contrastive_terms(
-    positives: list[Context], background: list[Context]
+    positives: list[Context],
+    background: list[Context],
+    kinds: frozenset[str] | None = None,
 ) -> list[tuple[str, str, float, float, int]]:
     """(kind, text, log-odds, z, examples) of the distinctive terms, strongest z first.
 
     A term must appear in at least a quarter of the examples (and twice) and have z >= 3 (about
     p < 0.001: dozens of terms are tested per feature). An n-gram of a token that is itself
     selected must also cover at least half of that token's examples, else it only repeats
-    the token with a chance neighbour."""
+    the token with a chance neighbour. ``kinds`` (None: all) keeps only terms of those kinds,
+    before the cap of :data:`MAX_TERMS`."""
     n_pos, n_bg = len(positives), len(background)
     if n_pos == 0:
         return []
@@ -201,7 +209,7 @@ def contrastive_terms(
     min_df = max(2 if n_pos >= 3 else 1, math.ceil(n_pos / 4))
     scored = {}
     for term, a in pos.items():
-        if a < min_df:
+        if a < min_df or (kinds is not None and term[0] not in kinds):
             continue
         b = bg.get(term, 0)
         lo = math.log((a + ALPHA) / (n_pos - a + ALPHA)) - math.log(
@@ -223,6 +231,41 @@ def contrastive_terms(
     return out[:MAX_TERMS]
 
 
+NEAR_KINDS = frozenset({"tok", "prev", "next", "ctx"})
+"""Every term kind but ``far``: the explanation of the marked token's neighbourhood alone."""
+
+
+def training_detection(
+    found: list[tuple[str, str, float, float, int]], job: FeatureJob
+) -> tuple[float, float]:
+    """(balanced accuracy, AUROC) of the stats judge with these terms on the examples they were
+    found from: the explanation set against the background contexts (never held-out ones)."""
+    terms = [(kind, t, lo) for kind, t, lo, _, _ in found if lo > 0]
+    contexts = job.explain + job.background
+    labels = [True] * len(job.explain) + [False] * len(job.background)
+    s = score(labels, [term_score(terms, c) for c in contexts])
+    return s.value, s.auroc
+
+
+def choose_terms(job: FeatureJob) -> list[tuple[str, str, float, float, int]]:
+    """The terms of the explanation: with the ``far`` words or without them, whichever the judge
+    tells the explanation set from the background with better (balanced accuracy, then AUROC;
+    a tie keeps the shorter, near-only one). Earlier words name what a prompt asks where the
+    feature fires at a template token, but where the token itself tells (a planted answer
+    marker) generic earlier words only dilute it."""
+    found = contrastive_terms(job.explain, job.background)
+    if not any(kind == "far" for kind, *_ in found):
+        return found
+    near = contrastive_terms(job.explain, job.background, NEAR_KINDS)
+    if not near:
+        return found
+
+    def fit(terms: list[tuple[str, str, float, float, int]]) -> tuple[float, ...]:
+        return tuple(-1.0 if math.isnan(v) else v for v in training_detection(terms, job))
+
+    return found if fit(found) > fit(near) else near
+
+
 def _quote(items: list[str]) -> str:
     return ", ".join(f'"{t}"' for t in items)
 
@@ -235,7 +278,7 @@ class StatsExplainer:
     def explain(self, job: FeatureJob) -> Explanation:
         if not job.explain:
             return Explanation("", "no examples")
-        found = contrastive_terms(job.explain, job.background)
+        found = choose_terms(job)
         if not found:
             return Explanation(
                 "no distinctive token or context (nothing stands out against "
