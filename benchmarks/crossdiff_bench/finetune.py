@@ -181,13 +181,17 @@ class FinetuneBenchConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def store_key(self, diff: str) -> str:
+    def store_key(self, diff: str, layers: tuple[int, int]) -> str:
+        """The store folder's key. ``layers`` are the layers *resolved* on the two models (the
+        loaded models' ``resolve_layer``), so ``--layer-a 22`` and the default ``75%`` of
+        SmolLM2's 30 layers share one store; a key holds the index as text, as older keys
+        written from an integer setting did."""
         blob = json.dumps(
             [
                 self.finetune.key(),
                 self.others[diff],
-                str(self.layer_a),
-                str(self.layer_b),
+                str(layers[0]),
+                str(layers[1]),
                 self.corpus,
                 self.prompt_share,
                 self.store_tokens,
@@ -545,11 +549,12 @@ def run_diff(
     from crossdiff_bench.planted import train_crosscoders
 
     timings: dict[str, float] = {}
-    data = work / f"diff-{diff}-{cfg.store_key(diff)}"
     models = (
         load_model(str(tuned), dtype="float32", device="cpu"),
         load_model(cfg.others[diff], dtype="float32", device="cpu"),
     )
+    layers = (models[0].resolve_layer(cfg.layer_a), models[1].resolve_layer(cfg.layer_b))
+    data = work / f"diff-{diff}-{cfg.store_key(diff, layers)}"
     out: dict[str, Any] = {"model_b": cfg.others[diff], "folder": str(data)}
     t0 = time.perf_counter()
     questions = data / "questions.jsonl"

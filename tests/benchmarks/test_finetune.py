@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -361,9 +362,12 @@ def test_tiny_end_to_end_run_is_complete_and_cached(tmp_path, tiny_model):
     assert "diff 'self'" in out and "diff 'gemma'" in out and "rediscovered (dfc)" in out
     json.dumps(first)
 
-    second = run_finetune_bench(cfg)
+    # the same layers written otherwise (75% of the tiny models' 2 layers is layer 1) reuse
+    # the same store folders: the store key holds resolved layers, not the setting's text
+    second = run_finetune_bench(dataclasses.replace(cfg, layer_a=1, layer_b="-1"))
     assert second["finetune"]["cached"] is True
     for d in first["diffs"]:
+        assert second["diffs"][d]["folder"] == first["diffs"][d]["folder"]
         for a, b in zip(first["diffs"][d]["crosscoders"], second["diffs"][d]["crosscoders"]):
             assert json.dumps(a["behaviours"], sort_keys=True) == json.dumps(
                 b["behaviours"], sort_keys=True
