@@ -10,8 +10,9 @@ ratio of appearing at activating vs background positions (document frequency, ad
 smoothing) and its z-score (log-odds over its approximate standard error); terms with z >= 3
 that appear in at least a quarter of the examples are kept (n-grams only when they cover half
 of their token's examples), strongest z first (at most 8). When ``far`` words are among them,
-the explanation is also written without them, and the one the judge below scores better on
-the examples it was written from (explanation set against background, not the held-out ones)
+a second set is drawn from the other kinds alone (up to 8 terms again), and the set the
+``stats`` judge below scores better on the examples it was written from (explanation set
+against background, not the held-out ones; also when another backend is the held-out judge)
 is kept: earlier words name the question at a template token, but dilute an explanation
 whose token already tells. The explanation names the token
 terms, then the n-grams, the context words and the earlier words, e.g. ``token "refuse" (10/10
@@ -248,11 +249,12 @@ def training_detection(
 
 
 def choose_terms(job: FeatureJob) -> list[tuple[str, str, float, float, int]]:
-    """The terms of the explanation: with the ``far`` words or without them, whichever the judge
-    tells the explanation set from the background with better (balanced accuracy, then AUROC;
-    a tie keeps the shorter, near-only one). Earlier words name what a prompt asks where the
-    feature fires at a template token, but where the token itself tells (a planted answer
-    marker) generic earlier words only dilute it."""
+    """The terms of the explanation: with the ``far`` words or without them, whichever the
+    ``stats`` judge tells the explanation set from the background with better (balanced
+    accuracy, then AUROC; a tie keeps the near-only set, drawn again from the near kinds up to
+    the cap). Earlier words name what a prompt asks where the feature fires at a template
+    token, but where the token itself tells (a planted answer marker) generic earlier words
+    only dilute it."""
     found = contrastive_terms(job.explain, job.background)
     if not any(kind == "far" for kind, *_ in found):
         return found
