@@ -594,11 +594,11 @@ def part_nccl(cfg: GpuBenchConfig, device: str, log: Callable) -> PartResult:
         )
         p = torch.nn.Parameter(torch.zeros(3, device=device))
         p.grad = torch.tensor([1.0, 2.0, 3.0], device=device)
-        cd.average_gradients([p], 1)
+        fired = cd.sum_gradients([p], torch.tensor([4.0, 5.0], device=device))
         res.check(
             "gradient all-reduce",
-            p.grad.tolist() == [1.0, 2.0, 3.0],
-            f"mean over 1 rank: {p.grad.tolist()}",
+            p.grad.tolist() == [1.0, 2.0, 3.0] and fired.tolist() == [4.0, 5.0],
+            f"sum over 1 rank: {p.grad.tolist()}, extra {fired.tolist()}",
         )
     finally:
         cd.shutdown()

@@ -224,7 +224,6 @@ class CrossPredictionScorer:
         self.sum_f2 = torch.zeros(self.n_cand, **kw)
         self.sse = torch.zeros(self.n_cand, **kw)
         self.active = torch.zeros(self.n_cand, dtype=torch.int64, device=dev)
-        self.pred_active = torch.zeros(self.n_cand, dtype=torch.int64, device=dev)
         # tokenization regression (module tokenization.py): normal equations of each
         # feature's activation on [1, descriptors] and on [1, descriptors, prediction]
         self.zz: torch.Tensor | None = None  # (D+1, D+1), common to every candidate
@@ -256,7 +255,6 @@ class CrossPredictionScorer:
         self.sum_f2 += a64.pow(2).sum(0)
         self.sse += (a64 - pred.double()).pow(2).sum(0)
         self.active += (actual > 0).sum(0)
-        self.pred_active += (pred > 0).sum(0)
         if z is not None:
             z1 = torch.cat([torch.ones(z.shape[0], 1, device=z.device), z.float()], 1).double()
             p64 = pred.double()
@@ -272,7 +270,7 @@ class CrossPredictionScorer:
 
     def merge(self, other: CrossPredictionScorer) -> None:
         """Add another scorer's sums (the same candidates; another fold's rows)."""
-        for name in ("sum_f", "sum_f2", "sse", "active", "pred_active", "pp", "yp"):
+        for name in ("sum_f", "sum_f2", "sse", "active", "pp", "yp"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.n += other.n
         if other.zz is not None:

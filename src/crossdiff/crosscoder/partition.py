@@ -87,10 +87,6 @@ class FeaturePartition:
             )
         return int(feature)
 
-    def reads_from(self, m: str) -> np.ndarray:
-        """Boolean mask: features whose encoder reads model m (exclusive of m, or shared)."""
-        return self.writes_to(m)
-
     def writes_to(self, m: str) -> np.ndarray:
         """Boolean mask: features with a decoder into model m."""
         m = check_model(m)

@@ -94,23 +94,6 @@ def broadcast_module(module: torch.nn.Module) -> None:
         dist.broadcast(t.data, src=0)
 
 
-def average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
-    """Mean of the ranks' gradients, in one all-reduce (missing gradients count as zero)."""
-    grads = []
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        grads.append(p.grad)
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= world_size
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset : offset + n].view_as(g))
-        offset += n
-
-
 def sum_gradients(params: list[torch.nn.Parameter], extra: torch.Tensor) -> torch.Tensor:
     """Sum the ranks' gradients in place, in one all-reduce, and return the sum of ``extra``.
 
@@ -165,13 +148,6 @@ def all_gather_rows(x: torch.Tensor, sizes: list[int] | None = None) -> list[tor
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     return [p[:s] for p, s in zip(parts, sizes)]
-
-
-def any_fired(fired: torch.Tensor) -> torch.Tensor:
-    """Logical OR of a (F,) bool mask over ranks."""
-    as_int = fired.to(torch.int32)
-    dist.all_reduce(as_int, op=dist.ReduceOp.MAX)
-    return as_int.bool()
 
 
 def min_over_ranks(x: torch.Tensor) -> torch.Tensor:
