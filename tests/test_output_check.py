@@ -115,3 +115,66 @@ def test_without_the_output_check_nothing_is_conditional() -> None:
     assert verdicts(exclusive, cross_r2, active, ls, cfg).tolist() == [
         "refuted", "refuted", "confirmed",
     ]  # fmt: skip
+
+
+# ---- across architectures: the output check through the cross-model map -------------------
+D_B = 14
+GENERAL_DOCS = 80
+"""Documents 0-79 are general text (source 'general'), the rest the audit's prompts: only
+there does A write its output (dim 4) whenever the trigger (dim 3) fires."""
+
+
+def _embedding() -> np.ndarray:
+    """B's basis: A's content (dims 0-3) through a fixed random map into D_B dims."""
+    return np.random.default_rng(7).normal(0.0, 1.0, size=(4, D_B)) / 2.0
+
+
+def _two_bases(doc: int, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    x_a = rng.normal(0.0, 0.3, size=(n, D))
+    sig = (rng.random((n, 3)) < 0.15) * rng.uniform(1.0, 2.0, size=(n, 3))
+    x_a[:, 0] += sig[:, 0]  # only A
+    x_a[:, 1] += sig[:, 1]  # both
+    x_a[:, 3] += sig[:, 2]  # the trigger: both
+    if doc >= GENERAL_DOCS:
+        x_a[:, 4] += sig[:, 2]  # A's output on the trigger, in the prompts only
+    shared = np.stack([np.zeros(n), sig[:, 1], np.zeros(n), sig[:, 2]], axis=1)
+    x_b = shared @ _embedding() + rng.normal(0.0, 0.3, size=(n, D_B))
+    return torch.from_numpy(x_a).float(), torch.from_numpy(x_b).float()
+
+
+@pytest.fixture(scope="module")
+def two_bases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    root = tmp_path_factory.mktemp("two-bases")
+    paths = RunPaths(root)
+    write_synthetic_store(
+        paths.store, n_docs=160, words_per_doc=30, d_a=D, d_b=D_B,
+        activations=_two_bases, shard_rows=600, seed=0,
+        sources=lambda i: "general" if i < GENERAL_DOCS else "prompts",
+    )  # fmt: skip
+    cc, roles = _crosscoder(D_B)
+    with torch.no_grad():  # the conditional feature reads the trigger, writes the output
+        cc.W_enc_a[:, roles["conditional"]] = torch.eye(D)[3]
+    cc.save_pretrained(paths.crosscoder)
+    return root, roles
+
+
+def test_across_architectures_the_output_is_read_through_the_map(two_bases) -> None:
+    root, roles = two_bases
+    cfg = AnalysisConfig(
+        probe_split="all", progress=False, device="cpu", map_sources=("general",)
+    )
+    before = analyze(root, config=cfg, out=root / "plain")
+    assert not same_residual_basis(ActivationStore.open(RunPaths(root).store).manifest)
+    c0 = before.feature(roles["conditional"])
+    assert c0["cross_r2"] > 0.5 and c0["verdict"] == "refuted"  # B sees when it fires
+    assert not np.isfinite(c0["ls_ratio"])  # no output check without a shared basis
+    cfg.mapped_output = True
+    res = analyze(root, config=cfg, out=root / "mapped")
+    f = {role: res.feature(i) for role, i in roles.items()}
+    assert f["a_only"]["verdict"] == "confirmed"
+    assert f["a_shared"]["verdict"] == "refuted" and f["a_shared"]["ls_ratio"] > 0.7
+    c = f["conditional"]
+    assert c["cross_r2"] == pytest.approx(c0["cross_r2"])  # the same prediction ...
+    assert abs(c["ls_ratio"]) < 0.3  # ... but B, mapped, lacks what it writes
+    assert c["verdict"] == "conditional"
+    assert f["a_only"]["rank"] < c["rank"] < f["a_shared"]["rank"]

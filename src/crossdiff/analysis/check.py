@@ -118,7 +118,14 @@ def run_check(
     maps = fit_stitch_maps(state.moments, config.ridge)
     _map_info(info, maps)
     feats, side, thr = _scored(cand, controls, klass, cc, state)
-    scorer = CrossPredictionScorer(cc, maps, torch.as_tensor(feats, dtype=torch.long), side, thr)
+    scorer = CrossPredictionScorer(
+        cc,
+        maps,
+        torch.as_tensor(feats, dtype=torch.long),
+        side,
+        thr,
+        output=mapped_output(cc, config),
+    )
     x_a = torch.cat(state.test_a)
     x_b = torch.cat(state.test_b)
     step = max(1, min(config.batch_size, 1024))
@@ -142,6 +149,8 @@ def _check_columns(f: int, *, tokenization: bool) -> dict[str, np.ndarray]:
     if tokenization:
         cols["tok_r2"] = np.full(f, np.nan)
         cols["cross_tok_r2"] = np.full(f, np.nan)
+    cols["out_beta_own"] = np.full(f, np.nan)
+    cols["out_beta_mapped"] = np.full(f, np.nan)
     return cols
 
 
@@ -151,6 +160,9 @@ def _fill_scores(
     """Write a scorer's R^2, activation counts and sides into ``cols``; return the R^2."""
     r2 = scorer.r2().cpu().numpy()
     cols["cross_r2"][feats] = r2
+    own, mapped = (t.cpu().numpy() for t in scorer.output_betas())
+    cols["out_beta_own"][feats] = own
+    cols["out_beta_mapped"][feats] = mapped
     cols["test_active"][feats] = scorer.active.cpu().numpy()
     cols["check_side"][feats] = np.array(side, dtype=object)
     return r2
@@ -186,7 +198,8 @@ def run_crossfit_check(
     _map_info(info, fit_stitch_maps(total, config.ridge))
     feats, side, thr = _scored(cand, controls, klass, cc, state)
     feats_t = torch.as_tensor(feats, dtype=torch.long)
-    scorers = [CrossPredictionScorer(cc, mp, feats_t, side, thr) for mp in maps]
+    output = mapped_output(cc, config)
+    scorers = [CrossPredictionScorer(cc, mp, feats_t, side, thr, output=output) for mp in maps]
     _score_rows(store, cc, config, scorers, descriptors, dev, state.rows)
     scorer = scorers[0]
     for other in scorers[1:]:
@@ -250,6 +263,12 @@ def _score_rows(
     finally:
         if bar is not None:
             bar.close()
+
+
+def mapped_output(cc: Crosscoder, config: AnalysisConfig) -> bool:
+    """Whether the check also reads the output check through the cross-model map
+    (``AnalysisConfig.mapped_output``; DFCs only: a standard crosscoder has latent scaling)."""
+    return bool(config.mapped_output) and cc.partition.n_a + cc.partition.n_b > 0
 
 
 def _map_info(info: dict[str, Any], maps: Any) -> None:

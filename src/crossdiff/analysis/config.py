@@ -70,6 +70,14 @@ class AnalysisConfig:
     refusal, predicted from the other model's reading of the question) and refutes it; a map
     fitted on general text carries how the two models correspond in general
     (docs/analysis-report.md)."""
+    mapped_output: bool = False
+    """DFC across architectures (no shared residual basis): read the output check through the
+    cross-model map: along an exclusive feature's own decoder direction, does the other model's
+    activation, mapped into the feature's model, carry what the feature writes when it fires
+    (``out_beta_mapped / out_beta_own``)? A feature the other model predicts but whose output
+    it lacks becomes 'conditional', as the shared-basis output check does for a fine-tune.
+    Meant with ``map_sources``: a map fitted on the audit's prompts learns the behaviour
+    itself (docs/analysis-report.md)."""
     ridge: float = 1e-3
     """Ridge penalty of the cross-model map, relative to the mean variance per dimension of the
     predicting model (scale-free)."""

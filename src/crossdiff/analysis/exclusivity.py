@@ -167,6 +167,18 @@ def fit_stitch_maps(moments: CrossMoments, ridge: float) -> StitchMaps:
     )
 
 
+def decoder_rows(cc: Crosscoder, m: str, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(len(feats), d_m) unit decoder rows of model m for these features (zero where a
+    feature does not write m) and their norms."""
+    local = (cc.local_a if m == "a" else cc.local_b)[feats]
+    full = cc._full_dec(m).detach().float()
+    rows = full.new_zeros(len(feats), full.shape[1])
+    ok = local >= 0
+    rows[ok] = full[local[ok]]
+    norm = rows.norm(dim=1)
+    return rows / norm.clamp_min(1e-12)[:, None], norm
+
+
 def encoder_columns(cc: Crosscoder, m: str, feats: torch.Tensor) -> torch.Tensor:
     """(d_m, len(feats)) encoder columns of model m for these features (zero where the feature
     does not read m), without materializing the full (d_m, F) matrix."""
@@ -192,8 +204,12 @@ class CrossPredictionScorer:
         feats: torch.Tensor,
         side: list[str],
         thresholds: torch.Tensor,
+        *,
+        output: bool = False,
     ) -> None:
+        """``output``: also measure the mapped output check (:meth:`output_betas`)."""
         self.cc = cc
+        self.output = output
         dev = cc.b_enc.device
         self.feats = feats.to(dev)
         side_t = torch.tensor([s == "a" for s in side], dtype=torch.bool, device=dev)
@@ -217,6 +233,16 @@ class CrossPredictionScorer:
                     v = maps.t_ab.to(dev) @ w_b + w_a
                     v0 = maps.c_ab.to(dev) @ w_b + b_enc[f]
                 self.groups.append((m, cols, v, v0))
+        # the mapped output check: per group, the own model's unit decoder rows and the map
+        # from the other model into the own model's space
+        self.out_groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.dec_norm = torch.zeros(self.n_cand, device=dev)
+        if output:
+            for m, cols, _v, _v0 in self.groups:
+                u, norm = decoder_rows(cc, m, self.feats[cols])
+                self.dec_norm[cols] = norm
+                t, c = (maps.t_ba, maps.c_ba) if m == "a" else (maps.t_ab, maps.c_ab)
+                self.out_groups.append((u.T.contiguous(), t.to(dev), c.to(dev)))
         self.thr = thresholds.to(dev)[self.feats]
         kw = {"dtype": torch.float64, "device": dev}
         self.n = 0
@@ -231,6 +257,8 @@ class CrossPredictionScorer:
         self.yz: torch.Tensor | None = None  # (n_cand, D+1) activation x design
         self.pp = torch.zeros(self.n_cand, **kw)
         self.yp = torch.zeros(self.n_cand, **kw)
+        self.out_own = torch.zeros(self.n_cand, **kw)  # sum f u.(x_own - x_hat_own)
+        self.out_map = torch.zeros(self.n_cand, **kw)  # sum f u.(T(x_other) - x_hat_own)
 
     @torch.no_grad()
     def update(self, x_a: torch.Tensor, x_b: torch.Tensor, z: torch.Tensor | None = None) -> None:
@@ -238,7 +266,7 @@ class CrossPredictionScorer:
         descriptors for the tokenization regression)."""
         if x_a.shape[0] == 0 or self.n_cand == 0:
             return
-        enc = encode_batch(self.cc, x_a, x_b)
+        enc = encode_batch(self.cc, x_a, x_b, recon=self.output)
         col = self.col_of[enc.feats]
         keep = col >= 0
         actual = torch.zeros(x_a.shape[0], self.n_cand, device=x_a.device)
@@ -249,6 +277,8 @@ class CrossPredictionScorer:
             pre = x.float() @ v + v0
             thr = self.thr[cols]
             pred[:, cols] = torch.where(pre > thr, pre, torch.zeros_like(pre))
+        if self.output:
+            self._update_output(x_a, x_b, actual, enc)
         self.n += x_a.shape[0]
         a64 = actual.double()
         self.sum_f += a64.sum(0)
@@ -268,9 +298,40 @@ class CrossPredictionScorer:
             self.pp += p64.pow(2).sum(0)
             self.yp += (a64 * p64).sum(0)
 
+    def _update_output(
+        self, x_a: torch.Tensor, x_b: torch.Tensor, actual: torch.Tensor, enc: Any
+    ) -> None:
+        """The mapped output check's sums for one batch: along each candidate's own unit
+        decoder u, what its own model has left for it (x - x_hat) and what the other model's
+        activations, mapped into the own space, have (T(x_other) - x_hat)."""
+        for (m, cols, _v, _v0), (u, t, c) in zip(self.groups, self.out_groups):
+            own, other = (x_a, x_b) if m == "a" else (x_b, x_a)
+            recon = enc.recon_a if m == "a" else enc.recon_b
+            act = actual[:, cols].double()
+            p_own = (own.float() - recon) @ u
+            p_map = (other.float() @ t + c - recon) @ u
+            self.out_own[cols] += (act * p_own.double()).sum(0)
+            self.out_map[cols] += (act * p_map.double()).sum(0)
+
+    def output_betas(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(beta_own, beta_mapped) per scored feature: the latent-scaling betas (LatentScaling)
+        of the feature's own decoder direction in its own model and in the other model's
+        activations mapped into the own model's space (NaN where it never fired or the
+        check was built without ``output``). Their ratio is the output check across
+        architectures: near 0, the other model does not carry what the feature writes."""
+        nan = torch.full((self.n_cand,), float("nan"), dtype=torch.float64, device=self.sse.device)
+        if not self.output:
+            return nan, nan
+        f2 = self.sum_f2
+        norm = self.dec_norm.double()
+        ok = f2 > 0
+        own = torch.where(ok, (self.out_own + norm * f2) / f2.clamp_min(1e-30), nan)
+        mapped = torch.where(ok, (self.out_map + norm * f2) / f2.clamp_min(1e-30), nan)
+        return own, mapped
+
     def merge(self, other: CrossPredictionScorer) -> None:
         """Add another scorer's sums (the same candidates; another fold's rows)."""
-        for name in ("sum_f", "sum_f2", "sse", "active", "pp", "yp"):
+        for name in ("sum_f", "sum_f2", "sse", "active", "pp", "yp", "out_own", "out_map"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.n += other.n
         if other.zz is not None:
@@ -374,14 +435,7 @@ class LatentScaling:
             self.dec: dict[str, torch.Tensor] = {}
             self.dec_norm: dict[str, torch.Tensor] = {}
             for m in ("a", "b"):
-                local = (cc.local_a if m == "a" else cc.local_b)[self.feats]
-                full = cc._full_dec(m).detach().float()
-                rows = full.new_zeros(self.n_cand, full.shape[1])
-                ok = local >= 0
-                rows[ok] = full[local[ok]]
-                norm = rows.norm(dim=1)
-                self.dec_norm[m] = norm
-                self.dec[m] = rows / norm.clamp_min(1e-12)[:, None]
+                self.dec[m], self.dec_norm[m] = decoder_rows(cc, m, self.feats)
             if shared_basis:  # the other model read along the own direction
                 own = torch.where(self.own_is_a[:, None], self.dec["a"], self.dec["b"])
                 self.dec = {"a": own, "b": own}

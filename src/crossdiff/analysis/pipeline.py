@@ -513,6 +513,10 @@ def _feature_columns(
     norms = cc.decoder_norms().detach().float().cpu().numpy()
     f = len(klass)
     ls_own, ls_other = _latent_betas(state.latent, f)
+    mapped = state.latent is None and "out_beta_mapped" in check_cols
+    mapped = mapped and bool(np.isfinite(check_cols["out_beta_mapped"]).any())
+    if mapped:  # the output check through the map (AnalysisConfig.mapped_output)
+        ls_own, ls_other = check_cols["out_beta_own"], check_cols["out_beta_mapped"]
     with np.errstate(invalid="ignore", divide="ignore"):
         ls_ratio = np.where(np.abs(ls_own) > 1e-12, ls_other / ls_own, np.nan)
     exclusive = klass != "S"
@@ -534,7 +538,7 @@ def _feature_columns(
         tokenization=tok["tokenization"],
         twin=twin_of >= 0,
         # the DFC output check (a shared basis) can turn 'refuted' into 'conditional'
-        output_check=state.latent is not None and state.latent.shared_basis,
+        output_check=mapped or (state.latent is not None and state.latent.shared_basis),
     )
     score = np.where(exclusive & alive, exclusivity_score(cross_r2, ls_for_check), np.nan)
     # 'conditional': the other model predicts when it fires, so its score is its output's
