@@ -160,9 +160,7 @@ def two_bases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 
 def test_across_architectures_the_output_is_read_through_the_map(two_bases) -> None:
     root, roles = two_bases
-    cfg = AnalysisConfig(
-        probe_split="all", progress=False, device="cpu", map_sources=("general",)
-    )
+    cfg = AnalysisConfig(probe_split="all", progress=False, device="cpu", map_sources=("general",))
     before = analyze(root, config=cfg, out=root / "plain")
     assert not same_residual_basis(ActivationStore.open(RunPaths(root).store).manifest)
     c0 = before.feature(roles["conditional"])
