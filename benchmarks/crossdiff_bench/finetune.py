@@ -119,9 +119,10 @@ class FinetuneBenchConfig:
     """Steer the found DFC features of the first N seeds of each diff."""
     n_steer: int = 8
     """Held-out questions per side (on: suppression; off: amplification) for steering. Each
-    costs len(alphas) + steer_nulls x (len(alphas) - 1) generations in the fine-tuned model and
-    len(alphas) in model B, which is swept without nulls (only its change is read; the quick
-    run measured 2.7 SmolLM2 rows/s at 32 new tokens)."""
+    is swept at its side's alphas only (on: <= 0, off: >= 0; 4 of the default 7): 4 +
+    steer_nulls x 3 generations in the fine-tuned model and 4 in model B, which is swept
+    without nulls (only its change is read; the quick run measured 2.7 SmolLM2 rows/s at 32
+    new tokens)."""
     alphas: tuple[float, ...] = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
     max_new_tokens: int = 32
     steer_nulls: int = 3

@@ -502,11 +502,19 @@ def sweep_feature(
     behaviour, ``off`` where it does not, ``score(prompt, generation)`` the behaviour's 0/1
     scorer. ``cfg`` needs the steering fields of :class:`PlantedConfig` (alphas,
     max_new_tokens, steer_nulls, data_seed, min_coherent, rate_change, other_tolerance,
-    progress); ``crossdiff bench finetune`` passes its own config."""
+    progress); ``crossdiff bench finetune`` passes its own config.
+
+    Each half is swept only where it is read: the 'on' prompts at the alphas <= 0
+    (suppression), the 'off' prompts at the alphas >= 0 (amplification), with the same nulls;
+    the per-alpha lists below span every alpha, NaN (None in the evidence) where a half was
+    not generated. Amplifying a behaviour that already shows, or suppressing one that does
+    not, was generated before and read by nothing: half the generations."""
     from crossdiff.steering import SteerConfig, steer
 
+    alphas = [float(a) for a in cfg.alphas]
+    zero = alphas.index(0.0)
     config = SteerConfig(
-        alphas=list(cfg.alphas),
+        alphas=alphas,
         cross_model=True,
         chat=chat,
         max_new_tokens=cfg.max_new_tokens,
@@ -516,35 +524,34 @@ def sweep_feature(
         cross_nulls=False,  # only the other model's unsteered-vs-steered change is read
         batch_size=batch_size,
     )
-    result = steer(
-        run,
-        feature,
-        config,
-        prompts=list(on) + list(off),
-        loaded_models={"a": models[0], "b": models[1]},
-        save=True,
-        progress=cfg.progress,
-    )
-    n_on = len(on)
-    zero = list(cfg.alphas).index(0.0)
-    out: dict[str, Any] = {"feature": feature, "alphas": list(cfg.alphas), "models": {}}
-    for m in result.models:
-        scores = np.array([[np.nan if s is None else s for s in row] for row in m.scores])
-        on, off = scores[:n_on].mean(axis=0), scores[n_on:].mean(axis=0)
-        fluent = np.array([[coherent(g) for g in row] for row in m.generations], dtype=float)
-        out["models"][m.model] = {
-            "direction": m.direction,
-            "rate_on": on.tolist(),
-            "rate_off": off.tolist(),
-            "coherent_on": fluent[:n_on].mean(axis=0).tolist(),
-            "coherent_off": fluent[n_on:].mean(axis=0).tolist(),
-            "examples": {
-                "on": [m.generations[0][i] for i in range(len(cfg.alphas))],
-                "off": [m.generations[n_on][i] for i in range(len(cfg.alphas))],
-            },
+    halves = {}
+    for name, prompts, sign in (("on", on, -1.0), ("off", off, 1.0)):
+        sub = [a for a in alphas if a * sign >= 0]
+        halves[name] = steer(
+            run,
+            feature,
+            dataclasses.replace(config, alphas=sub),
+            prompts=list(prompts),
+            loaded_models={"a": models[0], "b": models[1]},
+            save=False,
+            progress=cfg.progress,
+        )
+    out: dict[str, Any] = {"feature": feature, "alphas": alphas, "models": {}}
+    for m_on, m_off in zip(halves["on"].models, halves["off"].models):
+        per = {"direction": m_on.direction}
+        for name, m in (("on", m_on), ("off", m_off)):
+            sub = halves[name].alphas
+            scores = np.array([[np.nan if s is None else s for s in row] for row in m.scores])
+            fluent = np.array([[coherent(g) for g in row] for row in m.generations], dtype=float)
+            per[f"rate_{name}"] = _on_grid(scores.mean(axis=0).tolist(), sub, alphas, np.nan)
+            per[f"coherent_{name}"] = _on_grid(fluent.mean(axis=0).tolist(), sub, alphas, np.nan)
+        per["examples"] = {
+            name: _on_grid(list(m.generations[0]), halves[name].alphas, alphas, None)
+            for name, m in (("on", m_on), ("off", m_off))
         }
-    neg = [i for i, a in enumerate(cfg.alphas) if a < 0]
-    pos = [i for i, a in enumerate(cfg.alphas) if a > 0]
+        out["models"][m_on.model] = per
+    neg = [i for i, a in enumerate(alphas) if a < 0]
+    pos = [i for i, a in enumerate(alphas) if a > 0]
     mine = out["models"][own]
     mine_on, mine_off = np.array(mine["rate_on"]), np.array(mine["rate_off"])
     # only alphas at which most generations are still text count (see coherent())
@@ -566,84 +573,98 @@ def sweep_feature(
     }
     other = out["models"]["b" if own == "a" else "a"]
     o_on, o_off = np.array(other["rate_on"]), np.array(other["rate_off"])
-    rise = max(float((o_on - o_on[zero]).max()), float((o_off - o_off[zero]).max()))
+    rise = max(float(np.nanmax(o_on - o_on[zero])), float(np.nanmax(o_off - o_off[zero])))
     out["other_model"] = {
         "max_rise": rise,
         "rate_on_unsteered": float(o_on[zero]),
         "rate_off_unsteered": float(o_off[zero]),
         "no_effect": bool(rise <= cfg.other_tolerance),
     }
-    out["saved"] = str(result.path) if result.path else None
+    out["saved"] = None  # two half sweeps: the result lives in this output, not in RUN/steering
     if cfg.steer_nulls:
-        out["evidence"] = steering_evidence(result, n_on)
+        out["evidence"] = steering_evidence(halves["on"], halves["off"], alphas)
     return out
 
 
-def steering_evidence(result: Any, n_on: int) -> dict[str, Any]:
+def _on_grid(values: list, sub: list[float], alphas: list[float], fill: Any) -> list:
+    """Per-alpha ``values`` of a half sweep (its alphas ``sub``) placed on the whole grid."""
+    at = dict(zip(sub, values))
+    return [at.get(a, fill) for a in alphas]
+
+
+_PER_ALPHA = ("coherent", "broken_share", "effects", "ci_low", "ci_high", "null_low", "null_high")
+_PER_NULL_ALPHA = ("null_effects", "null_coherent")
+
+
+def steering_evidence(on: Any, off: Any, alphas: list[float]) -> dict[str, Any]:
     """The product's steering evidence (:func:`crossdiff.steering.evidence.evaluate`) per
-    steered model on the 'on' prompts (the first ``n_on``: suppression) and on the 'off' ones
-    (amplification), from a :func:`crossdiff.steer` result swept with nulls.
+    steered model: on the sweep of the 'on' prompts (suppression) and on that of the 'off'
+    ones (amplification), two :func:`crossdiff.steer` results swept with nulls; each per-alpha
+    list is placed on the whole ``alphas`` grid (None where that half has no alpha).
 
     ``lowers`` / ``raises``: the negative / positive coherent alphas at which the effect's 95%
     CI lies entirely below / above the null band (CIs apart, in the behaviour's direction).
     """
     from crossdiff.steering.evidence import evaluate
 
-    alphas = result.alphas
     out: dict[str, Any] = {"null_features": None, "models": {}}
-    for m in result.models:
-        n_all = len(m.generations)
+    for m_on, m_off in zip(on.models, off.models):
         per: dict[str, Any] = {}
-        for name, rows, sign in (
-            ("suppress", range(n_on), -1.0),
-            ("amplify", range(n_on, n_all), 1.0),
-        ):
-            evid = evaluate(m.subset(rows), alphas, result.scorer)
-            hits = []
-            for i, a in enumerate(alphas):
-                if a * sign <= 0 or not evid["coherent"][i] or evid["effects"] is None:
-                    continue
-                lo, hi = evid["ci_low"][i], evid["ci_high"][i]
-                nlo, nhi = (
-                    (evid["null_low"] or [None] * len(alphas))[i],
-                    (evid["null_high"] or [None] * len(alphas))[i],
-                )
-                if None in (lo, hi, nlo, nhi):
-                    continue
-                if (sign < 0 and hi < nlo) or (sign > 0 and lo > nhi):
-                    hits.append(float(a))
-            best = None
-            if evid["effects"] is not None:
-                cand = hits or [
-                    a for i, a in enumerate(alphas) if a * sign > 0 and evid["coherent"][i]
-                ]
-                if cand:
-                    pick = min if sign < 0 else max
-                    i = alphas.index(
-                        pick(cand, key=lambda a: evid["effects"][alphas.index(a)] or 0.0)
-                    )
-                    best = {
-                        "alpha": float(alphas[i]),
-                        "effect": evid["effects"][i],
-                        "ci": [evid["ci_low"][i], evid["ci_high"][i]],
-                        "null_band": [
-                            (evid["null_low"] or [None] * len(alphas))[i],
-                            (evid["null_high"] or [None] * len(alphas))[i],
-                        ],
-                        "unsteered": evid["effects"][alphas.index(0.0)] if 0.0 in alphas else None,
-                    }
-            per[name] = {
-                "beats_null": bool(hits),
-                "at": hits,
-                "best": best,
-                "coherent_range": evid["coherent_range"],
-                "verdict": evid["verdict"],
-                "evidence": evid,
-            }
+        for name, half, m, sign in (("suppress", on, m_on, -1.0), ("amplify", off, m_off, 1.0)):
+            evid = evaluate(m, half.alphas, half.scorer)
+            for key in _PER_ALPHA:
+                if evid[key] is not None:
+                    evid[key] = _on_grid(evid[key], half.alphas, alphas, None)
+            for key in _PER_NULL_ALPHA:
+                if evid[key] is not None:
+                    evid[key] = [_on_grid(row, half.alphas, alphas, None) for row in evid[key]]
+            per[name] = _evidence_summary(evid, alphas, sign)
             # the steered model's nulls (the other model is swept without them)
             out["null_features"] = out["null_features"] or evid["null_features"]
-        out["models"][m.model] = per
+        out["models"][m_on.model] = per
     return out
+
+
+def _evidence_summary(evid: dict[str, Any], alphas: list[float], sign: float) -> dict[str, Any]:
+    """One direction's evidence: the coherent alphas of that sign where the effect's CI lies
+    beyond the null band, and the alpha with the strongest coherent effect."""
+    hits = []
+    for i, a in enumerate(alphas):
+        if a * sign <= 0 or not evid["coherent"][i] or evid["effects"] is None:
+            continue
+        lo, hi = evid["ci_low"][i], evid["ci_high"][i]
+        nlo, nhi = (
+            (evid["null_low"] or [None] * len(alphas))[i],
+            (evid["null_high"] or [None] * len(alphas))[i],
+        )
+        if None in (lo, hi, nlo, nhi):
+            continue
+        if (sign < 0 and hi < nlo) or (sign > 0 and lo > nhi):
+            hits.append(float(a))
+    best = None
+    if evid["effects"] is not None:
+        cand = hits or [a for i, a in enumerate(alphas) if a * sign > 0 and evid["coherent"][i]]
+        if cand:
+            pick = min if sign < 0 else max
+            i = alphas.index(pick(cand, key=lambda a: evid["effects"][alphas.index(a)] or 0.0))
+            best = {
+                "alpha": float(alphas[i]),
+                "effect": evid["effects"][i],
+                "ci": [evid["ci_low"][i], evid["ci_high"][i]],
+                "null_band": [
+                    (evid["null_low"] or [None] * len(alphas))[i],
+                    (evid["null_high"] or [None] * len(alphas))[i],
+                ],
+                "unsteered": evid["effects"][alphas.index(0.0)] if 0.0 in alphas else None,
+            }
+    return {
+        "beats_null": bool(hits),
+        "at": hits,
+        "best": best,
+        "coherent_range": evid["coherent_range"],
+        "verdict": evid["verdict"],
+        "evidence": evid,
+    }
 
 
 # ------------------------------------------------------------------------------------------

@@ -368,7 +368,12 @@ def test_tiny_end_to_end_run_is_complete_and_repeatable(tmp_path):
                 assert set(st["models"]) == {"a", "b"}
                 for m in st["models"].values():
                     assert len(m["rate_on"]) == len(m["rate_off"]) == 3
-                    assert all(0.0 <= r <= 1.0 for r in m["rate_on"] + m["rate_off"])
+                    # each half is swept only where it is read: 'on' at alpha <= 0 (-2, 0),
+                    # 'off' at alpha >= 0 (0, 2); NaN where a half was not generated
+                    assert np.isnan(m["rate_on"][2]) and np.isnan(m["rate_off"][0])
+                    read = m["rate_on"][:2] + m["rate_off"][1:]
+                    assert all(0.0 <= r <= 1.0 for r in read)
+                    assert m["examples"]["on"][2] is None and m["examples"]["off"][0] is None
                 # the product's evidence, on the on (suppress) and off (amplify) prompts
                 evid = st["evidence"]
                 assert set(evid["models"]) == {"a", "b"}
@@ -376,7 +381,8 @@ def test_tiny_end_to_end_run_is_complete_and_repeatable(tmp_path):
                 for per in evid["models"].values():
                     for name in ("suppress", "amplify"):
                         assert per[name]["beats_null"] in (True, False)
-                        assert len(per[name]["evidence"]["coherent"]) == 3
+                        coh = per[name]["evidence"]["coherent"]
+                        assert len(coh) == 3 and coh[2 if name == "suppress" else 0] is None
     for counts in first["rediscovery"].values():
         assert all(0 <= v <= cfg.seeds for v in counts.values())
     assert "rediscovered by dfc" in format_results(first)
