@@ -40,7 +40,7 @@ COMMANDS = {
 }
 
 # Every option each command had before its options were generated, with its choices (and the
-# ones added since: harvest's --no-pack, --decision-pairs).
+# ones added since: harvest's --no-pack, --decision-pairs; analyze's --mapped-output).
 FLAGS_BEFORE = {
     "harvest": "--batch-size --cache-dir --corpus --decision-pairs --device --dtype --layer-a "
     "--layer-b --literal-specials --max-documents --max-seq-len --model-a --model-b --no-pack "
@@ -50,8 +50,8 @@ FLAGS_BEFORE = {
     "--k-anneal-from --k-anneal-steps --l1-coeff --lr --n-features --no-progress "
     "--normalization --out --seed --seeds --selection-norm --steps --store --warmup-steps",
     "analyze": "--batch-size --contexts --crosscoder --device --eval-fraction --map-sources "
-    "--max-r2 --max-rows --no-progress --out --probe-split --rel-hi --rel-lo --seed --store "
-    "--top",
+    "--mapped-output --max-r2 --max-rows --no-progress --out --probe-split --rel-hi --rel-lo "
+    "--seed --store --top",
     "interpret": "--concurrency --device --explainer --features --judge --judge-batch "
     "--max-features --max-new-tokens --negatives --no-cache --no-progress --price-per-mtok "
     "--retries --seed --shared --timeout",
