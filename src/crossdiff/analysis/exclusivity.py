@@ -42,6 +42,12 @@ feature *does*. A behaviour that a fine-tune conditioned on a concept both model
 (praise for one brand) is predicted by the first and absent by the second; ranking.py gives it
 the verdict 'conditional'.
 
+**Output check through the map (DFC, any pair; ``AnalysisConfig.mapped_output``).** Across
+architectures there is no common basis, so the other model's activations are mapped into the
+feature's model first (the check's own ridge map, out of fold) and read along the feature's
+own direction there (:meth:`CrossPredictionScorer.output_betas`). A map fitted on the audit's
+prompts learns the behaviour itself; fitted on general text (``map_sources``) it does not.
+
 Everything is streamed: moments are float64 (d x d), the scoring keeps per-feature sums.
 """
 

@@ -5,9 +5,10 @@ documented, reproducible order (``rank`` 1, 2, ... within the model; 0 = not ran
 
 1. **Verdict**: 'confirmed' (the other model does not predict the feature, and tokenization
    does not explain it) first, then 'conditional' (a DFC feature of a pair that shares one
-   residual basis, such as a model and its fine-tune: the other model predicts *when* it
-   fires but does not carry what it writes: a behaviour on a trigger both models see;
-   exclusivity.py's output check), then 'untested' (too few activations in the store to judge),
+   residual basis, such as a model and its fine-tune, or of any pair analysed with
+   ``AnalysisConfig.mapped_output``: the other model predicts *when* it fires but does not
+   carry what it writes: a behaviour on a trigger both models see; exclusivity.py's output
+   check), then 'untested' (too few activations in the store to judge),
    then the candidates that are probably not concepts exclusive to one model: 'twin' (an
    exclusive feature of the other model fires on the same rows: one shared concept split in
    two), 'tokenization' (a tokenizer artifact: mostly at word-internal positions, or explained
