@@ -801,7 +801,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="plant two behaviours in SmolLM2 by LoRA fine-tuning and check crossdiff finds them",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("--quick", action="store_true", help="smaller and fewer: ~15 min on 2 cores")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller and fewer: ~13 min on 2 cores, ~21 with the fine-tune",
+    )
     p.add_argument("--diffs", help="comma-separated: self (vs the original), gemma")
     p.add_argument("--seeds", type=int, help="DFC seeds per diff (default 5; quick 3)")
     p.add_argument("--kinds", help="comma-separated crosscoder kinds (default dfc,standard,dsf)")
