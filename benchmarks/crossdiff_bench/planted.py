@@ -538,17 +538,14 @@ def sweep_feature(
         )
     out: dict[str, Any] = {"feature": feature, "alphas": alphas, "models": {}}
     for m_on, m_off in zip(halves["on"].models, halves["off"].models):
-        per = {"direction": m_on.direction}
+        per: dict[str, Any] = {"direction": m_on.direction, "examples": {}}
         for name, m in (("on", m_on), ("off", m_off)):
             sub = halves[name].alphas
             scores = np.array([[np.nan if s is None else s for s in row] for row in m.scores])
             fluent = np.array([[coherent(g) for g in row] for row in m.generations], dtype=float)
             per[f"rate_{name}"] = _on_grid(scores.mean(axis=0).tolist(), sub, alphas, np.nan)
             per[f"coherent_{name}"] = _on_grid(fluent.mean(axis=0).tolist(), sub, alphas, np.nan)
-        per["examples"] = {
-            name: _on_grid(list(m.generations[0]), halves[name].alphas, alphas, None)
-            for name, m in (("on", m_on), ("off", m_off))
-        }
+            per["examples"][name] = _on_grid(list(m.generations[0]), sub, alphas, None)
         out["models"][m_on.model] = per
     neg = [i for i, a in enumerate(alphas) if a < 0]
     pos = [i for i, a in enumerate(alphas) if a > 0]
