@@ -43,7 +43,12 @@ def _rows_of(text: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return np.array(ends), np.array(starts), words
 
 
-def write_store(path, *, same_tokenizer: bool = False, n_docs: int = 160, seed: int = 0):
+def write_store(
+    path, *, same_tokenizer: bool = False, n_docs: int = 160, seed: int = 0, decision: bool = False
+):
+    """``decision``: each document ends with a decision pair (the generation prompt's last token,
+    after the last content row: longer in B, so its descriptors set it apart), where A's dim 4
+    is on."""
     rng = np.random.default_rng(seed)
     man = synthetic_manifest(D_A, D_B)
     if same_tokenizer:
@@ -55,6 +60,13 @@ def write_store(path, *, same_tokenizer: bool = False, n_docs: int = 160, seed: 
             text = " ".join(vocab[j] for j in rng.integers(len(vocab), size=30))
             ends, starts, words = _rows_of(text)
             n = len(ends)
+            span_b = np.stack([starts, ends], 1).astype(np.int32)
+            if decision:  # a template token after the content: one more row, same content end
+                ends, starts = np.r_[ends, ends[-1]], np.r_[starts, len(text)]
+                span_b = np.r_[span_b, [[len(text), len(text) + 4]]].astype(np.int32)
+                ends_a = np.r_[ends[:-1], len(text) + 1]
+                words = [*words, "<decision>"]
+                n += 1
             w.add_document(
                 {
                     "index": i,
@@ -68,6 +80,7 @@ def write_store(path, *, same_tokenizer: bool = False, n_docs: int = 160, seed: 
                             "pairs": n,
                             "a": {"text": text, "content_spans": [[0, len(text)]]},
                             "b": {"text": text, "content_spans": [[0, len(text)]]},
+                            **({"decision_pair": [n - 1, n - 1]} if decision else {}),
                         }
                     ],
                     "content_tokens_a": n,
@@ -91,7 +104,9 @@ def write_store(path, *, same_tokenizer: bool = False, n_docs: int = 160, seed: 
             # the twins' signal: both models carry it at "dog", each its own non-linear way
             x_a[:, 2] = torch.where(dog, 2.0 + torch.rand(n, generator=gen), -1.0)
             x_b[:, 2] = torch.where(dog, 2.0 + torch.rand(n, generator=gen), -1.0)
-            spans = np.stack([starts, ends], 1).astype(np.int32)
+            at_decision = torch.tensor([wd == "<decision>" for wd in words])
+            x_a[:, 4] = torch.where(at_decision, 2.0 + torch.rand(n, generator=gen), -1.0)
+            spans = np.stack([starts, ends_a if decision else ends], 1).astype(np.int32)
             w.add_rows(
                 make_rows(
                     x_a,
@@ -102,7 +117,7 @@ def write_store(path, *, same_tokenizer: bool = False, n_docs: int = 160, seed: 
                     pos_a=np.arange(n),
                     pos_b=np.arange(n),
                     span_a=spans,
-                    span_b=spans,
+                    span_b=span_b,
                 )
             )
             w.commit_if_full()
@@ -111,6 +126,8 @@ def write_store(path, *, same_tokenizer: bool = False, n_docs: int = 160, seed: 
 
 
 def make_run(root, **kw):
+    """A planted DFC over ``write_store(**kw)``; with ``decision=True`` A-exclusive local 3
+    reads the decision pair (A's dim 4) instead of later word pieces."""
     paths = RunPaths(root)
     paths.root.mkdir(parents=True, exist_ok=True)
     write_store(paths.store, **kw)
@@ -120,8 +137,9 @@ def make_run(root, **kw):
         cc.W_enc_a[:, 2] = torch.eye(D_A)[2]
         cc.W_dec_a[2] = torch.eye(D_A)[2]
         cc.b_enc[2] = -0.5
-        cc.W_enc_a[:, 3] = torch.eye(D_A)[3]  # A-exclusive local 3 reads later word pieces
-        cc.W_dec_a[3] = torch.eye(D_A)[3]
+        dim = 4 if kw.get("decision") else 3  # local 3: the decision pair or later word pieces
+        cc.W_enc_a[:, 3] = torch.eye(D_A)[dim]
+        cc.W_dec_a[3] = torch.eye(D_A)[dim]
         cc.b_enc[3] = -0.5
     roles["a_twin"] = 2
     roles["a_later"] = 3
@@ -180,6 +198,24 @@ def test_word_piece_feature_is_flagged_and_concept_feature_is_not(tmp_path):
     # flagged candidates rank after concept candidates
     assert 0 < t["rank"][a_concept] < t["rank"][a_only]
     assert res.meta["classes"]["A"]["tokenization"] >= 1
+
+
+def test_a_feature_of_the_decision_pair_is_not_a_tokenizer_artifact(tmp_path):
+    """A feature that fires where the model is about to answer (the generation prompt's last
+    token) sits on template text aligned by construction: the tokenization descriptors tell
+    that row from content (here: B's token is longer), but that is where it is, not how a
+    tokenizer split a word, so the regression rule must not call it an artifact."""
+    roles = make_run(tmp_path / "run", decision=True)
+    desc = RowDescriptors(ActivationStore.open(tmp_path / "run" / "store")).rows(np.arange(40))
+    assert (desc["role"] == 4).sum() >= 1 and not desc["same_start"][desc["role"] == 4].any()
+    res = analyze(tmp_path / "run", config=quiet())
+    t = res.features.to_pydict()
+    f = roles["a_later"]  # local 3, reading the decision pair here
+    assert t["decision_share"][f] == pytest.approx(1.0)
+    # the descriptors alone do "explain" it: without the exemption this is the flag's rule
+    assert t["cross_tok_r2"][f] >= 0.5 > t["cross_r2"][f]
+    assert t["verdict"][f] == "confirmed"
+    assert t["verdict"][roles["a_only"]] == "tokenization"  # the word-piece feature still is
 
 
 def test_same_tokenizer_pair_flags_nothing(tmp_path):

@@ -339,6 +339,11 @@ def _top_shares(state: PassState, names: tuple[str, ...]) -> dict[str, np.ndarra
     return out
 
 
+DECISION_EXEMPT_SHARE = 0.5
+"""A feature with at least this share of its activation mass at prompts' decision pairs is never
+flagged 'tokenization' by the regression rule (tokenization_columns)."""
+
+
 def tokenization_columns(
     state: PassState,
     store: Any,
@@ -375,6 +380,13 @@ def tokenization_columns(
     by_regression = (np.nan_to_num(cross_tok, nan=-1.0) >= config.exclusive_max_r2) & ~(
         np.nan_to_num(cross, nan=-1.0) >= config.exclusive_max_r2
     )
+    # a feature that lives at prompts' decision pairs reads template text aligned by
+    # construction: there the descriptors only tell the decision pair from content, and with
+    # the other model's reading of the question they "explain" a behaviour feature
+    with np.errstate(invalid="ignore", divide="ignore"):
+        decision_mass = state.role_mass[ROLES.index("decision")].cpu().numpy()
+        at_decisions = np.where(act_sum > 0, decision_mass / np.maximum(act_sum, 1e-30), 0.0)
+    by_regression &= at_decisions < DECISION_EXEMPT_SHARE
     flag = by_share | by_regression
     same_tokenizer = same_tokenization(store.manifest)
     if same_tokenizer:
