@@ -103,6 +103,11 @@ class FinetuneBenchConfig:
     k: int = 16
     exclusive: float = 0.05
     """DFC: fraction of F exclusive to each model; DSF: fraction designated shared."""
+    exclusive_cross: float = 0.15
+    """DFC's exclusive fraction in a diff across tokenizers (``gemma``): the block must hold
+    everything one architecture encodes that the other does not, not only the fine-tune. At
+    5% (102 of 2,048) it held a feature for either behaviour in 1 of 5 seeds, at 15% in 5 of
+    5 (AUROC >= 0.9; BENCHMARKS.md)."""
     steps: int = 1000
     batch_size: int = 512
     lr: float = 1e-3
@@ -160,6 +165,11 @@ class FinetuneBenchConfig:
 
     def validate(self) -> None:
         self.finetune.validate()
+        if not all(0 < x < 0.5 for x in (self.exclusive, self.exclusive_cross)):
+            raise CrossdiffError(
+                f"exclusive={self.exclusive} and exclusive_cross={self.exclusive_cross} must "
+                "lie in (0, 0.5): fractions of F exclusive to each model"
+            )
         for name in ("store_tokens", "store_prompts", "eval_prompts", "seeds", "steps", "k"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -546,6 +556,7 @@ def run_diff(
     cfg: FinetuneBenchConfig, diff: str, tuned: Path, work: Path, eval_prompts: list[Prompt]
 ) -> dict[str, Any]:
     """One diff: harvest, train every crosscoder, score, explain, steer."""
+    from crossdiff.analysis.exclusivity import same_tokenization
     from crossdiff.models import load_model
     from crossdiff_bench.planted import train_crosscoders
 
@@ -571,6 +582,9 @@ def run_diff(
 
     t0 = time.perf_counter()
     entries = []
+    if not same_tokenization(store.manifest):
+        cfg = dataclasses.replace(cfg, exclusive=cfg.exclusive_cross)
+    out["exclusive"] = cfg.exclusive
     runs = data / f"runs-{cfg.crosscoder_key()}"
     for kind in cfg.kinds:
         if kind == "dsf" and models[0].d_model != models[1].d_model:
@@ -810,6 +824,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, help="DFC seeds per diff (default 5; quick 3)")
     p.add_argument("--kinds", help="comma-separated crosscoder kinds (default dfc,standard,dsf)")
     p.add_argument("--steps", type=int, help="crosscoder training steps")
+    p.add_argument(
+        "--exclusive", type=float, help="DFC: fraction of F exclusive to each model (0.05)"
+    )
+    p.add_argument(
+        "--exclusive-cross",
+        type=float,
+        help="the same in a diff across tokenizers, the gemma diff (0.15)",
+    )
     p.add_argument("--steer-seeds", type=int, help="steer the found features of the first N seeds")
     p.add_argument("--layer-a", help="the fine-tuned model's layer: N, -N, P%%, middle (75%%)")
     p.add_argument("--layer-b", help="model B's layer (default 75%%: 22 of 30, Gemma 13 of 18)")
@@ -829,7 +851,15 @@ def _cli(args: argparse.Namespace) -> int:
         cfg.diffs = tuple(d.strip() for d in args.diffs.split(",") if d.strip())
     if args.kinds:
         cfg.kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
-    for name in ("seeds", "steps", "steer_seeds", "work_dir", "threads"):
+    for name in (
+        "seeds",
+        "steps",
+        "exclusive",
+        "exclusive_cross",
+        "steer_seeds",
+        "work_dir",
+        "threads",
+    ):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)

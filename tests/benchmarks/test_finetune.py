@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -325,6 +326,13 @@ def test_tiny_end_to_end_run_is_complete_and_cached(tmp_path, tiny_model):
     # DSF (tied decoders) only for equal widths: the tiny Gemma is as wide as the tiny Llama,
     # the real Gemma-3-270M (640) is not as wide as SmolLM2 (576)
     assert kinds["gemma"] == [("dfc", 0), ("dfc", 1), ("standard", 0), ("dsf", 0)]
+    # across tokenizers the DFCs get the larger exclusive block
+    from crossdiff.crosscoder.model import Crosscoder
+
+    for d, frac in (("self", cfg.exclusive), ("gemma", cfg.exclusive_cross)):
+        assert first["diffs"][d]["exclusive"] == frac
+        run = Path(first["diffs"][d]["crosscoders"][0]["run"])
+        assert Crosscoder.from_pretrained(run / "crosscoder").partition.n_a == round(frac * 64)
     for d in first["diffs"].values():
         # one decision row per held-out question, positives = on-category questions
         assert d["eval_rows"]["decision_rows"] == 4 * cfg.eval_prompts
