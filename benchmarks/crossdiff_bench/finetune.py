@@ -76,6 +76,17 @@ class FinetuneBenchConfig:
     refuse or praise is about twice as large, relative to the activations, at 22."""
     layer_b: int | str = "75%"
     """Model B's layer (the same relative depth: 22 of the original's 30, 13 of Gemma's 18)."""
+    layer_cross: int | str | None = "90%"
+    """Both models' layer in a diff against another model than the fine-tune's base (the
+    ``gemma`` diff: 27 of SmolLM2's 30, 16 of Gemma's 18); None: ``layer_a`` and ``layer_b``.
+    At 75% the refusal decision's features there were refuted in 5 of 5 seeds; at 90% they
+    are refusal-specific (AUROC among decisions 0.92-1.00) and, with ``map_sources_cross``,
+    confirmed (BENCHMARKS.md)."""
+    map_sources_cross: bool = True
+    """In a diff against another model, fit the exclusivity check's cross-model map on the
+    store's general text only (``AnalysisConfig.map_sources``: every source but the
+    behaviours' questions), so that the map cannot learn "the other model reads the question
+    -> the fine-tuned model refuses" from the audit's own prompts."""
     corpus: str = "builtin:wiki=0.4,builtin:chats=0.3"
     """The store's general text; the behaviour questions are added with ``prompt_share``."""
     prompt_share: float = 0.3
@@ -191,6 +202,11 @@ class FinetuneBenchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def across(self, diff: str) -> bool:
+        """Whether ``diff`` compares the fine-tune with another model than its own base (the
+        ``gemma`` diff): its own layer, exclusive fraction and map (``*_cross``)."""
+        return self.others[diff] != self.finetune.base
 
     def store_key(self, diff: str, layers: tuple[int, int]) -> str:
         """The store folder's key. ``layers`` are the layers *resolved* on the two models (the
@@ -392,7 +408,13 @@ def difference_facts(rows: Any, x_a: Any, x_b: Any) -> dict[str, Any]:
 # Scoring, explaining, steering
 # ------------------------------------------------------------------------------------------
 def score_crosscoder(
-    cfg: FinetuneBenchConfig, run: Path, store_path: Path, rows: Any, x_a: Any, x_b: Any
+    cfg: FinetuneBenchConfig,
+    run: Path,
+    store_path: Path,
+    rows: Any,
+    x_a: Any,
+    x_b: Any,
+    map_sources: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Per behaviour: the best A-exclusive feature by held-out AUROC, its rank in the review
     order and verdict; its AUROC among decision positions only (on- against off-category
@@ -403,7 +425,7 @@ def score_crosscoder(
     from crossdiff_bench.planted import analyze_run
     from crossdiff_bench.planted_eval import encode_rows, match_concept, sparse_column_aurocs
 
-    table, metrics = analyze_run(cfg, run, store_path)
+    table, metrics = analyze_run(cfg, run, store_path, map_sources=map_sources)
     cc = Crosscoder.from_pretrained(run / "crosscoder")
     acts = encode_rows(cc, x_a, x_b)
     candidates = np.flatnonzero((table["klass"] == "A") & (table["s_max"] > 0))
@@ -556,7 +578,6 @@ def run_diff(
     cfg: FinetuneBenchConfig, diff: str, tuned: Path, work: Path, eval_prompts: list[Prompt]
 ) -> dict[str, Any]:
     """One diff: harvest, train every crosscoder, score, explain, steer."""
-    from crossdiff.analysis.exclusivity import same_tokenization
     from crossdiff.models import load_model
     from crossdiff_bench.planted import train_crosscoders
 
@@ -565,6 +586,9 @@ def run_diff(
         load_model(str(tuned), dtype="float32", device="cpu"),
         load_model(cfg.others[diff], dtype="float32", device="cpu"),
     )
+    across = cfg.across(diff)
+    if across and cfg.layer_cross is not None:
+        cfg = dataclasses.replace(cfg, layer_a=cfg.layer_cross, layer_b=cfg.layer_cross)
     layers = (models[0].resolve_layer(cfg.layer_a), models[1].resolve_layer(cfg.layer_b))
     data = work / f"diff-{diff}-{cfg.store_key(diff, layers)}"
     out: dict[str, Any] = {"model_b": cfg.others[diff], "folder": str(data)}
@@ -582,9 +606,15 @@ def run_diff(
 
     t0 = time.perf_counter()
     entries = []
-    if not same_tokenization(store.manifest):
+    map_sources: tuple[str, ...] = ()
+    if across:
         cfg = dataclasses.replace(cfg, exclusive=cfg.exclusive_cross)
+        if cfg.map_sources_cross:
+            sources = {str(r.get("source")) for r in store.documents()}
+            map_sources = tuple(sorted(sources - {questions.name}))
     out["exclusive"] = cfg.exclusive
+    out["layers"] = list(layers)
+    out["map_sources"] = list(map_sources)
     runs = data / f"runs-{cfg.crosscoder_key()}"
     for kind in cfg.kinds:
         if kind == "dsf" and models[0].d_model != models[1].d_model:
@@ -603,7 +633,9 @@ def run_diff(
     }
     out["difference"] = difference_facts(rows, x_a, x_b)
     for entry in entries:
-        entry["behaviours"] = score_crosscoder(cfg, Path(entry["run"]), store.path, rows, x_a, x_b)
+        entry["behaviours"] = score_crosscoder(
+            cfg, Path(entry["run"]), store.path, rows, x_a, x_b, map_sources
+        )
     timings["score"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -721,7 +753,9 @@ def format_results(results: dict[str, Any]) -> str:
         lines.append(
             f"diff '{diff}' (A: fine-tuned, B: {d['model_b']}): store {d['store']['rows']:,} "
             f"rows, eval {d['eval_rows']['rows']:,} rows "
-            f"({d['eval_rows']['decision_rows']} decision positions)"
+            f"({d['eval_rows']['decision_rows']} decision positions); layers "
+            f"{'/'.join(str(x) for x in d.get('layers', []))}, {d['exclusive']:.0%} exclusive, "
+            f"map fitted on {', '.join(d.get('map_sources') or ['every document'])}"
         )
         facts = d.get("difference", {})
         lines.append(
@@ -835,6 +869,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steer-seeds", type=int, help="steer the found features of the first N seeds")
     p.add_argument("--layer-a", help="the fine-tuned model's layer: N, -N, P%%, middle (75%%)")
     p.add_argument("--layer-b", help="model B's layer (default 75%%: 22 of 30, Gemma 13 of 18)")
+    p.add_argument(
+        "--layer-cross",
+        help="both models' layer in the diff against another model, gemma (90%%; 'same': "
+        "--layer-a and --layer-b)",
+    )
+    p.add_argument(
+        "--map-every-document",
+        action="store_true",
+        help="the gemma diff's exclusivity map fitted on every document, the questions too",
+    )
     p.add_argument("--no-interpret", action="store_true", help="do not explain found features")
     p.add_argument(
         "--no-decision-pairs",
@@ -863,10 +907,13 @@ def _cli(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
-    for name in ("layer_a", "layer_b"):
+    for name in ("layer_a", "layer_b", "layer_cross"):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, int(value) if value.lstrip("-").isdigit() else value)
+    if args.layer_cross == "same":
+        cfg.layer_cross = None
+    cfg.map_sources_cross = not args.map_every_document
     cfg.interpret = not args.no_interpret
     cfg.decision_pairs = not args.no_decision_pairs
     cfg.progress = not args.no_progress

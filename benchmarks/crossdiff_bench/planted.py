@@ -350,11 +350,14 @@ def partition_auroc(
 
 
 def analyze_run(
-    cfg: PlantedConfig, run: Path, store_path: Path
+    cfg: PlantedConfig, run: Path, store_path: Path, *, map_sources: tuple[str, ...] = ()
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run :func:`crossdiff.analysis.analyze` on one crosscoder (skipped when its output is
-    complete); return the feature-table columns the benchmark reads and the analysis's
-    eval-split metrics (FVE per model, dead fractions)."""
+    complete and was made with the same ``map_sources``, ``AnalysisConfig.map_sources``);
+    return the feature-table columns the benchmark reads and the analysis's eval-split
+    metrics (FVE per model, dead fractions)."""
+    import shutil
+
     import pyarrow.parquet as pq
 
     from crossdiff.analysis.config import AnalysisConfig
@@ -362,7 +365,12 @@ def analyze_run(
     from crossdiff.analysis.results import FEATURES_FILE, META_FILE
 
     out = run / "analysis"
-    if not (out / META_FILE).is_file():
+    meta = out / META_FILE
+    if meta.is_file():
+        made = json.loads(meta.read_text()).get("config", {}).get("map_sources") or []
+        if tuple(made) != tuple(map_sources):
+            shutil.rmtree(out)  # the bench's own folder, made with other settings
+    if not meta.is_file():
         analyze(
             store=store_path,
             crosscoder=run / "crosscoder",
@@ -373,6 +381,7 @@ def analyze_run(
                 device="cpu",
                 progress=cfg.progress,
                 outlier_factor=cfg.high_norm_factor or None,
+                map_sources=tuple(map_sources),
             ),
         )
     table = pq.read_table(

@@ -333,6 +333,20 @@ def test_tiny_end_to_end_run_is_complete_and_cached(tmp_path, tiny_model):
         assert first["diffs"][d]["exclusive"] == frac
         run = Path(first["diffs"][d]["crosscoders"][0]["run"])
         assert Crosscoder.from_pretrained(run / "crosscoder").partition.n_a == round(frac * 64)
+    # against another model: its own layer (90% of 2 is layer 1) and a map fitted on the
+    # general text only (the questions' source left out); the self diff maps every document
+    assert first["diffs"]["gemma"]["layers"] == [1, 1]
+    assert first["diffs"]["gemma"]["map_sources"] == [text.name]
+    assert first["diffs"]["self"]["map_sources"] == []
+    meta = Path(first["diffs"]["gemma"]["crosscoders"][0]["run"]) / "analysis" / "analysis.json"
+    assert json.loads(meta.read_text())["config"]["map_sources"] == [text.name]
+    # an analysis made with another map is made again, not reused
+    from crossdiff_bench.planted import analyze_run
+
+    gemma_store = Path(first["diffs"]["gemma"]["folder"]) / "store"
+    analyze_run(cfg, meta.parent.parent, gemma_store, map_sources=())
+    assert json.loads(meta.read_text())["config"]["map_sources"] == []
+    analyze_run(cfg, meta.parent.parent, gemma_store, map_sources=(text.name,))
     for d in first["diffs"].values():
         # one decision row per held-out question, positives = on-category questions
         assert d["eval_rows"]["decision_rows"] == 4 * cfg.eval_prompts

@@ -484,8 +484,3 @@ class LatentScaling:
         own = torch.where(self.own_is_a, out["a"], out["b"])
         other = torch.where(self.own_is_a, out["b"], out["a"])
         return own, other
-
-    def ratio(self) -> torch.Tensor:
-        """beta_other / beta_own (NaN where undefined)."""
-        own, other = self.betas()
-        return torch.where(own.abs() > 1e-12, other / own, torch.nan)

@@ -195,12 +195,6 @@ def ends_with_user_turn(messages: Any) -> bool:
     return isinstance(last, dict) and last.get("role") == "user"
 
 
-def _render(lm: LoadedModel, doc: Any) -> RenderedText:
-    if doc.messages is not None:
-        return lm.render_chat(doc.messages)
-    return lm.render_text(doc.text)
-
-
 def literal_special(lm: LoadedModel, rendered: RenderedText, tokens: TokenizedText) -> int | None:
     """Index of the first special token read from content, i.e. the literal string of a
     control token written in a message or text (``<|im_start|>``), or None."""

@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Any
 
 from crossdiff.interpret.backends import Explanation
 from crossdiff.interpret.samples import CHUNK, Context, FeatureJob
@@ -351,6 +350,3 @@ class StatsJudge:
         if exp.terms:
             return harm_categories(" ".join(t for _, t, _ in exp.terms)), "ok"
         return harm_categories(exp.text), "ok"
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "stats"}

@@ -137,10 +137,6 @@ class StoreWriter:
         """Index of the next document to add (= documents committed + buffered)."""
         return self._next_doc
 
-    @property
-    def pending_rows(self) -> int:
-        return self._pending_rows
-
     def add_document(self, record: dict[str, Any]) -> None:
         if record.get("index") != self._next_doc:
             raise ValueError(
