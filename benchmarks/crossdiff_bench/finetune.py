@@ -71,7 +71,8 @@ class FinetuneBenchConfig:
     others: dict[str, str] = field(default_factory=lambda: dict(DIFFS))
     """Model B of each diff (tests put tiny models here)."""
     layer_a: int | str = "75%"
-    """The fine-tuned model's layer (the crosscoder reads it): 22 of SmolLM2's 30. At the
+    """The fine-tuned model's layer (the crosscoder reads it) in the ``self`` diff, and in
+    every diff when ``layer_cross`` is None: 22 of SmolLM2's 30. At the
     middle layer (15) no crosscoder found either behaviour (BENCHMARKS.md); the decision to
     refuse or praise is about twice as large, relative to the activations, at 22."""
     layer_b: int | str = "75%"
@@ -867,8 +868,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the same in a diff across tokenizers, the gemma diff (0.15)",
     )
     p.add_argument("--steer-seeds", type=int, help="steer the found features of the first N seeds")
-    p.add_argument("--layer-a", help="the fine-tuned model's layer: N, -N, P%%, middle (75%%)")
-    p.add_argument("--layer-b", help="model B's layer (default 75%%: 22 of 30, Gemma 13 of 18)")
+    p.add_argument(
+        "--layer-a", help="the fine-tuned model's layer in the self diff: N, -N, P%%, middle (75%%)"
+    )
+    p.add_argument("--layer-b", help="the original's layer in the self diff (75%%: 22 of 30)")
     p.add_argument(
         "--layer-cross",
         help="both models' layer in the diff against another model, gemma (90%%; 'same': "
