@@ -116,10 +116,10 @@ class FinetuneBenchConfig:
     exclusive: float = 0.05
     """DFC: fraction of F exclusive to each model; DSF: fraction designated shared."""
     exclusive_cross: float = 0.15
-    """DFC's exclusive fraction in a diff across tokenizers (``gemma``): the block must hold
-    everything one architecture encodes that the other does not, not only the fine-tune. At
-    5% (102 of 2,048) it held a feature for either behaviour in 1 of 5 seeds, at 15% in 5 of
-    5 (AUROC >= 0.9; BENCHMARKS.md)."""
+    """DFC's exclusive fraction in a diff against another model than the fine-tune's base
+    (``gemma``; :meth:`across`): the block must hold everything one architecture encodes that
+    the other does not, not only the fine-tune. At 5% (102 of 2,048) it held a feature for
+    either behaviour in 1 of 5 seeds, at 15% in 5 of 5 (AUROC >= 0.9; BENCHMARKS.md)."""
     steps: int = 1000
     batch_size: int = 512
     lr: float = 1e-3
@@ -865,7 +865,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--exclusive-cross",
         type=float,
-        help="the same in a diff across tokenizers, the gemma diff (0.15)",
+        help="the same in the diff against another model, gemma (0.15)",
     )
     p.add_argument("--steer-seeds", type=int, help="steer the found features of the first N seeds")
     p.add_argument(

@@ -326,7 +326,7 @@ def test_tiny_end_to_end_run_is_complete_and_cached(tmp_path, tiny_model):
     # DSF (tied decoders) only for equal widths: the tiny Gemma is as wide as the tiny Llama,
     # the real Gemma-3-270M (640) is not as wide as SmolLM2 (576)
     assert kinds["gemma"] == [("dfc", 0), ("dfc", 1), ("standard", 0), ("dsf", 0)]
-    # across tokenizers the DFCs get the larger exclusive block
+    # against another model the DFCs get the larger exclusive block
     from crossdiff.crosscoder.model import Crosscoder
 
     for d, frac in (("self", cfg.exclusive), ("gemma", cfg.exclusive_cross)):
